@@ -1,0 +1,1 @@
+"""Shared plumbing for every entry point: configuration, atomic file writes, provenance."""

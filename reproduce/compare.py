@@ -1,0 +1,278 @@
+"""Compare a measured result table with the paper's reference numbers and claims.
+
+Two kinds of verdict:
+
+* **numeric** (paper-scale profiles): every reference number that is a reproduction target must be
+  matched within its tolerance. Verdicts per cell: `match`, `mismatch`, `not measured`, and
+  `reference only` (baselines from other papers, settings, numbers that are not targets).
+* **claim** (small-scale profiles, where absolute numbers are not comparable): the directions the paper
+  states ("Dynamic uses fewer tokens than Fixed and scores higher on all three columns") must hold on the
+  measured numbers. Verdicts per claim: `holds`, `fails`, `not measured`.
+
+A measured table is a `pandas.DataFrame` indexed by the reference table's row labels with its column
+labels (any subset of both). Outputs: `results/<paper>_table<N>.csv` (one line per cell and one per
+claim) and a markdown twin; `--check` turns failures into a non-zero exit.
+
+    python -m reproduce.compare lavit_table3b --measured measured.csv --mode claim --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from harness.io import atomic_write_text, provenance
+from reproduce.reference import Check, ReferenceTable, get_reference
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+Mode = Literal["numeric", "claim"]
+
+NUMBER_VERDICTS = ("match", "mismatch", "not measured", "reference only", "measured only")
+CLAIM_VERDICTS = ("holds", "fails", "not measured")
+
+
+class MeasuredTableError(ValueError):
+    """A measured frame that does not fit its reference table."""
+
+
+@dataclass
+class Comparison:
+    reference: ReferenceTable
+    mode: Mode
+    profile: str
+    numbers: pd.DataFrame  # row, column, metric, reference, measured, delta, tolerance, target, verdict
+    claims: pd.DataFrame  # claim, statement, where, verdict, details
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """What makes `--check` fail: numeric mismatches or unmeasured targets, or failing/unmeasured claims."""
+        if self.mode == "numeric":
+            return self.numbers[self.numbers["verdict"].isin(["mismatch", "not measured"])]
+        return self.claims[self.claims["verdict"] != "holds"]
+
+    @property
+    def passed(self) -> bool:
+        return self.failures.empty
+
+    def summary(self) -> str:
+        n = self.numbers
+        targets = n[n["target"]]
+        matched = int((targets["verdict"] == "match").sum())
+        measured = int(targets["measured"].notna().sum())
+        holds = int((self.claims["verdict"] == "holds").sum())
+        return (
+            f"{self.reference.key} [{self.profile}, {self.mode}]: numbers {matched}/{len(targets)} match "
+            f"({measured} measured); claims {holds}/{len(self.claims)} hold"
+        )
+
+
+def _validate_measured(ref: ReferenceTable, measured: pd.DataFrame) -> pd.DataFrame:
+    measured = measured.copy()
+    measured.index = measured.index.map(str)
+    measured.columns = measured.columns.map(str)
+    unknown_rows = [r for r in measured.index if r not in ref.rows]
+    if unknown_rows:
+        raise MeasuredTableError(f"{ref.key}: measured rows {unknown_rows} are not rows of the reference table {ref.rows}")
+    unknown_cols = [c for c in measured.columns if c not in ref.columns]
+    if unknown_cols:
+        raise MeasuredTableError(
+            f"{ref.key}: measured columns {unknown_cols} are not columns of the reference table {ref.columns}"
+        )
+    if measured.index.has_duplicates:
+        raise MeasuredTableError(f"{ref.key}: measured rows appear twice: {sorted(set(measured.index[measured.index.duplicated()]))}")
+    try:
+        return measured.apply(pd.to_numeric).astype(float)
+    except (ValueError, TypeError) as err:
+        raise MeasuredTableError(f"{ref.key}: measured values must be numbers: {err}") from err
+
+
+def _measured_value(measured: pd.DataFrame, row: str, column: str) -> float:
+    if row in measured.index and column in measured.columns:
+        return float(measured.at[row, column])
+    return math.nan
+
+
+def compare_numbers(ref: ReferenceTable, measured: pd.DataFrame) -> pd.DataFrame:
+    records = []
+    for cell in ref.cells.itertuples(index=False):
+        got = _measured_value(measured, cell.row, cell.column)
+        delta = got - cell.value if not (math.isnan(got) or math.isnan(cell.value)) else math.nan
+        if cell.target:
+            if math.isnan(got):
+                verdict = "not measured"
+            else:
+                verdict = "match" if abs(delta) <= cell.tolerance + 1e-9 else "mismatch"
+        else:
+            verdict = "reference only" if math.isnan(got) else "measured only"
+        records.append(
+            {
+                "row": cell.row,
+                "column": cell.column,
+                "metric": cell.metric,
+                "printed": cell.printed,
+                "reference": cell.value,
+                "measured": got,
+                "delta": delta,
+                "tolerance": cell.tolerance,
+                "target": cell.target,
+                "verdict": verdict,
+                "source": cell.source,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def _relation_holds(relation: str, a: float, b: float, higher_is_better: bool | None, margin: float) -> bool:
+    if relation in ("better", "worse"):
+        if higher_is_better is None:
+            raise MeasuredTableError(f"'{relation}' needs a column with higher_is_better set")
+        higher = higher_is_better if relation == "better" else not higher_is_better
+        relation = "higher" if higher else "lower"
+    if relation == "higher":
+        return a > b + margin
+    if relation == "lower":
+        return a < b - margin
+    if relation == "higher_or_equal":
+        return a >= b + margin
+    if relation == "lower_or_equal":
+        return a <= b - margin
+    raise MeasuredTableError(f"unknown relation {relation!r}")
+
+
+def evaluate_check(ref: ReferenceTable, check: Check, values: pd.DataFrame) -> tuple[str, list[str]]:
+    """Return (verdict, one line of detail per column) for one check on a wide frame of values."""
+    verdicts, details = [], []
+    for column in check.columns:
+        a = _measured_value(values, check.row, column)
+        b = check.than_value if check.than_row is None else _measured_value(values, check.than_row, column)
+        than = f"{check.than_value:g}" if check.than_row is None else f"{check.than_row} {b:g}"
+        if math.isnan(a) or math.isnan(b):
+            verdicts.append("not measured")
+            details.append(f"{column}: {check.row} vs {check.than_row or check.than_value}: not measured")
+            continue
+        info = ref.column_info(column)
+        hib = info["higher_is_better"]
+        hib = None if hib is None or (isinstance(hib, float) and math.isnan(hib)) else bool(hib)
+        ok = _relation_holds(check.relation, a, b, hib, check.margin)
+        verdicts.append("holds" if ok else "fails")
+        details.append(f"{column}: {check.row} {a:g} {check.relation} than {than}: {'yes' if ok else 'NO'}")
+    if "fails" in verdicts:
+        return "fails", details
+    if "not measured" in verdicts:
+        return "not measured", details
+    return "holds", details
+
+
+def evaluate_claims(ref: ReferenceTable, values: pd.DataFrame) -> pd.DataFrame:
+    records = []
+    for claim in ref.claims:
+        verdicts, details = [], []
+        for check in claim.checks:
+            verdict, lines = evaluate_check(ref, check, values)
+            verdicts.append(verdict)
+            details.extend(lines)
+        overall = "fails" if "fails" in verdicts else "not measured" if "not measured" in verdicts else "holds"
+        records.append(
+            {"claim": claim.id, "statement": claim.statement, "where": claim.where, "verdict": overall, "details": "; ".join(details)}
+        )
+    return pd.DataFrame.from_records(records, columns=["claim", "statement", "where", "verdict", "details"])
+
+
+def compare(ref: ReferenceTable | str, measured: pd.DataFrame, mode: Mode = "numeric", profile: str = "paper") -> Comparison:
+    """Build the side-by-side comparison of `measured` against the reference table `ref`."""
+    if isinstance(ref, str):
+        ref = get_reference(ref)
+    if mode not in ("numeric", "claim"):
+        raise ValueError(f"mode must be 'numeric' or 'claim', got {mode!r}")
+    measured = _validate_measured(ref, measured)
+    return Comparison(
+        reference=ref,
+        mode=mode,
+        profile=profile,
+        numbers=compare_numbers(ref, measured),
+        claims=evaluate_claims(ref, measured),
+    )
+
+
+def _fmt(x: float) -> str:
+    return "" if isinstance(x, float) and math.isnan(x) else f"{x:g}"
+
+
+def to_markdown(result: Comparison) -> str:
+    ref = result.reference
+    lines = [
+        f"# {ref.source}: {ref.title}",
+        "",
+        f"Profile `{result.profile}`, verdict mode `{result.mode}`. {result.summary()}.",
+        "",
+    ]
+    if len(result.claims):
+        lines += ["## Claims", "", "| claim | verdict | statement | details |", "|---|---|---|---|"]
+        for c in result.claims.itertuples(index=False):
+            lines.append(f"| {c.claim} | **{c.verdict}** | {c.statement} ({c.where}) | {c.details} |")
+        lines.append("")
+    lines += ["## Numbers", "", "| row | column | reference | measured | delta | tolerance | verdict |", "|---|---|---|---|---|---|---|"]
+    for n in result.numbers.itertuples(index=False):
+        if n.verdict == "reference only" and not n.printed:
+            continue
+        lines.append(
+            f"| {n.row} | {n.column} | {n.printed} | {_fmt(n.measured)} | {_fmt(n.delta)} | {_fmt(n.tolerance)} | {n.verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(result: Comparison, results_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write `results/<paper>_table<N>.csv` (cells and claims, long format) and its markdown twin."""
+    results_dir = Path(results_dir)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta = {"profile": result.profile, "mode": result.mode, "written": stamp, "provenance": json.dumps(provenance())}
+    numbers = result.numbers.assign(kind="number", claim="", statement="", details="")
+    claims = result.claims.rename(columns={"where": "source"}).assign(kind="claim")
+    frame = pd.concat([numbers, claims], ignore_index=True).assign(**meta)
+    csv_path = atomic_write_text(results_dir / f"{result.reference.key}.csv", frame.to_csv(index=False))
+    md_path = atomic_write_text(results_dir / f"{result.reference.key}.md", to_markdown(result))
+    return csv_path, md_path
+
+
+def read_measured(path: str | Path) -> pd.DataFrame:
+    """Read a measured table (CSV with a `row` column, one column per reference column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MeasuredTableError(f"measured table not found: {path}")
+    frame = pd.read_csv(path)
+    if "row" not in frame.columns:
+        raise MeasuredTableError(f"{path}: needs a 'row' column with the reference table's row labels")
+    return frame.set_index("row")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", help="reference table key, e.g. lavit_table3b")
+    parser.add_argument("--measured", required=True, help="CSV with a 'row' column and the table's columns")
+    parser.add_argument("--mode", choices=["numeric", "claim"], default="numeric")
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target number or claim fails")
+    args = parser.parse_args(argv)
+    result = compare(args.table, read_measured(args.measured), mode=args.mode, profile=args.profile)
+    csv_path, md_path = write_comparison(result, args.results_dir)
+    print(result.summary())
+    print(f"wrote {csv_path} and {md_path}")
+    if args.check and not result.passed:
+        print(f"CHECK FAILED: {len(result.failures)} failing entries", file=sys.stderr)
+        print(result.failures.to_string(index=False), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
