@@ -37,8 +37,9 @@ target and how close a paper-scale run must come. Default tolerances, by metric,
 `DEFAULT_TOLERANCE` with the reasoning next to them.
 
 `checks[].is` is one of: better / worse (by the column's `higher_is_better`), higher / lower,
-higher_or_equal / lower_or_equal. `than` is a row label or {value: number}. Optional `margin` (the
-difference must exceed it, in the column's units).
+higher_or_equal / lower_or_equal. `than` is a row label or {value: number}. Optional `margin`, in the
+column's units: "higher" means a > b + margin, so a positive margin demands a clear gap and a negative one
+states an approximate claim ("on par", "a small gap": a > b - |margin|). Claims may carry a `note`.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ DEFAULT_TOLERANCE = {
 
 VALID_RELATIONS = {"better", "worse", "higher", "lower", "higher_or_equal", "lower_or_equal"}
 
-_NUMBER = re.compile(r"^\s*([+\-−]?\d+(?:\.\d+)?)\s*%?")
+_NUMBER = re.compile(r"^\s*([+\-−]?\d+(?:\.\d+)?(?:[eE][+\-−]?\d+)?)\s*%?")
 _NO_NUMBER = {"", "-", "–", "—", "✗", "✓", "n/a"}
 
 
@@ -171,12 +172,18 @@ def _as_bool(value: Any, where: str) -> bool:
 def _parse_claims(raw: list[dict], columns: list[str], rows: list[str], path: Path) -> list[Claim]:
     claims = []
     for item in raw or []:
+        unknown = set(item) - {"id", "statement", "where", "checks", "note"}
+        if unknown:
+            raise ReferenceError(f"{path}: claim {item.get('id', '?')!r} has unknown keys {sorted(unknown)}")
         for key in ("id", "statement", "checks"):
             if key not in item:
                 raise ReferenceError(f"{path}: claim {item.get('id', '?')!r} lacks {key!r}")
         checks = []
         for check in item["checks"]:
             where = f"{path}: claim {item['id']!r}"
+            unknown = set(check) - {"row", "than", "columns", "is", "margin"}
+            if unknown:
+                raise ReferenceError(f"{where}: a check has unknown keys {sorted(unknown)}")
             relation = check.get("is")
             if relation not in VALID_RELATIONS:
                 raise ReferenceError(f"{where}: 'is' must be one of {sorted(VALID_RELATIONS)}, got {relation!r}")

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(to_markdown(frame))
     else:
-        print(frame.drop(columns=["command"]).to_markdown(index=False, tablefmt="simple"))
+        terminal = frame.drop(columns=["command"]).assign(title=frame["title"].str.slice(0, 48))
+        print(terminal.to_markdown(index=False, tablefmt="simple"))
         n_targets = int(frame["targets"].sum())
         print(f"\n{len(frame)} tables, {int(frame['numbers'].sum())} reference numbers ({n_targets} reproduction targets), "
               f"{int(frame['claims'].sum())} claims; results/status.md written.")
