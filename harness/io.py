@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -52,13 +54,18 @@ def git_revision(root: str | Path | None = None) -> str:
         return "unknown"
 
 
-def provenance() -> dict[str, str]:
-    """What produced a number: code revision and library versions."""
+@functools.lru_cache(maxsize=1)
+def _provenance() -> tuple[tuple[str, str], ...]:
     info = {"git": git_revision(), "python": platform.python_version()}
-    for name in ("torch", "transformers", "diffusers", "lm_eval", "pandas"):
+    # Versions from package metadata: importing torch/diffusers just to read a version costs seconds.
+    for name in ("torch", "transformers", "diffusers", "lm_eval", "pycocoevalcap", "torch-fidelity", "pandas"):
         try:
-            module = __import__(name)
-            info[name] = getattr(module, "__version__", "unknown")
-        except ImportError:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             continue
-    return info
+    return tuple(info.items())
+
+
+def provenance() -> dict[str, str]:
+    """What produced a number: code revision and library versions (computed once per process)."""
+    return dict(_provenance())
