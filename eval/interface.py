@@ -1,0 +1,166 @@
+"""What a model implements to be evaluated, and what an evaluation is made of.
+
+A model adapter implements the subset of four request methods it supports (the shape of lm-eval's
+`LM` class, extended to images):
+
+    caption(images, prompt, **generation)              -> list[str]          one caption per image
+    answer(images, questions, **generation)            -> list[str]          one answer per (image, question)
+    generate_images(prompts, seeds, **generation)      -> list[PIL.Image]    one image per (prompt, seed)
+    score_text(contexts, continuations, images=None)   -> list[float]        sum log p(continuation | image, context)
+
+plus a `model_id` string naming the model and its weights (it keeps prediction caches of different models
+apart). Every list argument has the same length and the returned list has that length too, in the same order.
+Batching inside a call is the model's business; the runner only decides how many samples go in one call.
+Images arrive as RGB PIL images; a sample whose image file cannot be decoded is never sent to the model.
+
+Prompts and decoding settings are not the model's business either: they are data in an `EvalTask`, with a
+`version` that is bumped whenever they change, so cached predictions and reported numbers say which prompt
+produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # PIL is only needed by callers that actually pass images.
+    from PIL import Image
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation that cannot go on: a task the model cannot run, a model output that breaks the contract
+    above, an unknown metric. Bad input data (files, ids, caches) raises `eval.errors.EvalInputError` instead."""
+
+
+class UnsupportedTaskError(EvaluationError):
+    """The model lacks the request method a task needs."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The four request methods, one protocol each, so an adapter can implement any subset.
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    model_id: str
+
+    def caption(self, images: list[Image.Image], prompt: str, **generation: Any) -> list[str]:
+        """One caption per image. `prompt` is the task's caption instruction (may be "")."""
+        ...
+
+
+@runtime_checkable
+class QuestionAnswerer(Protocol):
+    model_id: str
+
+    def answer(self, images: list[Image.Image], questions: list[str], **generation: Any) -> list[str]:
+        """One free-form answer per (image, question) pair; questions already carry the task's prompt template."""
+        ...
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    model_id: str
+
+    def generate_images(self, prompts: list[str], seeds: list[int], **generation: Any) -> list[Image.Image]:
+        """One image per prompt; image i must depend only on (prompts[i], seeds[i], generation).
+
+        The runner derives each sample's seed from the task's `generation["seed"]` and the sample id, so an
+        image does not depend on which batch it landed in, and a resumed run reproduces an uninterrupted one.
+        `generation` carries the guidance scale, number of steps, ... (and the task-level seed).
+        """
+        ...
+
+
+@runtime_checkable
+class TextScorer(Protocol):
+    model_id: str
+
+    def score_text(
+        self, contexts: list[str], continuations: list[str], images: list[Image.Image | None] | None = None
+    ) -> list[float]:
+        """Sum of log-probabilities of each continuation's tokens given its context (and image, if any)."""
+        ...
+
+
+class VisionLanguageModel(Captioner, QuestionAnswerer, ImageGenerator, TextScorer, Protocol):
+    """A model that supports every request; adapters usually implement a subset (see `require_method`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples and tasks are plain data.
+
+TaskKind = Literal["caption", "vqa", "t2i", "multiple_choice"]
+
+# The model method each kind of task calls, and whether its samples carry an image.
+TASK_METHOD: dict[str, str] = {
+    "caption": "caption",
+    "vqa": "answer",
+    "t2i": "generate_images",
+    "multiple_choice": "score_text",
+}
+KIND_NEEDS_IMAGE: dict[str, bool] = {"caption": True, "vqa": True, "t2i": False, "multiple_choice": False}
+
+SampleId = str | int  # dataset ids as the dataset spells them (COCO image ids are ints, VQA question ids too)
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    id: SampleId  # unique within the dataset; predictions are keyed by it
+    image: str | None = None  # image path, relative to the runner's `image_root` when one is given
+    text: str = ""  # the question (vqa), the prompt text (t2i), the question stem (multiple_choice); unused for captions
+    references: tuple[Any, ...] = ()  # ground truth: reference captions, the 10 VQA answers, the correct choice, ...
+    choices: tuple[str, ...] = ()  # candidate continuations (multiple_choice only), scored with score_text
+
+
+@dataclass
+class EvalTask:
+    name: str = "task"  # e.g. "coco_karpathy_test_caption"; names the results row and the cache
+    kind: TaskKind = "caption"  # which model method is called (TASK_METHOD)
+    metric: str = "exact_match"  # metric function looked up in eval.runner's registry (or passed in)
+    variant: str = ""  # which flavour of the metric the number is, e.g. "coco-caption CIDEr-D, PTB tokenizer"
+    prompt: str = ""  # caption: the instruction; vqa/t2i/multiple_choice: a template with a {text} field
+    generation: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model method (decoding settings)
+    version: int = 0  # bump whenever prompt or generation change: caches and results of old versions are not mixed
+
+    def format_text(self, sample: EvalSample) -> str:
+        """The text sent to the model for `sample` (the prompt template filled with the sample's text)."""
+        if self.kind == "caption":
+            return self.prompt
+        if not self.prompt:
+            return sample.text
+        try:
+            return self.prompt.format(text=sample.text)
+        except (KeyError, IndexError) as err:
+            raise EvaluationError(
+                f"task {self.name!r}: prompt template {self.prompt!r} has a field other than {{text}} ({err})"
+            ) from None
+
+    def identity(self) -> dict[str, Any]:
+        """Everything about the task that changes the predictions (stored in cache headers).
+
+        The metric and its variant are applied to the cached predictions afterwards, so they are left out: the
+        same cache can be rescored with another metric variant without a single model call.
+        """
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("metric", "variant")}
+
+
+def require_method(model: Any, task: EvalTask) -> str:
+    """Return the name of the model method `task` needs, or raise naming what the model does implement."""
+    if task.kind not in TASK_METHOD:
+        raise EvaluationError(f"task {task.name!r}: unknown kind {task.kind!r}; known kinds: {', '.join(TASK_METHOD)}")
+    method = TASK_METHOD[task.kind]
+    if not callable(getattr(model, method, None)):
+        has = [name for name in dict.fromkeys(TASK_METHOD.values()) if callable(getattr(model, name, None))]
+        raise UnsupportedTaskError(
+            f"task {task.name!r} (kind {task.kind!r}) needs model.{method}(...), which {type(model).__name__} "
+            f"does not implement; it implements: {', '.join(has) or 'none of caption/answer/generate_images/score_text'}"
+        )
+    model_id = getattr(model, "model_id", None)
+    if not isinstance(model_id, str) or not model_id:
+        raise EvaluationError(
+            f"{type(model).__name__} has no `model_id` string (got {model_id!r}); adapters must name the model "
+            "and its weights so prediction caches of different models are kept apart"
+        )
+    return method

@@ -1,0 +1,162 @@
+"""Token merger (paper §3.1, Eq. 2, Fig. 3b): compresses the dropped patches onto the kept ones.
+
+Released name: ``causal_encoder``. L pre-norm blocks over all N positions (the decision mask M controls the
+attention scope instead of splitting the sequence, so the batch stays rectangular):
+
+    x  = raw encoder features X                     (B, N, D)
+    x += causal_attn(norm0(x))                      token i attends j  iff  j <= i and (M_j = 1 or j = i)
+    x += cross_attn(norm1(x), ln_vision(X))         every query attends only the dropped tokens (M_j = 0)
+    x += mlp(norm2(x))
+    out = norm(x)                                   the kept positions (raster order) are the visual part features
+
+Both attentions use the released masked softmax (``masked_softmax``) rather than -inf masking: in float32,
+``(exp(s - max) * A + eps/N) / (sum exp(s - max) * A + eps)`` with the max over *all* positions. Masked keys keep
+a weight of (eps/N) / (sum + eps); a row with nothing allowed becomes uniform; with every token kept the
+cross-attention is a uniform average over all N values. The mask enters multiplicatively, so a straight-through
+Gumbel mask passes gradients to the selector.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from model.lavit.eva_vit import FP32LayerNorm
+
+
+def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The released "softmax with policy". scores (..., Q, K); allowed broadcastable to it, 0/1 (or soft) weights.
+
+    Computed in float32 and returned in the dtype of ``scores``. ``eps/K`` is added to every entry, so each row sums
+    to exactly 1, including a row where nothing is allowed (which becomes uniform).
+    """
+    n = scores.shape[-1]
+    shifted = scores - scores.max(dim=-1, keepdim=True).values  # max over all keys, masked ones included
+    weights = shifted.float().exp() * allowed.float()
+    probs = (weights + eps / n) / (weights.sum(dim=-1, keepdim=True) + eps)
+    return probs.to(scores.dtype)
+
+
+def self_attention_policy(keep: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """keep (B, N) 0/1 -> allowed (B, 1, N, N): i attends j iff (keep_j or j = i) [and j <= i when causal]."""
+    n = keep.shape[-1]
+    eye = torch.eye(n, dtype=keep.dtype, device=keep.device)
+    allowed = keep[:, None, None, :] + (1.0 - keep[:, None, None, :]) * eye  # (b, 1, n, n)
+    if causal:
+        allowed = allowed * torch.ones(n, n, dtype=keep.dtype, device=keep.device).tril()
+    return allowed
+
+
+def cross_attention_policy(keep: torch.Tensor) -> torch.Tensor:
+    """keep (B, N) -> allowed (B, 1, 1, N): every query attends only the dropped tokens."""
+    return (1.0 - keep)[:, None, None, :]
+
+
+class TokenCausalAttention(nn.Module):
+    """Self-attention among the merger's tokens with the selection (and causal) policy."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.eps = eps
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (b, h, n, hd)
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (b, h, n, n); scaled after the product (released code)
+        probs = masked_softmax(scores, allowed, self.eps)
+        return self.proj((probs @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class TokenCrossAttention(nn.Module):
+    """Eq. 2: queries from the merger state, keys/values from ``ln_vision`` of the raw features, dropped tokens only."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.eps = eps
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h, hd = self.num_heads, c // self.num_heads
+        q = self.query(x).reshape(b, n, h, hd).transpose(1, 2)  # (b, h, n, hd)
+        k = self.key(context).reshape(b, -1, h, hd).transpose(1, 2)
+        v = self.value(context).reshape(b, -1, h, hd).transpose(1, 2)
+        probs = masked_softmax((q @ k.transpose(-2, -1)) * self.scale, allowed, self.eps)  # (b, h, n, n)
+        return self.proj((probs @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class MergerMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MergerBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, ln_eps: float, attention_eps: float):
+        super().__init__()
+        self.norm0 = FP32LayerNorm(dim, eps=ln_eps)
+        self.token_causal_attn = TokenCausalAttention(dim, num_heads, attention_eps)
+        self.norm1 = FP32LayerNorm(dim, eps=ln_eps)
+        self.token_cross_attn = TokenCrossAttention(dim, num_heads, attention_eps)
+        self.norm2 = FP32LayerNorm(dim, eps=ln_eps)
+        self.mlp = MergerMlp(dim, mlp_hidden)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, self_allowed: torch.Tensor, cross_allowed: torch.Tensor
+    ) -> torch.Tensor:
+        x = x + self.token_causal_attn(self.norm0(x), self_allowed)
+        x = x + self.token_cross_attn(self.norm1(x), context, cross_allowed)
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenMerger(nn.Module):
+    """``depth`` merger blocks; ``depth=0`` is the "w/o token merger" ablation (Table 8): only the final norm."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        depth: int,
+        mlp_hidden: int,
+        ln_eps: float = 1e-5,
+        attention_eps: float = 1e-6,
+        attention: Literal["causal", "bidirectional"] = "causal",
+    ):
+        super().__init__()
+        if attention not in ("causal", "bidirectional"):
+            raise ValueError(f"merger attention must be 'causal' or 'bidirectional', got {attention!r}")
+        self.causal = attention == "causal"
+        self.blocks = nn.ModuleList(
+            MergerBlock(dim, num_heads, mlp_hidden, ln_eps, attention_eps) for _ in range(depth)
+        )
+        self.ln_vision = FP32LayerNorm(dim, eps=ln_eps)  # normalises the raw ViT features used as keys/values
+        self.norm = FP32LayerNorm(dim, eps=ln_eps)  # post-norm of the merged tokens, for the next stage
+
+    def forward(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """features (B, N, D) raw encoder output, keep (B, N) 0/1 (float, may carry grads) -> (B, N, D) for all N."""
+        keep = keep.to(features.dtype)
+        x = features
+        if len(self.blocks):
+            context = self.ln_vision(features)
+            self_allowed = self_attention_policy(keep, causal=self.causal)
+            cross_allowed = cross_attention_policy(keep)
+            for block in self.blocks:
+                x = block(x, context, self_allowed, cross_allowed)
+        return self.norm(x)
