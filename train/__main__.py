@@ -1,0 +1,93 @@
+"""Launcher: `python -m train STAGE --config PRESET --output-dir DIR [--set k=v ...] [--cluster local|slurm] ...`
+
+    STAGE      tokenizer | pixel_decoder | unified   (paper §3.3: stage 1a, stage 1b, stage 2)
+    --config   a preset of the stage (paper, mini); --config-file YAML and --set key=value apply on top
+    --cluster  local (default): this process, or N processes on this machine with --nproc-per-node N (torchrun)
+               slurm: submit through submitit, one task per GPU (or --tasks-per-node on CPU nodes), requeued on
+               timeout/preemption, resuming from the last checkpoint
+    --sweep    key=v1,v2,...  (repeatable): the grid of overrides, submitted as one SLURM job array (one output
+               directory per point, named by its overrides)
+
+A run resumes automatically from the latest valid checkpoint in OUTPUT/checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.config import add_config_arguments, config_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import train.config  # noqa: F401  (registers the presets)
+
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage in train.config.STAGES:
+        p = sub.add_parser(stage, help=f"train stage {stage}")
+        add_config_arguments(p, train.config.preset_group(stage))
+        p.add_argument("--output-dir", required=True, help="run directory (checkpoints, metrics.jsonl, config.yaml)")
+        p.add_argument("--cluster", choices=("local", "slurm"), default="local")
+        p.add_argument("--nproc-per-node", type=int, default=1, help="local: processes on this machine (torchrun)")
+        p.add_argument("--nodes", type=int, default=1, help="slurm: nodes")
+        p.add_argument("--gpus-per-node", type=int, default=8, help="slurm: GPUs per node (one task per GPU); 0 on CPU nodes")
+        p.add_argument("--tasks-per-node", type=int, default=None, help="slurm: tasks per node when --gpus-per-node 0")
+        p.add_argument("--cpus-per-task", type=int, default=None, help="slurm: CPUs per task (default: 10 with GPUs, 1 without)")
+        p.add_argument("--mem-gb", type=int, default=None, help="slurm: memory per node in GB (default: SLURM's)")
+        p.add_argument("--partition", default=None, help="slurm: partition")
+        p.add_argument("--account", default=None, help="slurm: account")
+        p.add_argument("--qos", default=None, help="slurm: quality of service")
+        p.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="slurm: time limit per job in minutes")
+        p.add_argument("--max-requeues", type=int, default=20, help="slurm: requeues after timeout/preemption")
+        p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="slurm job array over these values")
+        p.add_argument("--no-wait", action="store_true", help="slurm: return after submission instead of waiting")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import train.config
+
+    cfg = config_from_args(args, train.config.preset_group(args.stage))
+    if args.cluster == "slurm":
+        from train.slurm import SlurmOptions, submit
+
+        options = SlurmOptions(
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            tasks_per_node=args.tasks_per_node,
+            cpus_per_task=args.cpus_per_task,
+            mem_gb=args.mem_gb,
+            partition=args.partition,
+            account=args.account,
+            qos=args.qos,
+            timeout_min=args.time,
+            max_num_timeout=args.max_requeues,
+        )
+        jobs = submit(args.stage, cfg, args.output_dir, options, sweep=args.sweep)
+        for job, out in jobs:
+            print(f"submitted {args.stage} job {job.job_id} -> {out}", flush=True)
+        if args.no_wait:
+            return 0
+        failed = 0
+        for job, out in jobs:
+            try:
+                summary = job.results()[0]  # rank 0's summary (one result per task)
+                print(f"job {job.job_id} finished at step {summary['last_step']}: {out}", flush=True)
+            except Exception as err:  # report every job, then fail
+                failed += 1
+                print(f"job {job.job_id} failed: {err}", file=sys.stderr, flush=True)
+        return 1 if failed else 0
+    if args.sweep:
+        raise SystemExit("--sweep needs --cluster slurm (a local sweep would run the grid serially: loop in your shell)")
+    from train.slurm import run_local
+
+    summary = run_local(args.stage, cfg, args.output_dir, nproc_per_node=args.nproc_per_node)
+    if summary is not None:
+        print(f"finished {args.stage} at step {summary['last_step']} -> {args.output_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
