@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eval.errors import EvalInputError
+from eval.errors import EvalInputError, run_cli
 
 DEFAULT_NUM_PROMPTS = 30_000
 DEFAULT_SEED = 0
@@ -238,14 +238,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> int:
-    """`main` for the command line: bad input (missing or malformed files) prints one line instead of a traceback."""
-    try:
-        return main()
-    except (EvalInputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

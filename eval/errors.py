@@ -7,7 +7,9 @@ it and print the message without a traceback; anything else is a bug and keeps i
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 class EvalInputError(ValueError):
@@ -34,3 +36,12 @@ class MissingPredictionsError(EvalInputError):
         )
         self.examples = examples
         self.n_missing = n_missing
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run a command-line `main`; bad input (missing or malformed files) prints one line, exit code 2."""
+    try:
+        return main()
+    except (EvalInputError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.errors import EvalInputError
+from eval.errors import EvalInputError, run_cli
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # torch-fidelity's KID defaults: 100 subsets of 1000 samples; the subset shrinks to the sample count when smaller.
@@ -321,14 +321,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> int:
-    """`main` for the command line: bad input (missing or malformed files) prints one line instead of a traceback."""
-    try:
-        return main()
-    except (EvalInputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))
