@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.lavit.eva_vit import FP32LayerNorm
-from model.lavit.token_merger import MergerMlp
+from model.lavit.eva_vit import FP32LayerNorm, Mlp
 
 PAD_SCORE = -10000.0  # additive score of padded codes (released value; -inf would give NaN for empty rows)
 
@@ -66,7 +65,7 @@ class DecoderBlock(nn.Module):
         self.norm1 = FP32LayerNorm(dim, eps=ln_eps)
         self.cross_attn = DecoderCrossAttention(dim, num_heads)
         self.norm2 = FP32LayerNorm(dim, eps=ln_eps)
-        self.mlp = MergerMlp(dim, mlp_hidden)
+        self.mlp = Mlp(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor, codes: torch.Tensor, code_mask: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.norm0(x))

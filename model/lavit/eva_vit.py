@@ -26,7 +26,9 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
-class EvaMlp(nn.Module):
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2: the feed-forward of the EVA blocks, the token merger and the feature decoder."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -67,7 +69,7 @@ class EvaBlock(nn.Module):
         self.norm1 = FP32LayerNorm(dim, eps=eps)
         self.attn = EvaAttention(dim, num_heads)
         self.norm2 = FP32LayerNorm(dim, eps=eps)
-        self.mlp = EvaMlp(dim, mlp_hidden)
+        self.mlp = Mlp(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from model.lavit.eva_vit import FP32LayerNorm
+from model.lavit.eva_vit import FP32LayerNorm, Mlp
 
 
 def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -97,17 +97,6 @@ class TokenCrossAttention(nn.Module):
         return self.proj((probs @ v).transpose(1, 2).reshape(b, n, c))
 
 
-class MergerMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class MergerBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, ln_eps: float, attention_eps: float):
         super().__init__()
@@ -116,7 +105,7 @@ class MergerBlock(nn.Module):
         self.norm1 = FP32LayerNorm(dim, eps=ln_eps)
         self.token_cross_attn = TokenCrossAttention(dim, num_heads, attention_eps)
         self.norm2 = FP32LayerNorm(dim, eps=ln_eps)
-        self.mlp = MergerMlp(dim, mlp_hidden)
+        self.mlp = Mlp(dim, mlp_hidden)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, self_allowed: torch.Tensor, cross_allowed: torch.Tensor
