@@ -116,7 +116,7 @@ def test_weight_decay_skips_biases_and_group_lrs_apply():
 
 
 def test_paper_presets_are_table_9():
-    import train.config  # noqa: F401
+    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
 
     tok = get_preset("train/tokenizer", "paper")
     assert (tok.optim.betas, tok.optim.eps, tok.optim.lr, tok.optim.warmup_steps, tok.optim.weight_decay) == ((0.9, 0.99), 1e-6, 2e-4, 4000, 0.01)
@@ -134,7 +134,7 @@ def test_paper_presets_are_table_9():
 def test_launcher_parses_and_the_job_config_roundtrips():
     from harness.config import from_dict
     from train.__main__ import build_parser
-    from train.config import STAGE_CONFIGS
+    from model.families import stage_config_class
     from train.slurm import SlurmOptions, sweep_points
 
     args = build_parser().parse_args(
@@ -144,7 +144,7 @@ def test_launcher_parses_and_the_job_config_roundtrips():
 
     cfg = config_from_args(args, "train/unified")
     assert cfg.optim.lr == 3e-4 and args.cluster == "slurm"
-    assert from_dict(STAGE_CONFIGS["unified"], to_dict(cfg)) == cfg  # what a SLURM task rebuilds
+    assert from_dict(stage_config_class("unified"), to_dict(cfg)) == cfg  # what a SLURM task rebuilds
     assert SlurmOptions(gpus_per_node=0, tasks_per_node=2).tasks() == 2
     assert SlurmOptions(gpus_per_node=8).tasks() == 8
     assert sweep_points(["a=1,2", "b=x"]) == [["a=1", "b=x"], ["a=2", "b=x"]]

@@ -29,7 +29,7 @@ OVERRIDES = {
 
 
 def _config(stage: str):
-    import train.config  # noqa: F401
+    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
 
     return resolve(get_preset(f"train/{stage}", "mini"), overrides=OVERRIDES[stage])
 

@@ -1,6 +1,7 @@
 """Launcher: `python -m train STAGE --config PRESET --output-dir DIR [--set k=v ...] [--cluster local|slurm] ...`
 
-    STAGE      tokenizer | pixel_decoder | unified   (paper §3.3: stage 1a, stage 1b, stage 2)
+    STAGE      a stage of a model family (`model/families.py`; the list is below), e.g. LaVIT's
+               tokenizer | pixel_decoder | unified   (paper §3.3: stage 1a, stage 1b, stage 2)
     --config   a preset of the stage (paper, mini); --config-file YAML and --set key=value apply on top
     --cluster  local (default): this process, or N processes on this machine with --nproc-per-node N (torchrun)
                slurm: submit through submitit, one task per GPU (or --tasks-per-node on CPU nodes), requeued on
@@ -20,13 +21,15 @@ from harness.config import add_config_arguments, config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import train.config  # noqa: F401  (registers the presets)
+    from model.families import all_stages
+    from train.config import preset_group
 
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage in train.config.STAGES:
-        p = sub.add_parser(stage, help=f"train stage {stage}")
-        add_config_arguments(p, train.config.preset_group(stage))
+    for stage, (family, spec) in all_stages().items():
+        spec.config_class()  # registers the stage's presets
+        p = sub.add_parser(stage, help=f"{family.name}: {spec.summary}")
+        add_config_arguments(p, preset_group(stage))
         p.add_argument("--output-dir", required=True, help="run directory (checkpoints, metrics.jsonl, config.yaml)")
         p.add_argument("--cluster", choices=("local", "slurm"), default="local")
         p.add_argument("--nproc-per-node", type=int, default=1, help="local: processes on this machine (torchrun)")
@@ -47,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import train.config
+    from train.config import preset_group
 
-    cfg = config_from_args(args, train.config.preset_group(args.stage))
+    cfg = config_from_args(args, preset_group(args.stage))
     if args.cluster == "slurm":
         from train.slurm import SlurmOptions, submit
 

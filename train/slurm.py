@@ -46,11 +46,9 @@ class SlurmOptions:
 
 
 def _stage_config_class(stage: str):
-    from train.config import STAGE_CONFIGS
+    from model.families import stage_config_class
 
-    if stage not in STAGE_CONFIGS:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_CONFIGS)}")
-    return STAGE_CONFIGS[stage]
+    return stage_config_class(stage)
 
 
 class TrainingJob:
@@ -131,7 +129,10 @@ def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, 
             point_cfg = merge(point_cfg, parse_override(override))
         out = output_dir / point_dir_name(point) if sweep else output_dir
         runs.append((TrainingJob(stage, to_dict(point_cfg), str(out)), out))
-    executor = make_executor(output_dir / "slurm" / "%j", options, name=f"lavit-{stage}")
+    from model.families import all_stages
+
+    family = all_stages()[stage][0].name
+    executor = make_executor(output_dir / "slurm" / "%j", options, name=f"{family}-{stage}")
     if len(runs) == 1:
         return [(executor.submit(runs[0][0]), runs[0][1])]
     jobs = []

@@ -1,29 +1,15 @@
-"""The stages of paper §3.3 as trainer tasks, and the one job function every launcher calls.
-
-    tokenizer      -> train/stages/tokenizer.py      (stage 1a, Eq. 4)
-    pixel_decoder  -> train/stages/pixel_decoder.py  (stage 1b, Eq. 5)
-    unified        -> train/stages/unified.py        (stage 2, Eq. 6)
-"""
+"""The one job function every launcher calls, for any stage of any model family (`model/families.py`)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
-_TASKS = {
-    "tokenizer": "train.stages.tokenizer:TokenizerTask",
-    "pixel_decoder": "train.stages.pixel_decoder:PixelDecoderTask",
-    "unified": "train.stages.unified:UnifiedTask",
-}
-
-
 def task_class(stage: str):
-    if stage not in _TASKS:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(_TASKS)}")
-    module, name = _TASKS[stage].split(":")
-    return getattr(importlib.import_module(module), name)
+    from model.families import get_stage
+
+    return get_stage(stage).task_class()
 
 
 def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ the previous document. Text documents may continue into the next sequence; image
 
 Visual codes (the targets) and the keep masks come from the frozen stage-1 tokenizer, computed on the fly in the
 data pipeline by a separate frozen copy of it, or read from a pre-tokenised cache (`data.codes_cache`, written by
-`train.stages.unified.cache_codes`). The selection is the released one (hard Gumbel-softmax sampling) with noise
+`model.lavit.stages.unified.cache_codes`). The selection is the released one (hard Gumbel-softmax sampling) with noise
 seeded by (seed, sample key), so a resumed run and the cache reproduce exactly the same keep masks and codes.
 
 Two parameter groups with their own peak LRs (Table 9): "llm" (5e-5) and "visual" (the understanding merger and
@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import UnifiedStageConfig
+from model.lavit.stages.config import UnifiedStageConfig
 from train.data import Batched, ImageTextShards, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece, Strided
 from train.distributed import DistInfo
-from train.stages.common import latest_checkpoint_dir, load_tokenizer_checkpoint, synthetic_image_shards, synthetic_text_sources
+from model.lavit.stages.common import load_tokenizer_checkpoint
+from train.stages.common import latest_checkpoint_dir, synthetic_image_shards, synthetic_text_sources
 from train.trainer import StepOutput
 
 IGNORE_INDEX = -100
@@ -352,7 +353,7 @@ class CodesCache:
     def __init__(self, directory: str):
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise FileNotFoundError(f"codes cache directory {self.directory} does not exist (write it with train.stages.unified.cache_codes)")
+            raise FileNotFoundError(f"codes cache directory {self.directory} does not exist (write it with model.lavit.stages.unified.cache_codes)")
         self._index: dict[str, tuple[list[int], list[int]]] = {}
         self._loaded: set[Path] = set()
 

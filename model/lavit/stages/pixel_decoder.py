@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.config import PixelDecoderStageConfig
+from model.lavit.stages.config import PixelDecoderStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from train.stages.common import latest_checkpoint_dir, load_tokenizer_checkpoint, synthetic_image_shards
+from model.lavit.stages.common import load_tokenizer_checkpoint
+from train.stages.common import latest_checkpoint_dir, synthetic_image_shards
 from train.trainer import StepOutput
 
 

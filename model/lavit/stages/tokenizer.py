@@ -27,10 +27,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.config import TokenizerStageConfig
+from model.lavit.stages.config import TokenizerStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from train.stages.common import load_encoder_weights, load_tokenizer_checkpoint, latest_checkpoint_dir, synthetic_image_shards
+from model.lavit.stages.common import load_encoder_weights, load_tokenizer_checkpoint
+from train.stages.common import latest_checkpoint_dir, synthetic_image_shards
 from train.trainer import StepOutput
 
 

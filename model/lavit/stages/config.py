@@ -1,0 +1,185 @@
+"""LaVIT's training stages: configs and `paper` / `mini` presets (paper §3.3, Table 9).
+
+    tokenizer       stage 1a: dynamic visual tokenizer (Eq. 4)           group "train/tokenizer"
+    pixel_decoder   stage 1b: conditional U-Net on x_rec (Eq. 5)         group "train/pixel_decoder"
+    unified         stage 2: LLM on [image; text], [text; image], text   group "train/unified"
+
+`paper` is Table 9 verbatim where the paper states a value; every value it does not state is marked
+"not in the paper" with the reason for the choice. `mini` is the same stage at CPU size (tiny model presets,
+synthetic data written on first use, a few steps), for tests and smoke runs.
+
+No torch import here: `python -m train --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from harness.config import register_preset
+from model.lavit.configuration import LavitConfig, lavit_7b, lavit_tiny
+from model.lavit.tokenizer_config import VisualTokenizerConfig
+from model.lavit.tokenizer_config import paper as tokenizer_paper
+from model.lavit.tokenizer_config import tiny as tokenizer_tiny
+from train.config import DistConfig, ImageTextDataConfig, LoopConfig, OptimConfig, SyntheticDataConfig, preset_group
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1a: the dynamic visual tokenizer.
+
+
+@dataclass
+class TokenizerStageConfig:
+    tokenizer: VisualTokenizerConfig = field(default_factory=tokenizer_paper)  # model (rho, lambda live here)
+    data: ImageTextDataConfig = field(default_factory=ImageTextDataConfig)  # images (captions unused)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)  # mini runs only
+    optim: OptimConfig = field(default_factory=OptimConfig)  # Table 9, "Tokenizer training" column
+    loop: LoopConfig = field(default_factory=LoopConfig)  # steps, batch, checkpoints
+    dist: DistConfig = field(default_factory=DistConfig)  # parallelism and precision
+    vq_start_step: int = 10_000  # steps of selector+merger training before quantization (not in the paper; authors' recipe)
+    kmeans_images: int = 2048  # images whose part features initialise the codebook by k-means at vq_start_step
+    kmeans_iters: int = 10  # k-means iterations
+    encoder_path: str = ""  # local EVA-CLIP / CLIP encoder weights (safetensors / .bin / folder); "" = random init
+    init_from: str = ""  # a tokenizer checkpoint directory or .safetensors to start from (weights only)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1b: the pixel decoder.
+
+
+@dataclass
+class PixelDecoderStageConfig:
+    model: LavitConfig = field(default_factory=lavit_7b)  # tokenizer + pixel decoder shapes
+    tokenizer_checkpoint: str = ""  # trained stage-1a tokenizer (checkpoint dir or .safetensors); required unless mini
+    stable_diffusion_path: str = ""  # local Stable Diffusion 1.5 folder (unet/, vae/) to initialise the U-Net and VAE
+    data: ImageTextDataConfig = field(default_factory=ImageTextDataConfig)  # images (captions unused)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: unified pre-training.
+
+# Table 5: sampling proportions of the RedPajama subsets in the text part.
+REDPAJAMA_PROPORTIONS = {"c4": 0.80, "github": 0.04, "wikipedia": 0.04, "books": 0.04, "arxiv": 0.04, "stackexchange": 0.04}
+
+
+@dataclass
+class UnifiedDataConfig:
+    understanding_shards: list[str] = field(default_factory=list)  # [image; text] pairs (CC3M/12M, SBU, BLIP-CapFilt)
+    generation_shards: list[str] = field(default_factory=list)  # [text; image] pairs (LAION-Aesthetics)
+    understanding_weight: float = 0.5  # share of [image; text] among image-text samples (not in the paper: 1:1)
+    text_sources: dict[str, list[str]] = field(default_factory=dict)  # RedPajama subset name -> JSONL globs
+    text_weights: dict[str, float] = field(default_factory=lambda: dict(REDPAJAMA_PROPORTIONS))  # Table 5
+    text_key: str = "text"  # JSON field holding a document
+    text_to_image_text: tuple[float, float] = (2.0, 1.0)  # App. B.1: text : image-text = 2 : 1
+    partition: Literal["sample", "shard", "sequence"] = "sample"  # how ranks split the data (train/data.py, unified.py)
+    codes_cache: str = ""  # directory of pre-tokenised codes (`python -m train cache_codes`); "" = tokenize on the fly
+
+
+@dataclass
+class UnifiedStageConfig:
+    model: LavitConfig = field(default_factory=lavit_7b)  # tokenizer + LLM (+ pixel decoder, unused here)
+    tokenizer_checkpoint: str = ""  # trained stage-1a tokenizer (checkpoint dir or .safetensors); required unless mini
+    llm_path: str = ""  # local LLaMA-7B folder (transformers format) for the LLM init; "" = random init
+    visual_selection: Literal["sampled", "deterministic"] = "sampled"  # keep mask M: released Gumbel sampling, or argmax
+    text_tokenizer: str = "byte"  # "byte" (the model's byte-level tokenizer) or a local HF tokenizer folder (LLaMA)
+    seq_len: int = 2048  # Table 9: input sequence length to the LLM; sequences are packed to exactly this length
+    data: UnifiedDataConfig = field(default_factory=UnifiedDataConfig)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets.
+
+
+@register_preset(preset_group("tokenizer"), "paper")
+def tokenizer_paper_preset() -> TokenizerStageConfig:
+    """Table 9, tokenizer column: AdamW (0.9, 0.99, 1e-6), LR 2e-4 cosine, 4k warm-up, wd 0.01, 50k x 2048, bf16."""
+    return TokenizerStageConfig(
+        tokenizer=tokenizer_paper(),
+        optim=OptimConfig(lr=2e-4, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01, warmup_steps=4000, grad_clip=1.0),
+        loop=LoopConfig(steps=50_000, global_batch_size=2048, micro_batch_size=32, checkpoint_every=1000),
+        dist=DistConfig(strategy="auto", precision="bf16", activation_checkpointing=True),
+        vq_start_step=10_000,
+    )
+
+
+@register_preset(preset_group("tokenizer"), "mini")
+def tokenizer_mini_preset() -> TokenizerStageConfig:
+    """Same stage at CPU size: tiny tokenizer, synthetic images, 8 steps of 4 images, VQ from step 4."""
+    return TokenizerStageConfig(
+        tokenizer=tokenizer_tiny(),
+        synthetic=SyntheticDataConfig(enabled=True),
+        optim=OptimConfig(lr=1e-3, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01, warmup_steps=2, grad_clip=1.0),
+        loop=LoopConfig(steps=8, global_batch_size=4, micro_batch_size=2, checkpoint_every=2, progress=False),
+        dist=DistConfig(strategy="auto", device="cpu", precision="fp32"),
+        vq_start_step=4,
+        kmeans_images=8,
+        kmeans_iters=4,
+    )
+
+
+@register_preset(preset_group("pixel_decoder"), "paper")
+def pixel_decoder_paper_preset() -> PixelDecoderStageConfig:
+    """§3.3: U-Net from SD-1.5 fine-tuned 20k steps at batch 2048 on the tokenizer's x_rec. Table 9 gives no
+    optimizer row for this stage; the values are Stable Diffusion fine-tuning defaults (not in the paper)."""
+    return PixelDecoderStageConfig(
+        model=lavit_7b(),
+        optim=OptimConfig(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, warmup_steps=1000, grad_clip=1.0),
+        loop=LoopConfig(steps=20_000, global_batch_size=2048, micro_batch_size=16, checkpoint_every=1000),
+        dist=DistConfig(strategy="auto", precision="bf16", activation_checkpointing=True),
+    )
+
+
+@register_preset(preset_group("pixel_decoder"), "mini")
+def pixel_decoder_mini_preset() -> PixelDecoderStageConfig:
+    return PixelDecoderStageConfig(
+        model=lavit_tiny(),
+        synthetic=SyntheticDataConfig(enabled=True),
+        optim=OptimConfig(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, warmup_steps=2, grad_clip=1.0),
+        loop=LoopConfig(steps=6, global_batch_size=4, micro_batch_size=2, checkpoint_every=2, progress=False),
+        dist=DistConfig(strategy="auto", device="cpu", precision="fp32"),
+    )
+
+
+@register_preset(preset_group("unified"), "paper")
+def unified_paper_preset() -> UnifiedStageConfig:
+    """Table 9, VL pre-training column: AdamW (0.9, 0.95, 1e-6), LR 5e-5 (LLM) / 1.5e-4 (visual), cosine, 2k warm-up,
+    wd 0.1, clip 1.0, 20k steps x 2048 sequences of 2048 tokens, bf16; text : image-text = 2 : 1, Table 5 mix."""
+    return UnifiedStageConfig(
+        model=lavit_7b(),
+        seq_len=2048,
+        optim=OptimConfig(
+            lr=1.5e-4, group_lr={"llm": 5e-5}, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1, warmup_steps=2000, grad_clip=1.0
+        ),
+        loop=LoopConfig(steps=20_000, global_batch_size=2048, micro_batch_size=4, checkpoint_every=500),
+        dist=DistConfig(strategy="fsdp", precision="bf16", activation_checkpointing=True),
+    )
+
+
+@register_preset(preset_group("unified"), "mini")
+def unified_mini_preset() -> UnifiedStageConfig:
+    """Same stage at CPU size: tiny LaVIT, byte tokenizer, synthetic pairs and text, 96-token packed sequences."""
+    model = lavit_tiny()
+    model.pixel_decoder.enabled = False  # not used in stage 2; saves building the U-Net
+    # The byte-level text tokenizer uses ids < 259: a 320-id text vocabulary keeps the LM head CPU-sized
+    # ([IMG] = 320, code k -> 322 + k; the layout rule is the paper's, only the text vocabulary is smaller).
+    model.llm.text_vocab_size = 320
+    return UnifiedStageConfig(
+        model=model,
+        seq_len=96,
+        data=UnifiedDataConfig(text_weights={"c4": 0.8, "wikipedia": 0.2}),
+        synthetic=SyntheticDataConfig(enabled=True, num_shards=2, samples_per_shard=16, text_docs=32),
+        optim=OptimConfig(
+            lr=1e-3, group_lr={"llm": 5e-4}, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1, warmup_steps=2, grad_clip=1.0
+        ),
+        loop=LoopConfig(steps=6, global_batch_size=4, micro_batch_size=2, checkpoint_every=2, progress=False),
+        dist=DistConfig(strategy="auto", device="cpu", precision="fp32"),
+    )
+
