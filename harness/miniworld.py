@@ -54,14 +54,17 @@ from typing import Callable
 
 from harness.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 3: 3 captions + 2 QA per image, questions ordered for --limit; 2: adds tokenizer/ (BPE trained on the training texts)
+TEXT_VOCAB_SIZE = 512  # ids of the mini world's text tokenizer: 3 specials + 256 bytes + 253 merges
 SHAPES = ("circle", "rectangle", "triangle")
 PALETTE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
            "black": (0, 0, 0), "gray": (128, 128, 128), "brown": (165, 42, 42), "teal": (0, 128, 128)}
 COLORS = tuple(PALETTE)
 CAPTION_TEMPLATES = ("a {color} {shape}.", "a picture of a {color} {shape}.", "a {shape} that is {color}.",
                      "a {color} shape: a {shape}.", "an image of a {color} {shape} on a plain background.")
-CAPTIONS_PER_IMAGE, QA_PER_IMAGE, SAMPLES_PER_SHARD = 2, 2, 1000
+# Per train image: caption phrasings (the majority: zero-shot captioning has no prompt) and "Question: q Answer: a"
+# texts of its own train questions; samples per tar shard.
+CAPTIONS_PER_IMAGE, QA_PER_IMAGE, SAMPLES_PER_SHARD = 3, 2, 1000
 VQA_PROMPT = "Question: {q} Answer: {a}"
 # Longest prefix wins; easy-VQA's question forms, named like VQAv2's question types ("what color is the", ...).
 QUESTION_TYPES = ("what is the color of the", "what color is the", "what shape does the image contain",
@@ -272,6 +275,7 @@ class MiniWorld:
     vqa_annotations_file: Path
     image_root: Path  # the eval files' image paths (images/test/<id>.png) are relative to this (= root)
     test_image_dir: Path
+    tokenizer_dir: Path  # the text tokenizer (byte-level BPE, TEXT_VOCAB_SIZE ids), a transformers tokenizer folder
     counts: dict[str, int]
     answers: list[str]  # easy-VQA's 13 answers
     labels: dict[str, dict[str, list[str]]]  # split -> image id (str) -> [shape, color]
@@ -315,6 +319,7 @@ def load_miniworld(root: str | Path) -> MiniWorld:
         knowledge_dir=root / "knowledge", knowledge_subjects=m["knowledge_subjects"],
         captions_file=root / "eval" / "captions_test.json", vqa_questions_file=root / "eval" / "vqa_test_questions.json",
         vqa_annotations_file=root / "eval" / "vqa_test_annotations.json", image_root=root, test_image_dir=root / "images" / "test",
+        tokenizer_dir=root / "tokenizer",
         counts=m["counts"], answers=m["answers"], labels=m["labels"], prior=m["prior"], prior_default=m["prior_default"],
         train_distribution=m["train_distribution"],
     )
@@ -391,9 +396,14 @@ def _write_eval_files(root: Path, split: Split, labels: dict[str, list[str]]) ->
                        "sentences": [{"raw": r, "tokens": re.findall(r"[a-z]+", r)} for r in captions(*labels[str(i)])]})
     atomic_write_json(root / "eval" / "captions_test.json", {"dataset": "miniworld", "images": images})
     vqa_q, vqa_a, per_image = [], [], Counter()
+    numbered = []
     for q, a, i in questions:
-        qid = i * 1000 + per_image[i]  # VQAv2's numbering: image id * 1000 + the question's index on the image
+        numbered.append((per_image[i], i, q, a))  # VQAv2's numbering: image id * 1000 + the question's index on the image
         per_image[i] += 1
+    # Ordered by the question's index on its image, then image: the first N questions (--limit N) cover
+    # min(N, #images) different images instead of the first few images' every question.
+    for k, i, q, a in sorted(numbered, key=lambda x: (x[0], x[1])):
+        qid = i * 1000 + k
         vqa_q.append({"image_id": i, "question": q, "question_id": qid})
         vqa_a.append({"question_id": qid, "image_id": i, "question_type": question_type(q),
                       "answer_type": "yes/no" if a in ("yes", "no") else "other", "multiple_choice_answer": a,
@@ -404,6 +414,18 @@ def _write_eval_files(root: Path, split: Split, labels: dict[str, list[str]]) ->
                       json.dumps({**head, "task_type": "Open-Ended", "questions": vqa_q}))
     atomic_write_text(root / "eval" / "vqa_test_annotations.json", json.dumps({**head, "annotations": vqa_a}))
     return len(vqa_q)
+
+
+def _write_text_tokenizer(root: Path, texts: dict[str, list[str]], train: Split, labels: dict[str, list[str]]) -> None:
+    """A byte-level BPE tokenizer trained on the corpus and the training split's captions and questions only (the
+    mini world's LLaMA SentencePiece): `root/tokenizer/`, read by the stages' `text_tokenizer=<folder>`."""
+    from model.lavit.vocabulary import train_bpe_text_tokenizer
+
+    corpus_texts = [t for name in sorted(texts) for t in texts[name]]
+    image_texts = [c for shape, color in labels.values() for c in captions(shape, color)]
+    image_texts += [f"Question: {q} Answer: {a}" for q, a, _ in train[2]]
+    tokenizer = train_bpe_text_tokenizer(corpus_texts + image_texts, TEXT_VOCAB_SIZE)
+    tokenizer.save_pretrained(str(root / "tokenizer"))
 
 
 def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None = None, test_images: int | None = None,
@@ -424,7 +446,7 @@ def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None
         return load_miniworld(root)
     if root.exists() and not root.is_dir():
         raise ValueError(f"mini world root {root} exists and is not a directory")
-    for part in ("shards", "text", "knowledge", "eval", "images"):  # leftovers of an interrupted build
+    for part in ("shards", "text", "knowledge", "eval", "images", "tokenizer"):  # leftovers of an interrupted build
         shutil.rmtree(root / part, ignore_errors=True)
     start = time.perf_counter()
     step = lambda msg: log(f"[{time.perf_counter() - start:5.1f}s] {msg}")  # noqa: E731
@@ -455,6 +477,8 @@ def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None
         atomic_write_text(root / "knowledge" / "test" / f"{subject}_test.csv", _csv(subject_rows[FEW_SHOT:]))
     atomic_write_text(root / "knowledge" / "facts.jsonl", "".join(json.dumps(f) + "\n" for f in facts))
     step(f"wrote {sum(map(len, texts.values()))} corpus documents and {len(facts)} facts in {len(rows)} subjects")
+    _write_text_tokenizer(root, texts, splits["train"], labels["train"])
+    step(f"trained the text tokenizer ({TEXT_VOCAB_SIZE} ids) on the corpus and the training texts")
     n_test_questions = _write_eval_files(root, splits["test"], labels["test"])
     step(f"wrote eval files: {len(splits['test'][0])} test images, {n_test_questions} test questions")
 
@@ -498,11 +522,37 @@ def _task_metric(spec, references: dict, predictions: dict) -> dict[str, float]:
     return metric.fn(references, predictions, metric.resolve_variant(spec.metric, spec.variant))
 
 
+ANSWER_TYPES = ("yes/no", "other")  # "other": the colour and shape questions
+
+
+def _answer_type(sample) -> str:
+    return "yes/no" if sample.references and sample.references[0] in ("yes", "no") else "other"
+
+
+def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None, *, predictions_path: str | Path | None = None,
+                 answer_type: str | None = None) -> float:
+    """VQA accuracy (percent, task mini_vqa's metric) on the task's first `limit` questions, optionally only those of
+    one answer type: of the model's saved predictions (`predictions_path`, the runner's predictions.jsonl), or, with
+    no path, of the answer prior (each question answered with its type's most frequent train answer)."""
+    if answer_type is not None and answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
+    spec, samples = _task_and_samples("mini_vqa", data_root, limit)
+    samples = [s for s in samples if answer_type is None or _answer_type(s) == answer_type]
+    if predictions_path is None:
+        predictions = {s.id: world.prior_answer(s.text) for s in samples}
+    else:
+        path = Path(predictions_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"VQA predictions not found: {path}")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        saved = {r["id"]: r["prediction"] for r in records if "prediction" in r}
+        predictions = {s.id: saved[s.id] for s in samples if s.id in saved}
+    return _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
+
+
 def answer_prior_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None) -> float:
     """VQA accuracy (percent, task mini_vqa's metric) of answering each question with its type's train prior."""
-    spec, samples = _task_and_samples("mini_vqa", data_root, limit)
-    predictions = {s.id: world.prior_answer(s.text) for s in samples}
-    return _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
+    return vqa_accuracy(world, data_root, limit)
 
 
 def chance_caption_scores(world: MiniWorld, data_root: str | Path, limit: int | None = None, seed: int = 0) -> dict[str, float]:
@@ -559,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mini world at {world.root} ({time.perf_counter() - start:.1f}s)")
     for key, value in world.counts.items():
         print(f"  {key:26s} {value}")
-    for part in ("shards", "text", "knowledge", "eval", "images"):
+    for part in ("shards", "text", "knowledge", "eval", "images", "tokenizer"):
         print(f"  size {part + '/':21s} {_size(world.root / part) / 1e6:.1f} MB")
     return 0
 
