@@ -97,6 +97,11 @@ class PixelDecoderConfig:
 class GenerationDefaults:
     """Decoding settings of the released evaluation code; data, so a protocol change is a visible diff."""
 
+    # understanding (captions, VQA)
+    text_decoding: str = "released"  # beam scoring: "released" (transformers 4.33, as the paper) | "modern"
+    understanding_selection: str = "gumbel"  # keep mask at inference: released "gumbel" (hard, seeded) | "argmax"
+    vqa_lemmatize: bool = True  # released: spaCy lemmatisation of answers (applied when spaCy is installed)
+
     # captioning (NoCaps / Flickr30k): no prompt, beam search, cut at the first '.'
     caption_prompt: str = ""  # text after [/IMG]; the released captioner uses none
     caption_num_beams: int = 2  # beams

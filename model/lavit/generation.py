@@ -2,12 +2,13 @@
 (images), and `LavitRunner`, the evaluation adapter (`eval/interface.py`: caption / answer / generate_images /
 score_text).
 
-Text decoding is transformers' `generate` on `inputs_embeds` (left-padded [IMG] feats [/IMG] prompt) with every
-non-text id suppressed, as the released code does. Captions: no prompt, 2 beams, 8-36 new tokens, cut at the first
-'.'. VQA: "Question: {} Answer:", 5 beams, 2-10 new tokens, length_penalty 0, the released post-processing except
-its optional spaCy lemmatisation (answer normalisation is the VQA metric's job, `eval/vqa_normalize.py`). The keep
-mask is argmax ("deterministic") by default; the released code draws it with Gumbel noise even at inference, which
-`LavitRunner(understanding_selection="sampled")` reproduces (seeded).
+Text decoding: beam search on `inputs_embeds` (left-padded [IMG] feats [/IMG] prompt) with every non-text id
+suppressed, as the released code does. Captions: no prompt, 2 beams, 8-36 new tokens, cut at the first '.'. VQA:
+"Question: {} Answer:", 5 beams, 2-10 new tokens, length_penalty 0, the released answer cuts and (when spaCy is
+installed) lemmatisation, optionally the released question normalisation and VizWiz answerability step
+(`released_processing.py`). `decoding="released"` (the default, `GenerationDefaults.text_decoding`) scores beams as
+transformers 4.33 did for the released numbers (`beam_search.py`); `"modern"` is the pinned transformers' own
+`generate`. The keep mask is drawn with hard Gumbel noise as released ("gumbel", seeded) or by argmax ("argmax").
 
 Image sampling (App. A, Eq. 7) is our own loop, because it needs the unconditional stream:
 
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.lavit import released_processing
 from model.lavit.modeling_lavit import IGNORE_INDEX, LavitForCausalLM, llama_config, positions_from_mask
 
 if TYPE_CHECKING:
@@ -44,15 +46,12 @@ if TYPE_CHECKING:
 
 def cut_caption(text: str) -> str:
     """Released captioner: strip, keep the text before the first '.'."""
-    return text.strip().split(".")[0]
+    return released_processing.cut_caption(text)
 
 
 def clean_vqa_answer(text: str) -> str:
-    """Released VQA post-processing (before its optional spaCy lemmatisation, which is not applied here)."""
-    text = text.strip()
-    for separator in ("\n", "question:", "Long answer:", ",", "."):
-        text = text.split(separator)[0]
-    return text
+    """Released VQA post-processing before lemmatisation (`released_processing.cut_answer`)."""
+    return released_processing.cut_answer(text)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -245,12 +244,32 @@ def generate_text(
     length_penalty: float = 1.0,
     early_stopping: bool = False,
     eos_token_id: int | None = None,
+    decoding: str = "modern",
 ) -> list[list[int]]:
-    """Beam search after [IMG] image [/IMG] prompt; non-text ids are suppressed. Returns new token ids per sample."""
+    """Beam search after [IMG] image [/IMG] prompt; non-text ids are suppressed. Returns new token ids per sample.
+
+    decoding: "modern" = transformers' `generate` (the pinned version's beam scoring); "released" = our beam search
+    with transformers 4.33's scoring, which the released numbers were made with (`beam_search.py`)."""
+    from model.lavit.beam_search import DECODINGS, BeamSettings, beam_search, causal_lm_step
+
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown decoding {decoding!r}; expected one of {DECODINGS}")
     items = [model.understanding_item(e, p) for e, p in zip(image_embeds, prompt_ids)]
     batch = model.collate(items)
     llm = model.lavit_config.llm
     eos = llm.eos_token_id if eos_token_id is None else eos_token_id
+    if decoding == "released":
+        settings = BeamSettings(
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            suppress_ids=tuple(model.vocab.non_text_ids()),
+        )
+        step = causal_lm_step(model.language_model, batch.inputs_embeds, batch.attention_mask, num_beams)
+        return [r.tokens for r in beam_search(step, len(items), settings, decoding="released")]
     output = model.language_model.generate(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
@@ -272,6 +291,21 @@ def generate_text(
 # ------------------------------------------------------------------------------------------------------------
 # The evaluation adapter
 
+# Keep-mask selection at inference: public names -> `token_selector` modes (both spellings accepted).
+SELECTION_MODES = {
+    "argmax": "deterministic",
+    "gumbel": "sampled",
+    "deterministic": "deterministic",
+    "sampled": "sampled",
+}
+SELECTION_NAMES = {"deterministic": "argmax", "sampled": "gumbel"}
+
+
+def selection_mode(name: str) -> str:
+    if name not in SELECTION_MODES:
+        raise ValueError(f"unknown keep-mask selection {name!r}; expected 'argmax' or 'gumbel'")
+    return SELECTION_MODES[name]
+
 
 class LavitRunner:
     """LaVIT behind `eval/interface.py`'s four request methods. Holds the model, the text tokenizer and defaults."""
@@ -282,16 +316,16 @@ class LavitRunner:
         text_tokenizer: Any,
         model_id: str,
         seed: int = 0,
-        understanding_selection: str = "deterministic",
+        understanding_selection: str | None = None,
     ):
         self.model = model.eval()
         self.text_tokenizer = text_tokenizer
         self.model_id = model_id
         self.seed = seed
-        # The released code samples the keep mask with Gumbel noise even at inference; "sampled" reproduces that,
-        # "deterministic" (argmax) makes predictions independent of the seed.
-        self.understanding_selection = understanding_selection
         self.defaults = model.lavit_config.generation
+        # Keep mask at inference: the released code draws it with hard Gumbel noise ("gumbel", seeded here);
+        # "argmax" makes predictions independent of the seed. A request's generation["selection"] overrides it.
+        self.understanding_selection = selection_mode(understanding_selection or self.defaults.understanding_selection)
 
     @classmethod
     def from_official(cls, directory: str, config=None, model_id: str | None = None, **kwargs: Any) -> "LavitRunner":
@@ -308,48 +342,103 @@ class LavitRunner:
         bos = [self.model.lavit_config.llm.bos_token_id] if add_bos else []
         return [torch.tensor(bos + list(i), dtype=torch.long) for i in ids]
 
-    def _image_embeds(self, images: list["Image.Image"]) -> list[torch.Tensor]:
+    @torch.no_grad()
+    def _image_embeds(self, images: list["Image.Image"], generation: dict | None = None) -> list[torch.Tensor]:
+        generation = generation or {}
+        selection = selection_mode(generation.get("selection", self.understanding_selection))
         pixel_values = self.model.visual_tokenizer.preprocess(images)
-        generator = torch.Generator(device=pixel_values.device).manual_seed(self.seed)
-        return self.model.encode_images(
-            pixel_values, selection=self.understanding_selection, generator=generator, need_codes=False
-        ).llm_embeds
+        generator = torch.Generator(device=pixel_values.device).manual_seed(int(generation.get("seed", self.seed)))
+        encoded = self.model.encode_images(pixel_values, selection=selection, generator=generator, need_codes=False)
+        return encoded.llm_embeds
+
+    def text_settings(self, kind: str, **generation: Any) -> dict[str, Any]:
+        """What a caption/answer request with these `generation` settings runs, for the result record: decoding
+        mode, keep-mask selection (+ seed when it matters), and for "vqa" the question processing, the
+        answerability step and whether answers are lemmatised (which depends on spaCy being installed)."""
+        if kind not in ("caption", "vqa"):
+            raise ValueError(f"kind must be 'caption' or 'vqa', got {kind!r}")
+        selection = SELECTION_NAMES[selection_mode(generation.get("selection", self.understanding_selection))]
+        record: dict[str, Any] = {
+            "decoding": generation.get("decoding", self.defaults.text_decoding),
+            "selection": selection,
+        }
+        if selection == "gumbel":
+            record["selection_seed"] = int(generation.get("seed", self.seed))
+        if kind == "vqa":
+            templated = generation.get("question_template") is not None
+            record["question_processing"] = generation.get("question_processing", "released") if templated else "none"
+            record["answerability_step"] = generation.get("answerability_prompt") is not None
+            lemmatise = generation.get("lemmatize", self.defaults.vqa_lemmatize)
+            record["lemmatisation"] = released_processing.load_lemmatiser(bool(lemmatise)).status
+        return record
 
     def _decode(self, rows: list[list[int]]) -> list[str]:
         return self.text_tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     @torch.no_grad()
     def caption(self, images: list["Image.Image"], prompt: str = "", **generation: Any) -> list[str]:
+        """Keys of `generation`: num_beams, min_new_tokens, max_new_tokens, length_penalty, early_stopping,
+        decoding ("released" | "modern"), selection ("gumbel" | "argmax"), seed."""
         d = self.defaults
         prompt = prompt or d.caption_prompt
         rows = generate_text(
             self.model,
-            self._image_embeds(images),
+            self._image_embeds(images, generation),
             self._ids([prompt] * len(images)),
             num_beams=generation.get("num_beams", d.caption_num_beams),
             min_new_tokens=generation.get("min_new_tokens", d.caption_min_new_tokens),
             max_new_tokens=generation.get("max_new_tokens", d.caption_max_new_tokens),
             length_penalty=generation.get("length_penalty", d.caption_length_penalty),
+            early_stopping=generation.get("early_stopping", False),  # released captioner: transformers' default
+            decoding=generation.get("decoding", d.text_decoding),
         )
         return [cut_caption(t) for t in self._decode(rows)]
 
     @torch.no_grad()
     def answer(self, images: list["Image.Image"], questions: list[str], **generation: Any) -> list[str]:
-        """`questions` already carry the task's template (e.g. "Question: {} Answer:")."""
+        """Without generation["question_template"], `questions` already carry the task's template (e.g.
+        "Question: {} Answer:") and are used as given. With it, they are raw questions: normalised as released
+        (generation["question_processing"]: "released" (default) | "none"), then put into the template.
+        generation["answerability_prompt"] (VizWiz, needs the template; the released one is
+        `released_processing.ANSWERABILITY_PROMPT`) asks first whether each question is answerable and answers
+        "unanswerable" when the judgement says no. generation["lemmatize"] (default `vqa_lemmatize`) lemmatises
+        answers with spaCy when it is installed (`text_settings` records whether it was). Other keys: num_beams,
+        min_new_tokens, max_new_tokens, length_penalty, early_stopping, decoding, selection, seed."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        template = generation.get("question_template")
+        answerability = generation.get("answerability_prompt")
+        if template is None:
+            if answerability is not None:
+                raise ValueError("answerability_prompt needs question_template (the raw questions go into it)")
+            return self._answer_prompts(images, list(questions), generation)
+        processing = generation.get("question_processing", "released")
+        if processing not in ("released", "none"):
+            raise ValueError(f"question_processing must be 'released' or 'none', got {processing!r}")
+        if processing == "released":
+            questions = [released_processing.normalize_question(q) for q in questions]
+        answers = self._answer_prompts(images, [template.format(q) for q in questions], generation)
+        if answerability is not None:
+            judge_prompts = [template.format(answerability.format(q)) for q in questions]
+            judged = self._answer_prompts(images, judge_prompts, generation)
+            answers = released_processing.apply_answerability(answers, judged)
+        return answers
+
+    def _answer_prompts(self, images: list["Image.Image"], prompts: list[str], generation: dict) -> list[str]:
         d = self.defaults
         rows = generate_text(
             self.model,
-            self._image_embeds(images),
-            self._ids(questions),
+            self._image_embeds(images, generation),
+            self._ids(prompts),
             num_beams=generation.get("num_beams", d.vqa_num_beams),
             min_new_tokens=generation.get("min_new_tokens", d.vqa_min_new_tokens),
             max_new_tokens=generation.get("max_new_tokens", d.vqa_max_new_tokens),
             length_penalty=generation.get("length_penalty", d.vqa_length_penalty),
-            early_stopping=True,  # released VQA decoding; the captioner leaves transformers' default (False)
+            early_stopping=generation.get("early_stopping", True),  # released VQA decoding
+            decoding=generation.get("decoding", d.text_decoding),
         )
-        return [clean_vqa_answer(t) for t in self._decode(rows)]
+        lemmatise = released_processing.load_lemmatiser(bool(generation.get("lemmatize", d.vqa_lemmatize)), warn=True)
+        return lemmatise([clean_vqa_answer(t) for t in self._decode(rows)])
 
     @torch.no_grad()
     def _generators(self, n: int, seeds: list[int] | None, generation: dict) -> list[torch.Generator]:
