@@ -1,6 +1,7 @@
-"""The released question/answer processing (model/lavit/released_processing.py) and how LavitRunner applies it:
-question normalisation, answer and caption cuts, the VizWiz answerability step, optional lemmatisation, keep-mask
-selection and the settings record."""
+"""The released question/answer processing (model/lavit/released_processing.py) and how LavitEvalAdapter applies
+it from the task's settings: question normalisation, answer and caption cuts, the VizWiz answerability step,
+optional lemmatisation, keep-mask selection and the settings record; and the Table 1 tasks' LaVIT settings
+(eval/tasks.py) are that protocol."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from model.lavit import released_processing as rp
 from model.lavit.configuration import lavit_tiny
-from model.lavit.generation import LavitRunner
+from model.lavit.eval_adapter import LavitEvalAdapter
 from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.vocabulary import build_byte_text_tokenizer
 
@@ -113,14 +114,20 @@ def test_lemmatiser_status_and_warning():
         rp.load_lemmatiser(False, warn=True)  # off on purpose: no warning
 
 
-# --- the runner -----------------------------------------------------------------------------------------------
+# --- the adapter ----------------------------------------------------------------------------------------------
+
+# Tiny-sized stand-ins of the released settings (eval/tasks.py LAVIT_*): every key the adapter reads is given.
+TEXT = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 4, "length_penalty": 0.0, "early_stopping": True,
+        "decoding": "released", "selection": "gumbel", "seed": 0}  # fmt: skip
+VQA = {**TEXT, "lemmatize": False}
+RELEASED_QUESTIONS = {"question_template": rp.VQA_PROMPT, "question_processing": "released"}
 
 
 @pytest.fixture(scope="module")
-def runner() -> LavitRunner:
+def runner() -> LavitEvalAdapter:
     torch.manual_seed(0)
     model = LavitForCausalLM(LavitHFConfig.from_lavit_config(lavit_tiny())).eval()
-    return LavitRunner(model, build_byte_text_tokenizer(), model_id="lavit-tiny-random")
+    return LavitEvalAdapter(model, build_byte_text_tokenizer(), model_id="lavit-tiny-random")
 
 
 def images(n: int) -> list[Image.Image]:
@@ -131,7 +138,7 @@ def images(n: int) -> list[Image.Image]:
 def test_vizwiz_step_prompts_and_override(runner, monkeypatch):
     calls = []
 
-    def scripted(imgs, prompts, generation):
+    def scripted(imgs, prompts, settings):
         calls.append(list(prompts))
         if "answerable" in prompts[0]:
             return ["yes", "no"]
@@ -139,11 +146,9 @@ def test_vizwiz_step_prompts_and_override(runner, monkeypatch):
 
     monkeypatch.setattr(runner, "_answer_prompts", scripted)
     out = runner.answer(
-        images(2),
-        ["What is THIS?!", "How many (cats)?"],
-        question_template=rp.VQA_PROMPT,
+        images(2), ["What is THIS?!", "How many (cats)?"], **VQA, **RELEASED_QUESTIONS,
         answerability_prompt=rp.ANSWERABILITY_PROMPT,
-    )
+    )  # fmt: skip
     assert out == ["red", "unanswerable"]
     assert calls == [
         ["Question: what is this? Answer:", "Question: how many cats? Answer:"],
@@ -153,47 +158,105 @@ def test_vizwiz_step_prompts_and_override(runner, monkeypatch):
         ],
     ]
     calls.clear()
-    runner.answer(images(1), ["Is it RED?"], question_template=rp.VQA_PROMPT, question_processing="none")
+    runner.answer(images(1), ["Is it RED?"], **VQA, question_template=rp.VQA_PROMPT, question_processing="none")
     assert calls == [["Question: Is it RED? Answer:"]]
     calls.clear()
-    runner.answer(images(1), ["Question: Is it RED? Answer:"])  # no template: used as given
+    runner.answer(images(1), ["Question: Is it RED? Answer:"], **VQA)  # no template: used as given
     assert calls == [["Question: Is it RED? Answer:"]]
-    with pytest.raises(ValueError, match="needs question_template"):
-        runner.answer(images(1), ["q"], answerability_prompt=rp.ANSWERABILITY_PROMPT)
+    with pytest.raises(ValueError, match="need question_template"):
+        runner.answer(images(1), ["q"], **VQA, answerability_prompt=rp.ANSWERABILITY_PROMPT)
+    with pytest.raises(ValueError, match="need question_template"):
+        runner.answer(images(1), ["Question: q Answer:"], **VQA, question_processing="released")
+    with pytest.raises(ValueError, match=r"question_processing=None \(required with question_template\)"):
+        runner.answer(images(1), ["q"], **VQA, question_template=rp.VQA_PROMPT)
 
 
 def test_answers_are_cut_and_generated_in_both_modes(runner):
     for decoding in ("released", "modern"):
-        out = runner.answer(images(2), ["Question: what is it? Answer:"] * 2, decoding=decoding, max_new_tokens=4)
+        out = runner.answer(images(2), ["Question: what is it? Answer:"] * 2, **{**VQA, "decoding": decoding})
         assert len(out) == 2 and all(rp.cut_answer(a) == a for a in out)
-    assert runner.caption(images(1), min_new_tokens=2, max_new_tokens=6) == runner.caption(
-        images(1), min_new_tokens=2, max_new_tokens=6, decoding="released"
-    )
+    caption = {**TEXT, "length_penalty": 1.0, "early_stopping": False}
+    assert len(runner.caption(images(1), "", **caption)) == 1
+    with pytest.raises(ValueError, match="unknown decoding 'beam'"):
+        runner.caption(images(1), "", **{**caption, "decoding": "beam"})
+    with pytest.raises(ValueError, match=r"answer: generation settings missing \['lemmatize'\]"):
+        runner.answer(images(1), ["q"], **TEXT)
 
 
-def test_keep_mask_selection(runner):
+def test_keep_mask_selection_follows_the_task(runner):
+    from model.lavit.eval_adapter import SELECTIONS
+
     img = images(1)
 
-    def embeds(**generation):
-        return runner._image_embeds(img, generation)[0]
+    def embeds(selection, seed):
+        return runner._image_embeds(img, seed, SELECTIONS[selection])[0]
 
-    assert runner.understanding_selection == "sampled"  # the released default: hard Gumbel
-    assert torch.equal(embeds(selection="argmax", seed=0), embeds(selection="argmax", seed=1))
-    assert torch.equal(embeds(selection="gumbel", seed=3), embeds(selection="gumbel", seed=3))
-    draws = [embeds(selection="gumbel", seed=s) for s in range(6)]
+    assert runner.understanding_selection == "deterministic"  # score_text / multi-modal prompts only
+    assert torch.equal(embeds("argmax", 0), embeds("argmax", 1))
+    assert torch.equal(embeds("gumbel", 3), embeds("gumbel", 3))
+    draws = [embeds("gumbel", s) for s in range(6)]
     assert any(d.shape != draws[0].shape or not torch.equal(d, draws[0]) for d in draws)  # the mask follows the seed
-    with pytest.raises(ValueError, match="argmax' or 'gumbel"):
-        embeds(selection="top-k")
+    with pytest.raises(ValueError, match=r"selection='top-k'; expected one of \['argmax', 'gumbel'\]"):
+        runner.caption(img, "", **{**TEXT, "selection": "top-k"})
+    # The task's seed reaches the keep mask: two seeds whose masks differ give different inputs, same seed same.
+    a, b = next((s, t) for s in range(6) for t in range(s + 1, 6)
+                if draws[s].shape != draws[t].shape or not torch.equal(draws[s], draws[t]))  # fmt: skip
+    calls = []
+    original = runner._image_embeds
+    runner._image_embeds = lambda i, seed, sel=None: calls.append((seed, sel)) or original(i, seed, sel)
+    try:
+        runner.caption(img, "", **{**TEXT, "seed": a})
+        runner.caption(img, "", **{**TEXT, "selection": "argmax", "seed": b})
+    finally:
+        del runner._image_embeds
+    assert calls == [(a, "sampled"), (b, "deterministic")]
 
 
 def test_settings_record(runner):
-    vqa = runner.text_settings(
-        "vqa", question_template=rp.VQA_PROMPT, answerability_prompt=rp.ANSWERABILITY_PROMPT, seed=7
-    )
+    released = {**VQA, "lemmatize": True, "seed": 7, **RELEASED_QUESTIONS, "answerability_prompt": rp.ANSWERABILITY_PROMPT}
+    vqa = runner.text_settings("vqa", **released)
     assert vqa["decoding"] == "released" and vqa["selection"] == "gumbel" and vqa["selection_seed"] == 7
     assert vqa["question_processing"] == "released" and vqa["answerability_step"] is True
+    assert vqa["question_template"] == rp.VQA_PROMPT
     assert vqa["lemmatisation"] == rp.load_lemmatiser(True).status
-    cap = runner.text_settings("caption", decoding="modern", selection="argmax")
-    assert cap == {"decoding": "modern", "selection": "argmax"}
-    assert runner.text_settings("vqa", lemmatize=False)["lemmatisation"] == rp.NOT_LEMMATISED
-    assert runner.text_settings("vqa")["question_processing"] == "none"
+    cap = runner.text_settings("caption", **{**TEXT, "decoding": "modern", "selection": "argmax"})
+    assert cap == {"decoding": "modern", "selection": "argmax"}  # no seed: argmax does not use one
+    plain = runner.text_settings("vqa", **VQA)
+    assert plain["lemmatisation"] == rp.NOT_LEMMATISED and plain["question_processing"] == "none"
+    assert plain["answerability_step"] is False and plain["question_template"] is None
+    with pytest.raises(ValueError, match="missing"):
+        runner.text_settings("vqa", decoding="released")
+
+
+# --- the tasks' LaVIT settings ------------------------------------------------------------------------------
+
+
+def test_table1_tasks_run_the_released_protocol():
+    from eval import tasks as T
+
+    table1 = ["coco_karpathy_test", "nocaps_val", "flickr30k_test", "vqav2_val", "okvqa_val", "gqa_testdev", "vizwiz_val"]
+    for name in table1:
+        spec = T.get_task(name)
+        task = spec.eval_task("lavit")
+        assert spec.version == 2
+        g = task.generation
+        assert (g["decoding"], g["selection"], g["seed"]) == ("released", "gumbel", 0), name
+        if spec.kind == "vqa":
+            assert task.prompt == "{text}"  # raw questions: the adapter normalises and templates them
+            assert g["question_template"] == rp.VQA_PROMPT and g["question_processing"] == "released"
+            assert g["lemmatize"] is True
+            assert g.get("answerability_prompt") == (rp.ANSWERABILITY_PROMPT if name == "vizwiz_val" else None)
+        else:
+            assert task.prompt == ""
+    for name in ("mini_caption", "mini_vqa"):
+        spec = T.get_task(name)
+        g = spec.eval_task("lavit").generation
+        assert spec.version == 2 and g["decoding"] == "released" and g["selection"] == "argmax" and "seed" not in g
+        assert g.get("lemmatize", False) is False and "answerability_prompt" not in g
+    # Every LaVIT setting is one the adapter reads (it refuses unknown and missing ones).
+    adapter = LavitEvalAdapter.__new__(LavitEvalAdapter)
+    adapter.seed = 0
+    for name in table1 + ["mini_caption", "mini_vqa"]:
+        spec = T.get_task(name)
+        record = adapter.text_settings(spec.kind, **spec.eval_task("lavit").generation)
+        assert record["decoding"] == "released"

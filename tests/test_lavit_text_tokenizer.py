@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.lavit.configuration import lavit_tiny
-from model.lavit.generation import LavitRunner
+from model.lavit.checkpoints import load_for_eval
 from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.official import load_official_lavit, write_official_layout
-from model.lavit.text_tokenizer import load_text_tokenizer, sentencepiece_tokenizer
+from model.text_tokenizer import load_text_tokenizer, sentencepiece_tokenizer
 from model.lavit.vocabulary import build_byte_text_tokenizer
 
 spm = pytest.importorskip("sentencepiece")
@@ -158,7 +158,7 @@ def test_release_loads_from_tokenizer_model_alone(sentencepiece_release, sp_mode
     processor = spm.SentencePieceProcessor(model_file=sp_model_file)
     prompt = "Question: what color is the cat? Answer:"
     assert loaded.text_tokenizer(prompt, add_special_tokens=False)["input_ids"] == processor.encode(prompt)
-    runner = LavitRunner.from_official(str(root), lavit_tiny())
+    runner = load_for_eval(root, config=lavit_tiny()).adapter  # the lavit family's loader, as `python -m eval`
     # The tiny LLM keeps LLaMA's 32000 text ids; this SentencePiece model has 400: keep generation inside them.
     outside = torch.zeros(runner.model.vocab.size)
     outside[processor.get_piece_size() :] = -1e4
@@ -166,8 +166,10 @@ def test_release_loads_from_tokenizer_model_alone(sentencepiece_release, sp_mode
     from PIL import Image
 
     image = Image.new("RGB", (32, 32), (120, 30, 200))
-    captions = runner.caption([image], max_new_tokens=6, min_new_tokens=2)
-    answers = runner.answer([image], [prompt], max_new_tokens=4)
+    text = {"num_beams": 2, "min_new_tokens": 2, "length_penalty": 1.0, "early_stopping": False,
+            "decoding": "released", "selection": "argmax"}  # fmt: skip
+    captions = runner.caption([image], "", **text, max_new_tokens=6)
+    answers = runner.answer([image], [prompt], **text, max_new_tokens=4, lemmatize=False)
     assert len(captions) == len(answers) == 1 and all(isinstance(t, str) for t in captions + answers)
 
 
@@ -199,3 +201,35 @@ def test_tokenizer_config_options(sp_model_file, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps({"legacy": False}))
     with pytest.raises(ValueError, match=r"tokenizer_config.json: legacy=false"):
         load_text_tokenizer(folder)
+
+
+def test_other_loaders_read_a_tokenizer_model_only_folder(sp_model_file, tmp_path):
+    """The unified stage's text tokenizer and lm-eval's LLM folders go through the same loader when a folder has
+    only tokenizer.model (transformers' AutoTokenizer cannot load it)."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eval.lm_adapter import _load_llm_folder
+    from model.lavit.stages.unified import UnifiedTask
+    from model.text_tokenizer import sentencepiece_only
+
+    processor = spm.SentencePieceProcessor(model_file=sp_model_file)
+    text = "a photo of the red cat"
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    shutil.copy(sp_model_file, folder / "tokenizer.model")
+    assert sentencepiece_only(folder)
+    stage_tokenizer = UnifiedTask._text_tokenizer(SimpleNamespace(cfg=SimpleNamespace(text_tokenizer=str(folder))))
+    assert stage_tokenizer(text, add_special_tokens=False)["input_ids"] == processor.encode(text)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=400, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    model, tokenizer = _load_llm_folder(folder, [folder], "float32", "test")
+    assert tokenizer(text)["input_ids"] == [1] + processor.encode(text)  # <s> first, as LlamaTokenizer
+    assert model.config.vocab_size == 400
+    (folder / "tokenizer.model").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer \(tokenizer_config.json / tokenizer.json / tokenizer.model\)"):
+        _load_llm_folder(folder, [folder], "float32", "test")

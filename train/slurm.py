@@ -128,18 +128,25 @@ def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, 
         for override in point:
             point_cfg = merge(point_cfg, parse_override(override))
         out = output_dir / point_dir_name(point) if sweep else output_dir
-        runs.append((TrainingJob(stage, to_dict(point_cfg), str(out)), out))
+        runs.append((stage, point_cfg, out))
     from model.families import all_stages
 
     family = all_stages()[stage][0].name
-    executor = make_executor(output_dir / "slurm" / "%j", options, name=f"{family}-{stage}")
-    if len(runs) == 1:
-        return [(executor.submit(runs[0][0]), runs[0][1])]
+    return submit_jobs(runs, options, output_dir / "slurm", name=f"{family}-{stage}")
+
+
+def submit_jobs(runs: list[tuple[str, Any, str | Path]], options: SlurmOptions, log_dir: str | Path, name: str):
+    """Submit independent (stage, config, output_dir) runs: one job, or one job array (`sbatch --array`) for several.
+    Returns [(job, output_dir)] in the order given."""
+    executor = make_executor(Path(log_dir) / "%j", options, name=name)
+    calls = [(TrainingJob(stage, to_dict(cfg), str(Path(out).resolve())), Path(out).resolve()) for stage, cfg, out in runs]
+    if len(calls) == 1:
+        return [(executor.submit(calls[0][0]), calls[0][1])]
     jobs = []
-    with executor.batch():  # one sbatch --array for the whole grid
-        for job_fn, out in runs:
+    with executor.batch():  # one sbatch --array for the whole set
+        for job_fn, _ in calls:
             jobs.append(executor.submit(job_fn))
-    return list(zip(jobs, [out for _, out in runs]))
+    return list(zip(jobs, [out for _, out in calls]))
 
 
 # ---------------------------------------------------------------------------------------------

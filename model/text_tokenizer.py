@@ -1,6 +1,7 @@
-"""LaVIT's text tokenizer, loaded from a release's `language_model/` folder.
+"""The text tokenizer of a LLaMA-style release, loaded from its folder (any family's loaders; LaVIT's
+`language_model/`, and `eval/lm_adapter.py` for LLM folders that ship only `tokenizer.model`).
 
-The released code uses the slow `LlamaTokenizer` (`use_fast=False`, transformers 4.33, default legacy mode) on
+LaVIT's released code uses the slow `LlamaTokenizer` (`use_fast=False`, transformers 4.33, default legacy mode) on
 SentencePiece's `tokenizer.model`, which is all a LLaMA-style release ships. The transformers we pin has no slow
 LLaMA tokenizer, and its fast one cannot be built from `tokenizer.model` here (the conversion needs protobuf, and
 the failure surfaces as a misleading tiktoken error). `LlamaSentencePieceTokenizer` is that slow tokenizer's
@@ -11,6 +12,8 @@ SentencePiece's. Pad = </s> and left padding, as the released code sets them.
 `load_text_tokenizer(folder)`: `tokenizer.model` when present (what the release ran; `tokenizer_config.json`, if
 any, may set add_bos_token / add_eos_token / the special tokens; legacy=false is refused), else a transformers
 tokenizer (`tokenizer.json`); neither -> FileNotFoundError naming the folder and the files looked for.
+`sentencepiece_only(folder)`: the folder has `tokenizer.model` but no `tokenizer.json` (where transformers'
+`AutoTokenizer` fails and callers that otherwise use it must come here).
 """
 
 from __future__ import annotations
@@ -97,6 +100,12 @@ def sentencepiece_tokenizer(model_file: str | Path, **options):
     tokenizer.pad_token = tokenizer.eos_token  # released: pad = eos
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def sentencepiece_only(folder: str | Path) -> bool:
+    """`tokenizer.model` without a `tokenizer.json`: only this module can load the folder's tokenizer."""
+    folder = Path(folder)
+    return (folder / SENTENCEPIECE_FILE).is_file() and not (folder / TOKENIZERS_FILE).is_file()
 
 
 def load_text_tokenizer(folder: str | Path):
