@@ -8,9 +8,10 @@ In order:
 2. the model is loaded once through its family (`model/families.py`), unless `loaded=` is given;
 3. each task runs through `eval.runner.evaluate` (resumable per-sample caches in OUTPUT/TASK/, sharded over the
    ranks of a torch.distributed job) or, for `lm_eval` tasks, lm-eval on rank 0; OUTPUT/TASK/results.json gets
-   the runner's rows plus the run's identity (family, checkpoint, split, limit, headline metric);
+   the runner's rows plus the run's identity (family, checkpoint, split, limit, headline metric); a caption /
+   vqa adapter with a `text_settings` method has what it ran recorded in each row's config (`text_settings`);
 4. a task whose results.json already has the same identity (task version and settings, model id, dataset hash,
-   limit) is reused, not recomputed;
+   limit, the adapter's text settings) is reused, not recomputed;
 5. OUTPUT/results.csv is rebuilt from every OUTPUT/*/results.json.
 
 Under torchrun (RANK / WORLD_SIZE in the environment) the process group is initialised here; every rank returns,
@@ -104,15 +105,22 @@ def maybe_init_distributed(device: str) -> tuple[int, int, str]:
     return info.rank, info.world_size, str(info.device)
 
 
-def run_identity(prepared: PreparedTask, family: str, model_id: str, limit: int | None) -> dict[str, Any]:
-    """What a finished task's results.json must match to be reused."""
+def run_identity(
+    prepared: PreparedTask, family: str, model_id: str, limit: int | None, adapter: Any = None
+) -> dict[str, Any]:
+    """What a finished task's results.json must match to be reused (with the adapter's text settings, when it
+    reports them: `eval.runner.text_settings`)."""
+    from eval.runner import text_settings
+
+    task = prepared.spec.eval_task(family)
     return normalize(
         {
             "task_version": prepared.spec.version,
-            "task": dataclasses.asdict(prepared.spec.eval_task(family)),
+            "task": dataclasses.asdict(task),
             "model_id": model_id,
             "dataset_hash": prepared.dataset_hash,
             "limit": limit,
+            "text_settings": text_settings(adapter, task) if adapter is not None else None,
         }
     )
 
@@ -126,6 +134,7 @@ def _stored_identity(row: dict[str, Any]) -> dict[str, Any]:
             "model_id": row.get("model_id"),
             "dataset_hash": row.get("dataset_hash"),
             "limit": row.get("limit"),
+            "text_settings": config.get("text_settings"),
         }
     )
 
@@ -250,7 +259,7 @@ def evaluate_tasks(
         spec = task.spec
         out_dir = output_dir / spec.name
         model_id = loaded.model_id if spec.kind == "lm_eval" else getattr(loaded.adapter, "model_id", loaded.model_id)
-        identity = run_identity(task, family, model_id, limit)
+        identity = run_identity(task, family, model_id, limit, None if spec.kind == "lm_eval" else loaded.adapter)
         rows = finished_rows(out_dir, identity)
         if rows is not None:
             log.info("%s: finished with the same settings in %s, reused", spec.name, out_dir)

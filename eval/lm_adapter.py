@@ -242,26 +242,43 @@ class CausalLMAdapter(TemplateLM):
         return outputs
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")  # any one marks a tokenizer folder
+
+
+def load_tokenizer_folder(folder: Path):
+    """A folder's tokenizer: transformers' `AutoTokenizer`, or (only SentencePiece's tokenizer.model, as LLaMA-style
+    releases ship, which AutoTokenizer cannot load here) the slow-LlamaTokenizer equivalent of
+    `model.text_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    from model.text_tokenizer import load_text_tokenizer, sentencepiece_only
+
+    if sentencepiece_only(folder):
+        return load_text_tokenizer(folder)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def _load_llm_folder(folder: Path, tokenizer_folders: list[Path], dtype: str, model_name: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{model_name} checkpoint has no LLM folder: {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{model_name} LLM folder {folder} has no config.json")
     tokenizer_folder = next(
-        (d for d in tokenizer_folders if (d / "tokenizer_config.json").is_file() or (d / "tokenizer.json").is_file()),
-        None,
+        (d for d in tokenizer_folders if any((d / name).is_file() for name in TOKENIZER_FILES)), None
     )
     if tokenizer_folder is None:
         looked = ", ".join(str(d) for d in tokenizer_folders)
-        raise FileNotFoundError(f"{model_name} checkpoint has no tokenizer (tokenizer_config.json) in: {looked}")
+        raise FileNotFoundError(
+            f"{model_name} checkpoint has no tokenizer ({' / '.join(TOKENIZER_FILES)}) in: {looked}"
+        )
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise ValueError(f"dtype={dtype!r}; expected one of {sorted(dtypes)}")
     torch_dtype = dtypes[dtype]
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    tokenizer = load_tokenizer_folder(tokenizer_folder)
     return model, tokenizer
 
 

@@ -159,25 +159,45 @@ def describe_tasks() -> str:
 # stopping. Text-to-image (App. A): top-k sampling with k = 300 ("top-k sampling ... t_ok = 300"), temperature 1.0,
 # gamma_cfg 1.5; the paper gives no token bounds, so the released defaults (20-200 visual tokens), and the released
 # pixel decoder's 50 DDIM steps with guidance 5.0.
+#
+# LaVIT's Table 1 tasks run the released protocol as a whole (model/lavit/eval_adapter.py reads these keys):
+# - decoding "released": beams scored as transformers 4.33 did when the paper's numbers were made;
+# - selection "gumbel" with seed 0: the release draws the keep mask with hard Gumbel noise even at inference;
+# - VQA questions raw (the family's prompt is "{text}"), normalised as released (lower-case, . ! " ( ) * # : ; ~
+#   deleted, 50 words), then put into "Question: {} Answer:"; answers lemmatised with spaCy as released (applied
+#   when spaCy and en_core_web_sm are installed; each result records "lemmatised" or "not lemmatised");
+# - VizWiz only: the released answerability question first, "unanswerable" when the judgement says no.
+# The mini world's tasks keep that protocol's decoding and question processing but select the keep mask by argmax
+# (a mini result must not depend on a noise seed) and do not lemmatise (easy-VQA's answers are single words that
+# lemmatisation would only perturb, and spaCy is optional).
 
 GREEDY_CAPTION = {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 36, "length_penalty": 1.0, "early_stopping": False}
 GREEDY_VQA = {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 10, "length_penalty": 1.0, "early_stopping": False}
-LAVIT_CAPTION = {"num_beams": 2, "min_new_tokens": 8, "max_new_tokens": 36, "length_penalty": 1.0, "early_stopping": False}
-LAVIT_VQA = {"num_beams": 5, "min_new_tokens": 2, "max_new_tokens": 10, "length_penalty": 0.0, "early_stopping": True}
+LAVIT_RELEASED = {"decoding": "released", "selection": "gumbel", "seed": 0}
+LAVIT_QUESTIONS = {"question_template": "Question: {} Answer:", "question_processing": "released"}
+LAVIT_CAPTION = {"num_beams": 2, "min_new_tokens": 8, "max_new_tokens": 36, "length_penalty": 1.0, "early_stopping": False,
+                 **LAVIT_RELEASED}  # fmt: skip
+LAVIT_VQA = {"num_beams": 5, "min_new_tokens": 2, "max_new_tokens": 10, "length_penalty": 0.0, "early_stopping": True,
+             **LAVIT_RELEASED, **LAVIT_QUESTIONS, "lemmatize": True}  # fmt: skip
+LAVIT_VIZWIZ = {**LAVIT_VQA, "answerability_prompt": 'Is the question: "{}" answerable?'}
+LAVIT_MINI_CAPTION = {**{k: v for k, v in LAVIT_CAPTION.items() if k != "seed"}, "selection": "argmax"}
+LAVIT_MINI_VQA = {**{k: v for k, v in LAVIT_VQA.items() if k != "seed"}, "selection": "argmax", "lemmatize": False}
 LAVIT_T2I = {"top_k": 300, "temperature": 1.0, "cfg_scale": 1.5, "min_new_tokens": 20, "max_new_tokens": 200,
              "num_inference_steps": 50, "decoder_guidance_scale": 5.0}  # fmt: skip
 VQA_PROMPT = "Question: {text} Answer:"  # LaVIT §4.1 "Question: {} Answer: {}"
+RAW_QUESTION = "{text}"  # the family's adapter templates the question itself (after its own question processing)
 
 
-def caption_spec(**kw: Any) -> TaskSpec:
+def caption_spec(lavit: dict[str, Any] = LAVIT_CAPTION, **kw: Any) -> TaskSpec:
     return TaskSpec(kind="caption", metric="cider", headline="CIDEr", generation=GREEDY_CAPTION,
-                    generation_by_family={"lavit": LAVIT_CAPTION}, **kw)  # fmt: skip
+                    generation_by_family={"lavit": lavit}, **kw)  # fmt: skip
 
 
-def vqa_spec(**kw: Any) -> TaskSpec:
+def vqa_spec(lavit: dict[str, Any] = LAVIT_VQA, **kw: Any) -> TaskSpec:
     kw.setdefault("metric", "vqa_accuracy")
     kw.setdefault("headline", kw["metric"])
-    return TaskSpec(kind="vqa", prompt=VQA_PROMPT, generation=GREEDY_VQA, generation_by_family={"lavit": LAVIT_VQA}, **kw)
+    return TaskSpec(kind="vqa", prompt=VQA_PROMPT, generation=GREEDY_VQA, generation_by_family={"lavit": lavit},
+                    prompt_by_family={"lavit": RAW_QUESTION}, **kw)  # fmt: skip
 
 
 # =============================================================================================
@@ -407,7 +427,7 @@ KARPATHY_LAYOUT = "{ann} (Karpathy's split file: images[].split/filename/sentenc
 @register_task
 def coco_karpathy_test() -> TaskSpec:
     return caption_spec(
-        name="coco_karpathy_test", version=1, split="test",
+        name="coco_karpathy_test", version=2, split="test",
         description="COCO captions, Karpathy test split (5,000 images), CIDEr (LaVIT README: 134.0 paper model)",
         files=(COCO_KARPATHY, COCO_IMAGES),
         layout=KARPATHY_LAYOUT.format(ann=COCO_KARPATHY, img=COCO_IMAGES) + " (val2014/COCO_val2014_<id:012d>.jpg)",
@@ -418,7 +438,7 @@ def coco_karpathy_test() -> TaskSpec:
 @register_task
 def nocaps_val() -> TaskSpec:
     return caption_spec(
-        name="nocaps_val", version=1, split="val",
+        name="nocaps_val", version=2, split="val",
         description="NoCaps val (4,500 images), CIDEr overall and per domain (LaVIT Table 1: 114.2)",
         files=(NOCAPS_ANNOTATIONS, NOCAPS_IMAGES),
         layout=f"{NOCAPS_ANNOTATIONS} (COCO format, images[].domain) + {NOCAPS_IMAGES}<file_name>",
@@ -430,7 +450,7 @@ def nocaps_val() -> TaskSpec:
 @register_task
 def flickr30k_test() -> TaskSpec:
     return caption_spec(
-        name="flickr30k_test", version=1, split="test",
+        name="flickr30k_test", version=2, split="test",
         description="Flickr30k, Karpathy test split (1,000 images), CIDEr (LaVIT Table 1: 83.0)",
         files=(FLICKR_KARPATHY, FLICKR_IMAGES),
         layout=KARPATHY_LAYOUT.format(ann=FLICKR_KARPATHY, img=FLICKR_IMAGES).replace("<filepath>/", ""),
@@ -442,7 +462,7 @@ def flickr30k_test() -> TaskSpec:
 def vqav2_val() -> TaskSpec:
     # VQAv2 test-dev has no public answers (EvalAI server only), so the locally scorable split is val.
     return vqa_spec(
-        name="vqav2_val", version=1, split="val",
+        name="vqav2_val", version=2, split="val",
         description="VQAv2 val (214k questions), VQA accuracy (LaVIT Table 1: 66.0, split not stated)",
         files=(VQAV2_QUESTIONS, VQAV2_ANNOTATIONS, COCO_IMAGES),
         layout=f"{VQAV2_QUESTIONS} + {VQAV2_ANNOTATIONS} (official VQAv2 files) + {COCO_IMAGES}val2014/COCO_val2014_<id:012d>.jpg",
@@ -453,7 +473,7 @@ def vqav2_val() -> TaskSpec:
 @register_task
 def okvqa_val() -> TaskSpec:
     return vqa_spec(
-        name="okvqa_val", version=1, split="val",
+        name="okvqa_val", version=2, split="val",
         description="OK-VQA val (5,046 questions), VQA accuracy (LaVIT Table 1: 54.6)",
         files=(OKVQA_QUESTIONS, OKVQA_ANNOTATIONS, COCO_IMAGES),
         layout=f"{OKVQA_QUESTIONS} + {OKVQA_ANNOTATIONS} (official OK-VQA files) + {COCO_IMAGES}val2014/COCO_val2014_<id:012d>.jpg",
@@ -464,7 +484,7 @@ def okvqa_val() -> TaskSpec:
 @register_task
 def gqa_testdev() -> TaskSpec:
     return vqa_spec(
-        name="gqa_testdev", version=1, split="testdev-balanced",
+        name="gqa_testdev", version=2, split="testdev-balanced",
         description="GQA test-dev balanced (12,578 questions), accuracy (LaVIT Table 1: 46.8)",
         files=(GQA_QUESTIONS, GQA_IMAGES),
         layout=f"{GQA_QUESTIONS} (official GQA file, keyed by question id) + {GQA_IMAGES}<imageId>.jpg",
@@ -475,11 +495,11 @@ def gqa_testdev() -> TaskSpec:
 @register_task
 def vizwiz_val() -> TaskSpec:
     return vqa_spec(
-        name="vizwiz_val", version=1, split="val",
+        name="vizwiz_val", version=2, split="val",
         description="VizWiz-VQA val (4,319 questions), VQA accuracy (LaVIT Table 1: 38.5, split not stated)",
         files=(VIZWIZ_ANNOTATIONS, VIZWIZ_IMAGES),
         layout=f"{VIZWIZ_ANNOTATIONS} (official VizWiz list) + {VIZWIZ_IMAGES}<image>",
-        reader=read_vizwiz_val,
+        reader=read_vizwiz_val, lavit=LAVIT_VIZWIZ,
     )  # fmt: skip
 
 
@@ -512,22 +532,22 @@ def mmlu() -> TaskSpec:
 @register_task
 def mini_caption() -> TaskSpec:
     return caption_spec(
-        name="mini_caption", version=1, split="test",
+        name="mini_caption", version=2, split="test",
         description="mini world: captions of its test images, CIDEr",
         files=(MINI_CAPTIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_CAPTIONS} (Karpathy format, split test, filepath images/test, filename <id>.png) + {MINI_IMAGES}<id>.png",
-        reader=read_mini_caption,
+        reader=read_mini_caption, lavit=LAVIT_MINI_CAPTION,
     )  # fmt: skip
 
 
 @register_task
 def mini_vqa() -> TaskSpec:
     return vqa_spec(
-        name="mini_vqa", version=1, split="test",
+        name="mini_vqa", version=2, split="test",
         description="mini world: questions about its test images, VQA accuracy",
         files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",
-        reader=read_mini_vqa,
+        reader=read_mini_vqa, lavit=LAVIT_MINI_VQA,
     )  # fmt: skip
 
 

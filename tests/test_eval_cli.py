@@ -83,10 +83,13 @@ def test_registry_rejects_duplicates_and_lists_names():
 def test_decoding_lives_in_the_task_with_family_overrides():
     vqa = T.get_task("vqav2_val")
     lavit = vqa.eval_task("lavit")
-    assert lavit.prompt == "Question: {text} Answer:"
+    assert lavit.prompt == "{text}"  # LaVIT's adapter normalises the raw question and templates it (released)
     assert lavit.generation == {"num_beams": 5, "min_new_tokens": 2, "max_new_tokens": 10, "length_penalty": 0.0,
-                                "early_stopping": True}  # fmt: skip
+                                "early_stopping": True, "decoding": "released", "selection": "gumbel", "seed": 0,
+                                "question_template": "Question: {} Answer:", "question_processing": "released",
+                                "lemmatize": True}  # fmt: skip
     assert vqa.eval_task("vila").generation["num_beams"] == 1  # no override: the task's default (greedy)
+    assert vqa.eval_task("vila").prompt == "Question: {text} Answer:"
     caption = T.get_task("nocaps_val").eval_task("lavit")
     assert caption.prompt == "" and (caption.generation["num_beams"], caption.generation["max_new_tokens"]) == (2, 36)
     assert T.get_task("mmlu").eval_task("lavit").generation == {}
@@ -173,10 +176,11 @@ def test_library_reuses_finished_tasks_without_model_calls(data_root, family, tm
     second = evaluate_tasks(["okvqa_val"], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
     assert list(second["reused"]) == [True] and len(loaded.adapter.calls) == n_calls
     # Another task version is not the same evaluation: results.json is not reused and the old cache is refused.
-    bumped = dataclasses.replace(T.get_task("okvqa_val"), version=2)
+    version = T.get_task("okvqa_val").version
+    bumped = dataclasses.replace(T.get_task("okvqa_val"), version=version + 1)
     from eval.cache import CacheError
 
-    with pytest.raises(CacheError, match="version: cache has 1, this run has 2"):
+    with pytest.raises(CacheError, match=f"version: cache has {version}, this run has {version + 1}"):
         evaluate_tasks([bumped], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
 
 
@@ -289,18 +293,48 @@ def test_lavit_released_layout_end_to_end(data_root, tmp_path, capfd):
     model = LavitForCausalLM(LavitHFConfig.from_lavit_config(lavit_tiny())).eval()
     ckpt = write_official_layout(model, build_byte_text_tokenizer(), tmp_path / "LaVIT-tiny", max_shard_params=2_000_000)
     out = tmp_path / "out"
-    argv = ["mini_vqa,mini_knowledge", "--model", "lavit", "--checkpoint", str(ckpt), "--data-root",
+    argv = ["mini_vqa,vizwiz_val,mini_knowledge", "--model", "lavit", "--checkpoint", str(ckpt), "--data-root",
             str(data_root), "--output-dir", str(out), "--limit", "2", "--batch-size", "2"]  # fmt: skip
     assert run_cli(argv) == 0
     frame = pd.read_csv(out / "results.csv").set_index("metric")
-    assert set(frame["task"]) == {"mini_vqa", "mini_knowledge"}
+    assert set(frame["task"]) == {"mini_vqa", "vizwiz_val", "mini_knowledge"}
     assert frame.loc["accuracy", "n_denominator"] == 2 * len(F.KNOWLEDGE_SUBJECTS)
     assert set(frame["model_id"]) == {f"lavit:{ckpt.resolve()}"}
     records = [json.loads(line) for line in (out / "mini_vqa" / "predictions.jsonl").read_text().splitlines()[1:]]
     assert [r["id"] for r in records] == [0, 1001] and all(isinstance(r["prediction"], str) for r in records)
     header = json.loads((out / "mini_vqa" / "predictions.jsonl").read_text().splitlines()[0])["header"]
-    assert header["identity"]["task"]["generation"] == T.LAVIT_VQA
+    assert header["identity"]["task"]["generation"] == T.LAVIT_MINI_VQA
+    # What ran is recorded: in the caches' identity and in every result row's config.
+    lemmatisation = "lemmatised" if lemmatiser_installed() else "not lemmatised"
+    expected = {
+        "mini_vqa": {"decoding": "released", "selection": "argmax", "question_processing": "released",
+                     "question_template": "Question: {} Answer:", "answerability_step": False,
+                     "lemmatisation": "not lemmatised"},
+        "vizwiz_val": {"decoding": "released", "selection": "gumbel", "selection_seed": 0,
+                       "question_processing": "released", "question_template": "Question: {} Answer:",
+                       "answerability_step": True, "lemmatisation": lemmatisation},
+    }  # fmt: skip
+    for task, settings in expected.items():
+        header = json.loads((out / task / "predictions.jsonl").read_text().splitlines()[0])["header"]
+        assert header["identity"]["text_settings"] == settings
+        rows = json.loads((out / task / "results.json").read_text())
+        assert {json.dumps(json.loads(r["config"])["text_settings"], sort_keys=True) for r in rows} == {
+            json.dumps(settings, sort_keys=True)
+        }
+    assert "text_settings" not in json.loads(json.loads((out / "mini_knowledge" / "results.json").read_text())[0]["config"])
+    answers = [json.loads(line)["prediction"] for line in (out / "vizwiz_val" / "predictions.jsonl").read_text().splitlines()[1:]]
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # A second run with the same settings (text settings included) reuses every task: nothing is rewritten.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")}
+    assert run_cli(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")} == stamps and len(stamps) == 3
     capfd.readouterr()
+
+
+def lemmatiser_installed() -> bool:
+    from model.lavit.released_processing import load_lemmatiser
+
+    return load_lemmatiser(True).status == "lemmatised"
 
 
 # ----- torchrun: the runner shards the samples over the processes ---------------------------------

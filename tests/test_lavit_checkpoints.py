@@ -32,8 +32,10 @@ from model.lavit.official import write_official_layout
 from model.lavit.vocabulary import build_byte_text_tokenizer
 from model.weights import CheckpointLayoutError
 
-CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 6, "length_penalty": 1.0, "early_stopping": False}
-VQA = {"num_beams": 3, "min_new_tokens": 1, "max_new_tokens": 4, "length_penalty": 0.0, "early_stopping": True}
+CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 6, "length_penalty": 1.0, "early_stopping": False,
+           "decoding": "released", "selection": "argmax"}  # fmt: skip
+VQA = {"num_beams": 3, "min_new_tokens": 1, "max_new_tokens": 4, "length_penalty": 0.0, "early_stopping": True,
+       "decoding": "released", "selection": "argmax", "lemmatize": False}  # fmt: skip
 PAIRS = [("The cat", " sat on the mat"), ("Question: 2+2?\nAnswer:", " 4"), ("a", " b c")]
 
 

@@ -54,8 +54,10 @@ def images(n: int) -> list[Image.Image]:
 
 PROMPTS = [torch.tensor([70, 71, 72, 73, 74]), torch.tensor([75])]
 # Decoding settings come from the evaluation task; these are tiny-sized stand-ins of the released ones.
-CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 8, "length_penalty": 1.0, "early_stopping": False}
-VQA = {"num_beams": 3, "min_new_tokens": 1, "max_new_tokens": 4, "length_penalty": 0.0, "early_stopping": True}
+CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 8, "length_penalty": 1.0, "early_stopping": False,
+           "decoding": "released", "selection": "argmax"}  # fmt: skip
+VQA = {"num_beams": 3, "min_new_tokens": 1, "max_new_tokens": 4, "length_penalty": 0.0, "early_stopping": True,
+       "decoding": "released", "selection": "argmax", "lemmatize": False}  # fmt: skip
 VISUAL = {"top_k": 50, "temperature": 1.0, "cfg_scale": 1.5}
 PIXEL = {"num_inference_steps": 2, "decoder_guidance_scale": 5.0}
 
@@ -135,7 +137,8 @@ def test_sampler_distribution_is_eq7_restricted_to_visual_ids(model, cfg_scale):
 # --- text decoding --------------------------------------------------------------------------------------------
 
 
-def test_text_decoding_never_emits_visual_ids(model):
+@pytest.mark.parametrize("decoding", ["released", "modern"])
+def test_text_decoding_never_emits_visual_ids(model, decoding):
     v = model.vocab
     bias = torch.zeros(v.size)
     bias[v.img_start_id :] = 1e4  # the model "wants" [IMG], [/IMG] and visual ids
@@ -151,6 +154,7 @@ def test_text_decoding_never_emits_visual_ids(model):
             max_new_tokens=6,
             length_penalty=1.0,
             early_stopping=False,
+            decoding=decoding,
         )
     finally:
         hook.remove()
@@ -182,8 +186,10 @@ def test_every_decoding_setting_comes_from_the_task(runner):
     partial = {k: v for k, v in CAPTION.items() if k != "num_beams"}
     with pytest.raises(ValueError, match=r"LavitEvalAdapter.caption: generation settings missing \['num_beams'\]"):
         runner.caption(images(1), "", **partial)
-    with pytest.raises(ValueError, match=r"answer: generation settings unknown \['decoding'\]"):
-        runner.answer(images(1), ["Question: what? Answer:"], **VQA, decoding="modern")
+    with pytest.raises(ValueError, match=r"answer: generation settings unknown \['temperature'\]"):
+        runner.answer(images(1), ["Question: what? Answer:"], **VQA, temperature=1.0)
+    with pytest.raises(ValueError, match=r"caption: generation settings missing \['decoding'\]"):
+        runner.caption(images(1), "", **{k: v for k, v in CAPTION.items() if k != "decoding"})
     with pytest.raises(ValueError, match=r"generate_images: generation settings missing \['decoder_guidance_scale'\]"):
         runner.generate_images(["a cat"], [0], **VISUAL, min_new_tokens=1, max_new_tokens=2, num_inference_steps=1)
 

@@ -5,15 +5,31 @@ Every decoding setting comes from the `**generation` keyword arguments the eval 
 task's `generation` dict, `eval/tasks.py`): this adapter has no decoding defaults, a missing setting is an error
 naming it, and so is an unknown one (nothing is silently ignored). The settings each method reads:
 
-    caption, answer     num_beams, min_new_tokens, max_new_tokens, length_penalty, early_stopping   [seed]
+    caption, answer     num_beams, min_new_tokens, max_new_tokens, length_penalty, early_stopping,
+                        decoding ("released": transformers 4.33's beam scoring, as the paper's numbers | "modern":
+                        the pinned transformers' `generate`), selection (keep mask: "gumbel", hard Gumbel noise as
+                        the release draws it even at inference, seeded | "argmax")                    [seed]
+    answer, also        lemmatize (bool: the released spaCy lemmatisation of answers; applied when spaCy and
+                        en_core_web_sm are installed, and `text_settings` records whether it was)
+                        [question_template, question_processing, answerability_prompt]
     generate_images     top_k, temperature, cfg_scale, min_new_tokens, max_new_tokens (visual tokens),
                         num_inference_steps, decoder_guidance_scale (pixel decoder)                  [seed]
 
-`seed` (optional) seeds the Gumbel noise of a sampled keep mask (captions, answers) or, when the runner passes no
+`seed` (optional) seeds the Gumbel noise of a "gumbel" keep mask (captions, answers) or, when the runner passes no
 per-sample seeds, the image samples; without it the adapter's own `seed` is used.
 
-The keep mask of the understanding path is argmax ("deterministic") by default; the released code draws it with
-Gumbel noise even at inference, which `understanding_selection="sampled"` reproduces (seeded).
+Questions: without `question_template` they already carry the task's prompt (eval/interface.py's contract) and are
+used as given. With it (e.g. "Question: {} Answer:"; the task's prompt is then "{text}") they are the raw dataset
+questions: normalised as released when `question_processing` is "released" ("none": as written; required with a
+template), then put into the template. `answerability_prompt` (VizWiz; needs the template) first asks, per question,
+the released 'Is the question: "{}" answerable?' and answers "unanswerable" when the judgement says no
+(`released_processing.py`).
+
+`text_settings(kind, **generation)` is what a caption ("caption") or VQA ("vqa") request with these settings runs,
+for the result record: the eval runner stores it in the prediction caches and results (`eval.runner`).
+
+The keep mask of `score_text` and of images in multi-modal prompts (paths without task settings) is the adapter's
+`understanding_selection`: argmax ("deterministic", the default) or seeded Gumbel noise ("sampled").
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.lavit import released_processing
 from model.lavit.generation import (
     ImageSampling,
     clean_vqa_answer,
@@ -35,24 +52,57 @@ if TYPE_CHECKING:
     from PIL import Image
 
 # The generation keys each request method reads (all required), and the optional ones.
-TEXT_SETTINGS = ("num_beams", "min_new_tokens", "max_new_tokens", "length_penalty", "early_stopping")
+TEXT_SETTINGS = (
+    "num_beams", "min_new_tokens", "max_new_tokens", "length_penalty", "early_stopping", "decoding", "selection",
+)  # fmt: skip
+ANSWER_SETTINGS = TEXT_SETTINGS + ("lemmatize",)
 VISUAL_ID_SETTINGS = ("top_k", "temperature", "cfg_scale", "min_new_tokens", "max_new_tokens")
 PIXEL_SETTINGS = ("num_inference_steps", "decoder_guidance_scale")
 OPTIONAL_SETTINGS = ("seed",)
+OPTIONAL_ANSWER_SETTINGS = OPTIONAL_SETTINGS + ("question_template", "question_processing", "answerability_prompt")
+# Keep-mask selection of the understanding path: task setting -> `token_selector` mode.
+SELECTIONS = {"argmax": "deterministic", "gumbel": "sampled"}
+QUESTION_PROCESSING = ("released", "none")
 
 
-def decoding_settings(method: str, generation: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
+def decoding_settings(
+    method: str, generation: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = OPTIONAL_SETTINGS
+) -> dict[str, Any]:
     """`generation` checked against the settings `method` reads: every required key present, no unknown key."""
     missing = [k for k in required if k not in generation]
-    unknown = sorted(k for k in generation if k not in required and k not in OPTIONAL_SETTINGS)
+    unknown = sorted(k for k in generation if k not in required and k not in optional)
     if missing or unknown:
         parts = [f"missing {missing}"] if missing else []
         parts += [f"unknown {unknown}"] if unknown else []
         raise ValueError(
             f"LavitEvalAdapter.{method}: generation settings {', '.join(parts)}; it reads {list(required)} "
-            f"(+ optional {list(OPTIONAL_SETTINGS)}), which the evaluation task must give (got {sorted(generation)})"
+            f"(+ optional {list(optional)}), which the evaluation task must give (got {sorted(generation)})"
+        )
+    if "selection" in required and generation["selection"] not in SELECTIONS:
+        raise ValueError(
+            f"LavitEvalAdapter.{method}: selection={generation['selection']!r}; expected one of {list(SELECTIONS)}"
         )
     return generation
+
+
+def question_settings(settings: dict[str, Any]) -> tuple[str | None, str, str | None]:
+    """(template, question processing, answerability prompt) of an answer request, checked for consistency."""
+    template = settings.get("question_template")
+    processing = settings.get("question_processing")
+    answerability = settings.get("answerability_prompt")
+    if template is None:
+        if processing not in (None, "none") or answerability is not None:
+            raise ValueError(
+                "LavitEvalAdapter.answer: question_processing / answerability_prompt need question_template "
+                "(the raw questions go into it); without a template the questions are used as given"
+            )
+        return None, "none", None
+    if processing not in QUESTION_PROCESSING:
+        raise ValueError(
+            f"LavitEvalAdapter.answer: question_processing={processing!r} (required with question_template); "
+            f"expected one of {list(QUESTION_PROCESSING)}"
+        )
+    return str(template), processing, answerability
 
 
 class LavitEvalAdapter:
@@ -74,8 +124,9 @@ class LavitEvalAdapter:
         self.text_tokenizer = text_tokenizer
         self.model_id = model_id
         self.seed = seed
-        # The released code samples the keep mask with Gumbel noise even at inference; "sampled" reproduces that,
-        # "deterministic" (argmax) makes predictions independent of the seed.
+        # Keep mask where no task settings reach (score_text, images in multi-modal prompts); captions and answers
+        # take the task's generation["selection"]. "sampled" = seeded Gumbel noise, as the release; "deterministic"
+        # (argmax) makes the result independent of the seed.
         self.understanding_selection = understanding_selection
 
     def _ids(self, texts: list[str], add_bos: bool = False) -> list[torch.Tensor]:
@@ -83,11 +134,12 @@ class LavitEvalAdapter:
         bos = [self.model.lavit_config.llm.bos_token_id] if add_bos else []
         return [torch.tensor(bos + list(i), dtype=torch.long) for i in ids]
 
-    def _image_embeds(self, images: list["Image.Image"], seed: int) -> list[torch.Tensor]:
+    def _image_embeds(self, images: list["Image.Image"], seed: int, selection: str | None = None) -> list[torch.Tensor]:
+        """LLM inputs of the images; `selection` a token_selector mode (default: the adapter's)."""
         pixel_values = self.model.visual_tokenizer.preprocess(images)
         generator = torch.Generator(device=pixel_values.device).manual_seed(seed)
         return self.model.encode_images(
-            pixel_values, selection=self.understanding_selection, generator=generator, need_codes=False
+            pixel_values, selection=selection or self.understanding_selection, generator=generator, need_codes=False
         ).llm_embeds
 
     def _decode(self, rows: list[list[int]]) -> list[str]:
@@ -96,15 +148,38 @@ class LavitEvalAdapter:
     def _generate_text(self, images, prompts: list[str], settings: dict[str, Any]) -> list[str]:
         rows = generate_text(
             self.model,
-            self._image_embeds(images, int(settings.get("seed", self.seed))),
+            self._image_embeds(images, int(settings.get("seed", self.seed)), SELECTIONS[settings["selection"]]),
             self._ids(prompts),
             num_beams=int(settings["num_beams"]),
             min_new_tokens=int(settings["min_new_tokens"]),
             max_new_tokens=int(settings["max_new_tokens"]),
             length_penalty=float(settings["length_penalty"]),
             early_stopping=bool(settings["early_stopping"]),
+            decoding=str(settings["decoding"]),
         )
         return self._decode(rows)
+
+    def text_settings(self, kind: str, **generation: Any) -> dict[str, Any]:
+        """What a caption ("caption") or answer ("vqa") request with these `generation` settings runs, for the
+        result record: decoding, keep-mask selection (+ its seed when it matters) and, for "vqa", the question
+        processing, whether the answerability step runs and whether answers are lemmatised ("lemmatised" /
+        "not lemmatised": it depends on spaCy being installed). The settings are checked as the request would."""
+        if kind == "caption":
+            settings = decoding_settings("caption", generation, TEXT_SETTINGS)
+        elif kind == "vqa":
+            settings = decoding_settings("answer", generation, ANSWER_SETTINGS, OPTIONAL_ANSWER_SETTINGS)
+        else:
+            raise ValueError(f"kind must be 'caption' or 'vqa', got {kind!r}")
+        record: dict[str, Any] = {"decoding": settings["decoding"], "selection": settings["selection"]}
+        if settings["selection"] == "gumbel":
+            record["selection_seed"] = int(settings.get("seed", self.seed))
+        if kind == "vqa":
+            template, processing, answerability = question_settings(settings)
+            record["question_processing"] = processing
+            record["question_template"] = template
+            record["answerability_step"] = answerability is not None
+            record["lemmatisation"] = released_processing.load_lemmatiser(bool(settings["lemmatize"])).status
+        return record
 
     @torch.no_grad()
     def caption(self, images: list["Image.Image"], prompt: str, **generation: Any) -> list[str]:
@@ -114,11 +189,25 @@ class LavitEvalAdapter:
 
     @torch.no_grad()
     def answer(self, images: list["Image.Image"], questions: list[str], **generation: Any) -> list[str]:
-        """`questions` already carry the task's template (e.g. "Question: {} Answer:")."""
+        """One answer per (image, question): beam search, the released answer cuts, lemmatisation if asked for.
+        Questions carry the task's template, or are raw with generation["question_template"] (module docstring)."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        settings = decoding_settings("answer", generation, TEXT_SETTINGS)
-        return [clean_vqa_answer(t) for t in self._generate_text(images, questions, settings)]
+        settings = decoding_settings("answer", generation, ANSWER_SETTINGS, OPTIONAL_ANSWER_SETTINGS)
+        template, processing, answerability = question_settings(settings)
+        if template is None:
+            return self._answer_prompts(images, list(questions), settings)
+        if processing == "released":
+            questions = [released_processing.normalize_question(q) for q in questions]
+        answers = self._answer_prompts(images, [template.format(q) for q in questions], settings)
+        if answerability is not None:
+            judgements = self._answer_prompts(images, [template.format(answerability.format(q)) for q in questions], settings)
+            answers = released_processing.apply_answerability(answers, judgements)
+        return answers
+
+    def _answer_prompts(self, images: list["Image.Image"], prompts: list[str], settings: dict[str, Any]) -> list[str]:
+        lemmatise = released_processing.load_lemmatiser(bool(settings["lemmatize"]), warn=True)
+        return lemmatise([clean_vqa_answer(t) for t in self._generate_text(images, prompts, settings)])
 
     def _generators(self, n: int, seeds: list[int] | None, generation: dict) -> list[torch.Generator]:
         """One generator per sample: from `seeds` (the eval runner's per-sample seeds, so an image does not depend

@@ -1,11 +1,13 @@
 """Decoding with LaVIT: captions and VQA answers (text) and visual-token sampling with classifier-free guidance
 (images). The evaluation adapter over these functions is `model/lavit/eval_adapter.py`.
 
-Text decoding is transformers' `generate` on `inputs_embeds` (left-padded [IMG] feats [/IMG] prompt) with every
-non-text id suppressed, as the released code does, followed by the released post-processing (`cut_caption`,
-`clean_vqa_answer`, without its optional spaCy lemmatisation: answer normalisation is the VQA metric's job,
-`eval/vqa_normalize.py`). The decoding settings (beams, lengths, length penalty, top-k, CFG scale, ...) are
-arguments here and data of the evaluation tasks (`eval/tasks.py`); nothing in this module supplies defaults.
+Text decoding: beam search on `inputs_embeds` (left-padded [IMG] feats [/IMG] prompt) with every non-text id
+suppressed, as the released code does, followed by the released post-processing (`released_processing.py`:
+`cut_caption`, `clean_vqa_answer`; the adapter adds the released question normalisation, VizWiz answerability step
+and lemmatisation when the task asks for them). `decoding="released"` scores beams as transformers 4.33 did for the
+released numbers (`beam_search.py`); `"modern"` is the pinned transformers' own `generate`. The decoding settings
+(decoding mode, beams, lengths, length penalty, top-k, CFG scale, ...) are arguments here and data of the evaluation
+tasks (`eval/tasks.py`); nothing in this module supplies defaults.
 
 Image sampling (App. A, Eq. 7) is our own loop, because it needs the unconditional stream:
 
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.lavit import released_processing
 from model.lavit.modeling_lavit import IGNORE_INDEX, LavitForCausalLM, llama_config, positions_from_mask
 
 if TYPE_CHECKING:
@@ -42,15 +45,12 @@ if TYPE_CHECKING:
 
 def cut_caption(text: str) -> str:
     """Released captioner: strip, keep the text before the first '.'."""
-    return text.strip().split(".")[0]
+    return released_processing.cut_caption(text)
 
 
 def clean_vqa_answer(text: str) -> str:
-    """Released VQA post-processing (before its optional spaCy lemmatisation, which is not applied here)."""
-    text = text.strip()
-    for separator in ("\n", "question:", "Long answer:", ",", "."):
-        text = text.split(separator)[0]
-    return text
+    """Released VQA post-processing before lemmatisation (`released_processing.cut_answer`)."""
+    return released_processing.cut_answer(text)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -244,13 +244,33 @@ def generate_text(
     max_new_tokens: int,
     length_penalty: float,
     early_stopping: bool,
+    decoding: str,
     eos_token_id: int | None = None,
 ) -> list[list[int]]:
-    """Beam search after [IMG] image [/IMG] prompt; non-text ids are suppressed. Returns new token ids per sample."""
+    """Beam search after [IMG] image [/IMG] prompt; non-text ids are suppressed. Returns new token ids per sample.
+
+    decoding: "modern" = transformers' `generate` (the pinned version's beam scoring); "released" = our beam search
+    with transformers 4.33's scoring, which the released numbers were made with (`beam_search.py`)."""
+    from model.lavit.beam_search import DECODINGS, BeamSettings, beam_search, causal_lm_step
+
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown decoding {decoding!r}; expected one of {DECODINGS}")
     items = [model.understanding_item(e, p) for e, p in zip(image_embeds, prompt_ids)]
     batch = model.collate(items)
     llm = model.lavit_config.llm
     eos = llm.eos_token_id if eos_token_id is None else eos_token_id
+    if decoding == "released":
+        settings = BeamSettings(
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            suppress_ids=tuple(model.vocab.non_text_ids()),
+        )
+        step = causal_lm_step(model.language_model, batch.inputs_embeds, batch.attention_mask, num_beams)
+        return [r.tokens for r in beam_search(step, len(items), settings, decoding="released")]
     output = model.language_model.generate(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,

@@ -3,7 +3,8 @@
 Layout (a local directory; nothing is downloaded):
 
     language_model/      HF LlamaForCausalLM: config.json, weights (pytorch_model*.bin or model*.safetensors,
-                         sharded with an *.index.json or single), the text tokenizer files, and
+                         sharded with an *.index.json or single), the text tokenizer (SentencePiece's
+                         tokenizer.model, as released, or a transformers tokenizer.json), and
                          visual_weight.bin: the LLM-tuned `causal_encoder.*` + `vit_proj.*` (understanding path)
     visual_tokenizer/    eva_vitg_psz14.bin, tokenizer_encoder.bin, tokenizer_decoder.bin
                          (read by `official_tokenizer.load_official_visual_tokenizer`)
@@ -105,16 +106,10 @@ def check_llm_config(folder: Path, config: LavitConfig) -> None:
 
 
 def load_text_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+    """`model.text_tokenizer.load_text_tokenizer`: SentencePiece `tokenizer.model` (as released) or `tokenizer.json`."""
+    from model.text_tokenizer import load_text_tokenizer as load
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:  # noqa: BLE001 - re-raised with the folder named
-        raise FileNotFoundError(f"could not load the text tokenizer from {folder}: {err}") from err
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # released: pad = eos
-    return tokenizer
+    return load(folder)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -141,6 +136,7 @@ def load_official_lavit(
     _require_dir(root / VISUAL_TOKENIZER)
     pd_dir = _require_dir(root / PIXEL_DECODING) if config.pixel_decoder.enabled else None
     check_llm_config(lm_dir, config)
+    text_tokenizer = load_text_tokenizer(lm_dir)  # before the big model: a missing tokenizer fails fast
     report = LoadReport()
 
     with torch.device("meta"):
@@ -196,7 +192,6 @@ def load_official_lavit(
         raise CheckpointLayoutError(f"{root}: tensors never loaded: {leftovers[:8]} ({len(leftovers)} total)")
     model.to(device=device, dtype=dtype)
     model.set_stage2_trainable()
-    text_tokenizer = load_text_tokenizer(lm_dir)
     return LoadedLavit(model=model.eval(), text_tokenizer=text_tokenizer, report=report)
 
 

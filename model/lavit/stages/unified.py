@@ -288,9 +288,13 @@ class UnifiedTask:
             return build_byte_text_tokenizer(model_max_length=1 << 30)  # documents are packed, not truncated
         from transformers import AutoTokenizer
 
+        from model.text_tokenizer import load_text_tokenizer, sentencepiece_only
+
         path = Path(self.cfg.text_tokenizer)
         if not path.is_dir():
             raise FileNotFoundError(f"text_tokenizer {path} is not a local tokenizer folder (nothing is downloaded); use 'byte' for tests")
+        if sentencepiece_only(path):  # a LLaMA-style release's tokenizer.model alone: AutoTokenizer cannot load it
+            return load_text_tokenizer(path)
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
     def build_data(self, info: DistInfo, micro_batch_size: int):
