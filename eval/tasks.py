@@ -167,9 +167,9 @@ def describe_tasks() -> str:
 #   deleted, 50 words), then put into "Question: {} Answer:"; answers lemmatised with spaCy as released (applied
 #   when spaCy and en_core_web_sm are installed; each result records "lemmatised" or "not lemmatised");
 # - VizWiz only: the released answerability question first, "unanswerable" when the judgement says no.
-# The mini world's tasks keep that protocol's decoding and question processing but select the keep mask by argmax
-# (a mini result must not depend on a noise seed) and do not lemmatise (easy-VQA's answers are single words that
-# lemmatisation would only perturb, and spaCy is optional).
+# The mini world's tasks keep that protocol (decoding, Gumbel keep mask with seed 0, question processing; the noise
+# is drawn per image from the seed and the image's pixels, so results do not depend on batching) but do not lemmatise
+# (easy-VQA's answers are single words that lemmatisation would only perturb, and spaCy is optional).
 
 GREEDY_CAPTION = {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 36, "length_penalty": 1.0, "early_stopping": False}
 GREEDY_VQA = {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 10, "length_penalty": 1.0, "early_stopping": False}
@@ -180,8 +180,8 @@ LAVIT_CAPTION = {"num_beams": 2, "min_new_tokens": 8, "max_new_tokens": 36, "len
 LAVIT_VQA = {"num_beams": 5, "min_new_tokens": 2, "max_new_tokens": 10, "length_penalty": 0.0, "early_stopping": True,
              **LAVIT_RELEASED, **LAVIT_QUESTIONS, "lemmatize": True}  # fmt: skip
 LAVIT_VIZWIZ = {**LAVIT_VQA, "answerability_prompt": 'Is the question: "{}" answerable?'}
-LAVIT_MINI_CAPTION = {**{k: v for k, v in LAVIT_CAPTION.items() if k != "seed"}, "selection": "argmax"}
-LAVIT_MINI_VQA = {**{k: v for k, v in LAVIT_VQA.items() if k != "seed"}, "selection": "argmax", "lemmatize": False}
+LAVIT_MINI_CAPTION = dict(LAVIT_CAPTION)
+LAVIT_MINI_VQA = {**LAVIT_VQA, "lemmatize": False}
 LAVIT_T2I = {"top_k": 300, "temperature": 1.0, "cfg_scale": 1.5, "min_new_tokens": 20, "max_new_tokens": 200,
              "num_inference_steps": 50, "decoder_guidance_scale": 5.0}  # fmt: skip
 VQA_PROMPT = "Question: {text} Answer:"  # LaVIT §4.1 "Question: {} Answer: {}"
@@ -532,7 +532,7 @@ def mmlu() -> TaskSpec:
 @register_task
 def mini_caption() -> TaskSpec:
     return caption_spec(
-        name="mini_caption", version=2, split="test",
+        name="mini_caption", version=3, split="test",
         description="mini world: captions of its test images, CIDEr",
         files=(MINI_CAPTIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_CAPTIONS} (Karpathy format, split test, filepath images/test, filename <id>.png) + {MINI_IMAGES}<id>.png",
@@ -543,7 +543,7 @@ def mini_caption() -> TaskSpec:
 @register_task
 def mini_vqa() -> TaskSpec:
     return vqa_spec(
-        name="mini_vqa", version=2, split="test",
+        name="mini_vqa", version=3, split="test",
         description="mini world: questions about its test images, VQA accuracy",
         files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",

@@ -105,6 +105,14 @@ def question_settings(settings: dict[str, Any]) -> tuple[str | None, str, str | 
     return str(template), processing, answerability
 
 
+def image_seed(seed: int, image: "Image.Image") -> int:
+    """A seed from the task seed and the image's content (mode, size and pixels)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}/{image.mode}/{image.size}".encode() + image.tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 class LavitEvalAdapter:
     """LaVIT behind `eval/interface.py`'s request methods. Holds the model, its text tokenizer and its id."""
 
@@ -137,9 +145,11 @@ class LavitEvalAdapter:
     def _image_embeds(self, images: list["Image.Image"], seed: int, selection: str | None = None) -> list[torch.Tensor]:
         """LLM inputs of the images; `selection` a token_selector mode (default: the adapter's)."""
         pixel_values = self.model.visual_tokenizer.preprocess(images)
-        generator = torch.Generator(device=pixel_values.device).manual_seed(seed)
+        # One Gumbel noise stream per image, seeded by (seed, the image's pixels): an image's keep mask does not
+        # depend on which batch it lands in, so a resumed or re-batched evaluation draws the same masks.
+        generators = [torch.Generator(device=pixel_values.device).manual_seed(image_seed(seed, image)) for image in images]
         return self.model.encode_images(
-            pixel_values, selection=selection or self.understanding_selection, generator=generator, need_codes=False
+            pixel_values, selection=selection or self.understanding_selection, generator=generators, need_codes=False
         ).llm_embeds
 
     def _decode(self, rows: list[list[int]]) -> list[str]:

@@ -231,7 +231,7 @@ class LavitForCausalLM(PreTrainedModel):
         pixel_values: torch.Tensor,
         keep_mask: torch.Tensor | None = None,
         selection: Literal["deterministic", "sampled"] = "deterministic",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per image
         need_codes: bool = True,
         need_part_features: bool = False,
     ) -> "EncodedImages":
@@ -243,7 +243,10 @@ class LavitForCausalLM(PreTrainedModel):
         tok = self.visual_tokenizer
         with torch.no_grad():  # stage-1 parts are frozen in stage 2
             features = tok.encode_features(pixel_values)  # (b, n, d)
-            if keep_mask is None:
+            if keep_mask is None and isinstance(generator, (list, tuple)):  # one noise stream per image
+                log_probs = tok.selector_log_probs(features)
+                keep = torch.cat([tok.select(log_probs[i : i + 1], selection, g) for i, g in enumerate(generator)])
+            elif keep_mask is None:
                 keep = tok.select(tok.selector_log_probs(features), selection, generator)  # (b, n) float 0/1
             else:
                 keep = self._checked_keep(keep_mask, features)
