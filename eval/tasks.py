@@ -180,8 +180,12 @@ LAVIT_CAPTION = {"num_beams": 2, "min_new_tokens": 8, "max_new_tokens": 36, "len
 LAVIT_VQA = {"num_beams": 5, "min_new_tokens": 2, "max_new_tokens": 10, "length_penalty": 0.0, "early_stopping": True,
              **LAVIT_RELEASED, **LAVIT_QUESTIONS, "lemmatize": True}  # fmt: skip
 LAVIT_VIZWIZ = {**LAVIT_VQA, "answerability_prompt": 'Is the question: "{}" answerable?'}
-LAVIT_MINI_CAPTION = dict(LAVIT_CAPTION)
-LAVIT_MINI_VQA = {**LAVIT_VQA, "lemmatize": False}
+# The released minimum lengths count LLaMA SentencePiece tokens (a caption of 8+ pieces, an answer of 2+ pieces,
+# e.g. "▁yes" ","); the mini world's BPE spells "a red circle." or "triangle" in fewer ids, and a minimum above
+# that forces the beam past the end of every caption/answer it was trained on. The mini tasks keep the released
+# maxima and take the smallest minimum that still rules out an empty output.
+LAVIT_MINI_CAPTION = {**LAVIT_CAPTION, "min_new_tokens": 2}
+LAVIT_MINI_VQA = {**LAVIT_VQA, "lemmatize": False, "min_new_tokens": 1}
 LAVIT_T2I = {"top_k": 300, "temperature": 1.0, "cfg_scale": 1.5, "min_new_tokens": 20, "max_new_tokens": 200,
              "num_inference_steps": 50, "decoder_guidance_scale": 5.0}  # fmt: skip
 VQA_PROMPT = "Question: {text} Answer:"  # LaVIT §4.1 "Question: {} Answer: {}"
@@ -532,7 +536,7 @@ def mmlu() -> TaskSpec:
 @register_task
 def mini_caption() -> TaskSpec:
     return caption_spec(
-        name="mini_caption", version=3, split="test",
+        name="mini_caption", version=4, split="test",
         description="mini world: captions of its test images, CIDEr",
         files=(MINI_CAPTIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_CAPTIONS} (Karpathy format, split test, filepath images/test, filename <id>.png) + {MINI_IMAGES}<id>.png",
@@ -543,7 +547,7 @@ def mini_caption() -> TaskSpec:
 @register_task
 def mini_vqa() -> TaskSpec:
     return vqa_spec(
-        name="mini_vqa", version=3, split="test",
+        name="mini_vqa", version=4, split="test",
         description="mini world: questions about its test images, VQA accuracy",
         files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",

@@ -114,6 +114,7 @@ class Profile:
     eval_limit: int | None = None  # evaluate on the first N samples of each task (part of the result's identity)
     eval_batch_size: int = 16
     describe: str = ""  # one paragraph printed above the table
+    figure: Callable[["Context", Path], Path] | None = None  # fn(ctx, png_path): a picture of the results (after measuring)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Context:
     cluster: str
     device: str
     world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
+    eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its evaluation output (OUT/<task>/...)
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -360,13 +362,14 @@ def measure(ctx: Context) -> pd.DataFrame:
     for label, row in profile.rows.items():
         if isinstance(row, Trained):
             _log(f"evaluate {label!r} ({trained[label].name})")
-            eval_dir = trained[label] / "eval"
+            eval_dir = ctx.eval_dirs[label] = trained[label] / "eval"
             measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir)
         elif isinstance(row, Released):
             if not ctx.checkpoint:
                 raise ValueError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
             out = ctx.runs_dir / "released" / hashlib.sha256(str(Path(ctx.checkpoint).resolve()).encode()).hexdigest()[:12]
             _log(f"evaluate {label!r} from {ctx.checkpoint}")
+            ctx.eval_dirs[label] = out
             measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out)
         else:
             measured[label] = row.fn(ctx)
@@ -485,6 +488,8 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
     csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds)
     print_table(comparison, measured, profile)
     print(f"wrote {csv_path} and {md_path} ({seconds:.0f} s)")
+    if profile.figure is not None:
+        print(f"wrote {profile.figure(ctx, ctx.results_dir / f'{spec.key}.png')}")
     if args.check and not comparison.passed:
         print(f"CHECK FAILED:\n{comparison.failures.to_string(index=False)}", file=sys.stderr)
         return 1

@@ -52,7 +52,7 @@ MINI_CHAIN = (
     ),
     StageRun(
         "tokenizer",
-        overrides=("synthetic.enabled=false", f"data.shards={SHARDS}", "loop.steps=120", "vq_start_step=60", "kmeans_images=256"),
+        overrides=("synthetic.enabled=false", f"data.shards={SHARDS}", "loop.steps=600", "vq_start_step=300", "kmeans_images=512"),
         inputs=(("encoder_path", "encoder_pretrain"),),
     ),
     StageRun(
@@ -61,6 +61,7 @@ MINI_CHAIN = (
             "synthetic.enabled=false",
             f"data.understanding_shards={SHARDS}",
             f"data.generation_shards={SHARDS}",
+            'data.image_text_filter={"kind": "caption"}',  # LaVIT's image-text data are captions
             f"data.text_sources={TEXT}",
             f"data.text_weights={TEXT_WEIGHTS}",
             *TOKENIZER,
@@ -114,6 +115,39 @@ def _chance_captions(ctx) -> dict[str, float]:
     return {"Caption CIDEr": scores["CIDEr"] * 100, "Shape named": scores["shape"] * 100, "Colour named": scores["color"] * 100}
 
 
+def _gallery(ctx, path: Path) -> Path:
+    """The first test images with the model's caption and its answers to two of their questions (green = right)."""
+    import json
+
+    from PIL import Image
+
+    from eval.tasks import get_task
+    from reproduce.figures import GalleryItem, gallery
+
+    eval_dir = ctx.eval_dirs["Ours (mini LaVIT)"]
+
+    def predictions(task: str) -> dict:
+        lines = (eval_dir / task / "predictions.jsonl").read_text().splitlines()[1:]  # after the header
+        return {r["id"]: r.get("prediction", "") for r in map(json.loads, lines)}
+
+    captions, answers = predictions("mini_caption"), predictions("mini_vqa")
+    questions, _ = get_task("mini_vqa").read(ctx.data_root, ctx.profile.eval_limit)
+    by_image: dict[str, list] = {}
+    for q in questions:
+        by_image.setdefault(Path(q.image).stem, []).append(q)
+    samples, root = get_task("mini_caption").read(ctx.data_root, 8)
+    items = []
+    for s in samples:
+        shape, color = ctx.world.labels["test"][str(s.id)]
+        hits = ctx.world.caption_attribute_hits(captions.get(s.id, ""), s.id)
+        lines, marks = [f"truth: {color} {shape}", f"caption: {captions.get(s.id, '')}"], [None, all(hits)]
+        for q in by_image.get(str(s.id), [])[:2]:
+            lines.append(f"{q.text} -> {answers.get(q.id, '')}")
+            marks.append(answers.get(q.id, "").strip().lower() == str(q.references[0]).lower())
+        items.append(GalleryItem(Image.open(root / s.image), lines, marks))
+    return gallery(items, path, columns=4, cell=176, title="mini LaVIT, zero-shot on held-out easy-vqa test images")
+
+
 MINI = Profile(
     rows={
         "Ours (mini LaVIT)": Trained("lavit", MINI_CHAIN),
@@ -134,6 +168,7 @@ MINI = Profile(
     data="miniworld",
     eval_limit=1000,
     describe="Mini world (easy-vqa shapes), zero-shot on held-out test images. Not comparable with the paper's numbers.",
+    figure=_gallery,
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class UnifiedDataConfig:
     text_to_image_text: tuple[float, float] = (2.0, 1.0)  # App. B.1: text : image-text = 2 : 1
     partition: Literal["sample", "shard", "sequence"] = "sample"  # how ranks split the data (train/data.py, unified.py)
     codes_cache: str = ""  # directory of pre-tokenised codes (`python -m train cache_codes`); "" = tokenize on the fly
+    # Keep only image-text samples whose KEY.json has these values (e.g. {"kind": "caption"}: LaVIT's [image; text]
+    # data are captions); empty = every sample. Skipped samples are counted in the stream's skipped_map.
+    image_text_filter: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

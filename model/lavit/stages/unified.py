@@ -347,6 +347,8 @@ class UnifiedTask:
         if top_name == "text":
             ids = tok(item, add_special_tokens=False)["input_ids"]
             return Doc("text", [llm.bos_token_id, *ids, llm.eos_token_id]) if ids else None
+        if any(str(item.meta.get(k)) != v for k, v in self.cfg.data.image_text_filter.items()):
+            return None
         caption = tok(item.text, add_special_tokens=False)["input_ids"]
         if not caption:
             return None
