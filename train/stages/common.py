@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import InputError
 from train.config import SyntheticDataConfig
 from train.distributed import DistInfo, barrier
 
@@ -39,10 +40,68 @@ def synthetic_text_sources(cfg: SyntheticDataConfig, names: list[str], output_di
 
 
 def latest_checkpoint_dir(path: str) -> str:
-    """A run directory (OUTPUT with checkpoints/step_*) -> its latest checkpoint; anything else unchanged."""
+    """A run directory (OUTPUT with checkpoints/step_*) -> its newest checkpoint that verifies against its manifest
+    (sizes and checksums); anything else unchanged. A run with checkpoints of which none verifies is an error."""
+    from train.checkpoint import latest_verified
+
     p = Path(path)
-    steps = sorted((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
-    steps = [s for s in steps if (s / "manifest.json").is_file()]
-    return str(steps[-1]) if steps else path
+    if not (p / "checkpoints").is_dir():
+        return path
+    found, problems = latest_verified(p / "checkpoints")
+    if found is None:
+        if problems:
+            raise InputError(f"{path}: no checkpoint of this run verifies ({'; '.join(problems)})")
+        return path
+    if problems:
+        print(f"[upstream] {path}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {found.name}", flush=True)
+    return str(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks a stage runs before anything is built (`check_inputs`): the error names the key and how to set it.
+
+RANDOM_INIT = "random-init"  # the explicit value of an upstream key that starts from random weights (tests, smoke runs)
+
+
+def require_upstream(value: str, key: str, stage: str, upstream: str) -> bool:
+    """Check the config key `key` that names the run of stage `upstream` this stage starts from.
+
+    True: load it from `value` (which exists). False: `value` is "random-init", an explicit opt-in to random
+    weights. Anything else is an InputError that names the key and shows how to set it."""
+    if value == RANDOM_INIT:
+        return False
+    if not value:
+        raise InputError(
+            f"{key} is not set: stage {stage!r} starts from a trained {upstream!r} run. Train it first, e.g. "
+            f"`python -m train {upstream} --config mini --output-dir runs/{upstream}`, then pass "
+            f"`--set {key}=runs/{upstream}` (a run directory, one of its checkpoints/step_* directories, or a "
+            f".safetensors file); `--set {key}={RANDOM_INIT}` starts from random weights instead (smoke tests only)"
+        )
+    if not Path(value).exists():
+        raise InputError(
+            f"{key}={value}: no such file or directory (expected the --output-dir of a `python -m train {upstream}` "
+            f"run, one of its checkpoints/step_* directories, or a .safetensors file)"
+        )
+    return True
+
+
+def require_path(value: str, key: str, what: str) -> None:
+    """An optional local path: "" is allowed (the stage says what it means), a given path must exist."""
+    if value and not Path(value).exists():
+        raise InputError(f"{key}={value}: no such file or directory ({what})")
+
+
+def require_shards(patterns: list[str], key: str, synthetic: bool, required: bool = True) -> None:
+    """Glob patterns of data files: each must match at least one file; none at all is an error when `required`
+    (and synthetic data is off)."""
+    import glob
+
+    if synthetic:
+        return
+    if required and not patterns:
+        raise InputError(f"{key} is empty: set it to glob patterns of the data files (--set '{key}=[/data/shard-*.tar]') or use synthetic.enabled=true")
+    for pattern in patterns:
+        if not glob.glob(pattern):
+            raise InputError(f"{key}: pattern {pattern!r} matches no file")
 
 

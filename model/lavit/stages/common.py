@@ -1,8 +1,25 @@
-"""Loading the weights LaVIT's stages start from: the EVA-CLIP encoder and a stage-1a tokenizer."""
+"""Loading the weights LaVIT's stages start from: the EVA-CLIP encoder and a stage-1a tokenizer; model sizes from
+shapes alone (for the memory check before a stage builds its model)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+
+def meta_parameter_counts(config, trainable: Callable, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts of LaVIT `config` built on the meta device (no memory, a few seconds).
+
+    `trainable(model)` returns the parameters the stage trains; parameters under `exclude` are not built by it."""
+    from model.summary import build_meta_model
+
+    model = build_meta_model(config)
+    train_ids = {id(p) for p in trainable(model)}
+    counts = [0, 0]
+    for name, p in model.named_parameters():
+        if not name.startswith(exclude):
+            counts[id(p) not in train_ids] += p.numel()
+    return counts[0], counts[1]
 
 
 def load_encoder_weights(tokenizer, path: str) -> None:

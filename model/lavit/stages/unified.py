@@ -37,8 +37,15 @@ from torch import nn
 from model.lavit.stages.config import UnifiedStageConfig
 from train.data import Batched, ImageTextShards, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece, Strided
 from train.distributed import DistInfo
-from model.lavit.stages.common import load_tokenizer_checkpoint
-from train.stages.common import latest_checkpoint_dir, synthetic_image_shards, synthetic_text_sources
+from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
+from train.stages.common import (
+    latest_checkpoint_dir,
+    require_path,
+    require_shards,
+    require_upstream,
+    synthetic_image_shards,
+    synthetic_text_sources,
+)
 from train.trainer import StepOutput
 
 IGNORE_INDEX = -100
@@ -183,19 +190,32 @@ class UnifiedTask:
         self.pipeline_tokenizer = None  # frozen copy of the stage-1 tokenizer used by the data pipeline
         self.text_tokenizer = None
 
+    # -- inputs (checked before anything is built) ---------------------------------------------------------------
+    def check_inputs(self) -> None:
+        cfg, data = self.cfg, self.cfg.data
+        require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "unified", "tokenizer")
+        require_path(cfg.llm_path, "llm_path", "a local LLaMA folder in transformers format; \"\" = random init")
+        require_path(data.codes_cache, "data.codes_cache", "written by model.lavit.stages.unified.cache_codes")
+        synthetic = cfg.synthetic.enabled
+        require_shards(data.understanding_shards, "data.understanding_shards", synthetic, required=data.understanding_weight > 0)
+        require_shards(data.generation_shards, "data.generation_shards", synthetic, required=data.understanding_weight < 1)
+        for name in sorted(data.text_weights):
+            require_shards(data.text_sources.get(name, []), f"data.text_sources.{name}", synthetic)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return meta_parameter_counts(self.cfg.model, lambda lavit: [p for ps in lavit.parameter_groups().values() for p in ps])
+
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, info: DistInfo) -> nn.Module:
         from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 
         cfg = self.cfg
         lavit = LavitForCausalLM(LavitHFConfig.from_lavit_config(cfg.model))
-        if cfg.tokenizer_checkpoint:
+        if require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "unified", "tokenizer"):  # else random-init
             load_tokenizer_checkpoint(lavit.visual_tokenizer, latest_checkpoint_dir(cfg.tokenizer_checkpoint))
             # The understanding merger and vit_proj start from the trained tokenizer's (the release does the same).
             lavit.understanding_encoder.causal_encoder.load_state_dict(lavit.visual_tokenizer.causal_encoder.state_dict())
             lavit.understanding_encoder.vit_proj.load_state_dict(lavit.visual_tokenizer.vit_proj.state_dict())
-        elif not cfg.synthetic.enabled:
-            raise ValueError("stage 2 needs tokenizer_checkpoint (a stage-1a run or checkpoint directory, or a released visual_tokenizer/ folder)")
         if cfg.llm_path:
             load_llama_weights(lavit.language_model, cfg.llm_path, cfg.model.llm.text_vocab_size)
         lavit.visual_tokenizer.eval()
