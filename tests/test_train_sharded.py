@@ -88,8 +88,10 @@ def test_sharded_save_with_2_processes_resumes_with_2_and_with_1(tmp_path):
     # DCP's own consolidation), and the run continues.
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    from safetensors.torch import load_file
+
     from model.lavit.stages.unified import UnifiedTask
-    from train.checkpoint import CheckpointManager
+    from train.checkpoint import CheckpointManager, export_full_weights, verify_checkpoint
     from train.distributed import init_distributed, shutdown_distributed
     from train.stages import run_stage
     from train.trainer import build_optimizer
@@ -109,6 +111,9 @@ def test_sharded_save_with_2_processes_resumes_with_2_and_with_1(tmp_path):
         assert set(saved["model"]) == {k for k in state if not k.startswith(task.checkpoint_exclude())}
         for key, tensor in saved["model"].items():
             assert torch.equal(state[key], tensor), key
+        # The export of a sharded checkpoint as one full weights file holds the same tensors.
+        exported = load_file(str(export_full_weights(step2, tmp_path / "step2.safetensors")))
+        assert exported.keys() == saved["model"].keys() and all(torch.equal(exported[k], v) for k, v in saved["model"].items())
         names = {id(p): n for n, p in module.named_parameters()}
         moments = {names[id(p)]: s for p, s in optimizer.state.items()}
         assert moments and set(moments) == set(saved["optim"]["state"])
@@ -116,6 +121,13 @@ def test_sharded_save_with_2_processes_resumes_with_2_and_with_1(tmp_path):
             assert torch.equal(s["exp_avg"], saved["optim"]["state"][name]["exp_avg"]), name
     finally:
         shutdown_distributed()
+
+    # A truncated shard is named by the verification like any other file.
+    shard = step2 / shards[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-1])
+    assert verify_checkpoint(step2) == f"{shard}: {len(data) - 1} bytes, the manifest says {len(data)} (truncated or overwritten)"
+    shard.write_bytes(data)
 
     summary = run_stage("unified", cfg, tmp_path / "resumed1")
     assert summary["resumed_from_step"] == 2 and summary["finished"] and summary["world_size"] == 1

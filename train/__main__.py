@@ -11,8 +11,9 @@
 
 A run resumes automatically from the newest checkpoint in OUTPUT/checkpoints that verifies against its manifest
 (sizes and SHA-256 of every file); a damaged newer one is moved to OUTPUT/checkpoints/corrupt/, never deleted. A run
-directory belongs to its config: resuming with other values is refused, except loop.steps, loop.max_steps_this_run,
-logging and checkpoint cadence/layout (recorded in OUTPUT/config_changes.jsonl).
+directory belongs to its config: resuming with other values is refused, except the step budget, logging,
+checkpointing and the batch split / wrapping (train/stages/__init__.py: RESUME_MAY_CHANGE; recorded in
+OUTPUT/config_changes.jsonl).
 
 Bad input (a config key, a missing upstream checkpoint or data file, a model too big for this machine) is one line
 `error: ...` and exit code 2, checked before any model is built; --debug (or VLM_DEBUG=1) shows the traceback.

@@ -225,6 +225,14 @@ def gather_model_and_optimizer(
     return model_sd, optim_sd
 
 
+def gather_model(model: nn.Module, exclude_prefixes: tuple[str, ...] = ()) -> dict:
+    """The full model state dict on CPU (complete on rank 0 under FSDP2), without the excluded prefixes."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    model_sd = get_model_state_dict(model, options=_state_dict_options(cpu_offload=True))
+    return {k: v for k, v in model_sd.items() if not k.startswith(exclude_prefixes)} if exclude_prefixes else model_sd
+
+
 def _expected_model_keys(model: nn.Module, exclude_prefixes: tuple[str, ...]) -> set[str]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -431,15 +439,19 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         barrier()
         atomic_write_bytes(tmp / f"rank_{self.info.rank:05d}.pt", _torch_save_bytes(rank_state))
-        if self.layout == "full" or export_full:
+        if self.layout == "full":
             model_sd, optim_sd = gather_model_and_optimizer(model, optimizer, self.exclude_prefixes)  # collective
             if self.info.is_main:
                 atomic_write_bytes(tmp / "model.safetensors", safetensors_save(_tensors_for_safetensors(model_sd)))
-                if self.layout == "full":
-                    atomic_write_bytes(tmp / "optimizer.pt", _torch_save_bytes(optim_sd))
+                atomic_write_bytes(tmp / "optimizer.pt", _torch_save_bytes(optim_sd))
             del model_sd, optim_sd
-        if self.layout == "sharded":
+        else:
             self._save_sharded(tmp / DCP_DIR, model, optimizer)
+            if export_full:  # the weights only (never the full optimizer state on one process)
+                model_sd = gather_model(model, self.exclude_prefixes)  # collective
+                if self.info.is_main:
+                    atomic_write_bytes(tmp / "model.safetensors", safetensors_save(_tensors_for_safetensors(model_sd)))
+                del model_sd
         if self.info.is_main:
             atomic_write_bytes(tmp / "trainer.pt", _torch_save_bytes(trainer_state))
         barrier()
@@ -517,8 +529,8 @@ class CheckpointManager:
             raise CheckpointError(
                 f"checkpoint {path} was written by {saved_world} processes, this run has {self.info.world_size}: the "
                 f"model and optimizer reshard, but each process had its own data-stream position, which cannot be "
-                f"carried over exactly. Resume with {saved_world} processes, use a stream that every process reads "
-                f"whole (e.g. data.partition=sequence), or load only the weights (init_from={path})"
+                f"carried over exactly. Resume with {saved_world} processes, or use a stream that every process reads "
+                f"whole (e.g. data.partition=sequence)"
             )
         state = dict(states[rank]) if rank < saved_world else {"data": states[0]["data"], "rng": None}
         if self.info.is_main:

@@ -139,8 +139,8 @@ class Trainer:
         return torch.autocast(device_type=self.info.device.type, enabled=False)
 
     def fit(self, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
-        """Train (or resume) to loop.steps. `on_start` runs once the resume point is known, before any model is built
-        (run_stage writes config.yaml there: a run that cannot resume leaves the directory as it was)."""
+        """Train (or resume) to loop.steps. `on_start` runs once the checkpoint (if any) is loaded, before the first
+        step (run_stage writes config.yaml there: a run that cannot resume leaves the directory as it was)."""
         info, loop = self.info, self.loop
         checkpoints = CheckpointManager(
             self.output_dir / "checkpoints",
@@ -150,8 +150,6 @@ class Trainer:
             layout=loop.checkpoint_format,
         )
         latest = checkpoints.find_resume()  # verified; damaged newer ones moved aside; before any model is built
-        if on_start is not None:
-            on_start()
         seed_everything(loop.seed)  # identical initial weights on every rank
         module = self.task.build_model(info).to(info.device)
         if self.dist.activation_checkpointing:
@@ -173,6 +171,8 @@ class Trainer:
             if loaded.rank_state["rng"] is not None:  # None: a rank the saved (smaller) world did not have
                 restore_rng_state(loaded.rank_state["rng"])
             start_step = loaded.step
+        if on_start is not None:
+            on_start()
         logger = MetricsLogger(
             self.output_dir, info.is_main, loop.steps, start_step, progress=loop.progress, tensorboard=loop.tensorboard, unit=self.task.unit
         )

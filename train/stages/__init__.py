@@ -22,7 +22,9 @@ from typing import Any
 
 from harness.errors import InputError
 
-# Keys that may differ between a run directory's config.yaml and a resumed run (recorded when they do).
+# Keys that may differ between a run directory's config.yaml and a resumed run (recorded when they do): the step
+# budget, logging, checkpointing, and how the same global batch is computed (split into micro-batches, wrapped,
+# recomputed in backward) -- never what is trained on what, with which model and optimizer.
 RESUME_MAY_CHANGE = (
     "loop.steps",
     "loop.max_steps_this_run",
@@ -32,6 +34,9 @@ RESUME_MAY_CHANGE = (
     "loop.checkpoint_every",
     "loop.keep_checkpoints",
     "loop.checkpoint_format",
+    "loop.micro_batch_size",
+    "dist.strategy",
+    "dist.activation_checkpointing",
 )
 CONFIG_CHANGES = "config_changes.jsonl"
 
