@@ -23,6 +23,7 @@ def _bad_input(tmp: Path) -> list[tuple[str, list[str], str]]:
     (tmp / "a_file").write_text("x")
     (tmp / "no_markers.md").write_text("hello\n")
     (tmp / "measured.csv").write_text("row,x\na,1\n")
+    (tmp / "empty.safetensors").write_bytes(b"")
     missing = tmp / "missing"
     return [
         # command, argv, what the line must name
@@ -31,6 +32,8 @@ def _bad_input(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("train", ["tokenizer", "--config", "huge", "--output-dir", str(tmp / "r")], "unknown preset 'huge'"),
         ("train", ["unified", "--config", "mini", "--output-dir", str(tmp / "r")], "tokenizer_checkpoint is not set"),
         ("train", ["pixel_decoder", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", f"tokenizer_checkpoint={missing}"], f"tokenizer_checkpoint={missing}"),
+        ("train", ["unified", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", f"tokenizer_checkpoint={tmp / 'empty.safetensors'}"],
+         f"tokenizer_checkpoint: {tmp / 'empty.safetensors'} is not a readable .safetensors file"),
         ("train", ["tokenizer", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", "synthetic.enabled=false"], "data.shards is empty"),
         ("train", ["tokenizer", "--config", "mini", "--output-dir", str(tmp / "r"), "--sweep", "optim.lr=1,2"], "--sweep needs --cluster slurm"),
         ("eval.caption", ["--annotations", str(missing), "--predictions", str(missing)], str(missing)),

@@ -82,7 +82,23 @@ def require_upstream(value: str, key: str, stage: str, upstream: str) -> bool:
             f"{key}={value}: no such file or directory (expected the --output-dir of a `python -m train {upstream}` "
             f"run, one of its checkpoints/step_* directories, or a .safetensors file)"
         )
+    resolved = Path(latest_checkpoint_dir(value))  # a run directory: its newest checkpoint that verifies
+    weights = resolved / "model.safetensors" if resolved.is_dir() else resolved
+    if weights.suffix == ".safetensors" and weights.is_file():
+        _check_safetensors_header(weights, key)
     return True
+
+
+def _check_safetensors_header(path: Path, key: str) -> None:
+    """Read the header only (milliseconds): an empty, truncated or foreign file fails here, not after the model
+    it would be loaded into has been built."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # safetensors raises its own error type for every kind of damage
+        raise InputError(f"{key}: {path} is not a readable .safetensors file ({' '.join(str(err).split())})") from None
 
 
 def require_path(value: str, key: str, what: str) -> None:

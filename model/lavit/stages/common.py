@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from harness.errors import InputError
+
 
 def meta_parameter_counts(config, trainable: Callable, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
     """(trainable, frozen) parameter counts of LaVIT `config` built on the meta device (no memory, a few seconds).
@@ -57,4 +59,4 @@ def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") 
     missing, unexpected = tokenizer.load_state_dict(state, strict=False)
     not_encoder = [k for k in missing if not k.startswith("encoder.")]
     if unexpected or not_encoder:
-        raise RuntimeError(f"tokenizer weights {file}: missing {not_encoder[:8]}, unexpected {unexpected[:8]}")
+        raise InputError(f"tokenizer weights {file}: missing {not_encoder[:8]}, unexpected {unexpected[:8]} (written with another tokenizer config?)")
