@@ -108,13 +108,11 @@ def require_path(value: str, key: str, what: str) -> None:
 
 
 def require_shards(patterns: list[str], key: str, synthetic: bool, required: bool = True) -> None:
-    """Glob patterns of data files: each must match at least one file; none at all is an error when `required`
-    (and synthetic data is off)."""
+    """Glob patterns of data files: each given one must match at least one file; none at all is an error when
+    `required` and synthetic data (which fills in for an empty list) is off."""
     import glob
 
-    if synthetic:
-        return
-    if required and not patterns:
+    if required and not synthetic and not patterns:
         raise InputError(f"{key} is empty: set it to glob patterns of the data files (--set '{key}=[/data/shard-*.tar]') or use synthetic.enabled=true")
     for pattern in patterns:
         if not glob.glob(pattern):

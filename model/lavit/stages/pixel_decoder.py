@@ -21,7 +21,7 @@ from model.lavit.stages.config import PixelDecoderStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
-from train.stages.common import latest_checkpoint_dir, require_path, require_shards, require_upstream, synthetic_image_shards
+from train.stages.common import RANDOM_INIT, latest_checkpoint_dir, require_path, require_shards, require_upstream, synthetic_image_shards
 from train.trainer import StepOutput
 
 
@@ -79,7 +79,7 @@ class PixelDecoderTask:
 
         cfg = self.cfg
         tokenizer = build_tokenizer(cfg.model.tokenizer)
-        if require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "pixel_decoder", "tokenizer"):  # else random-init
+        if cfg.tokenizer_checkpoint != RANDOM_INIT:  # checked in check_inputs; random-init is the explicit opt-in
             load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(cfg.tokenizer_checkpoint))
         tokenizer.requires_grad_(False).eval()
         context_dim = cfg.model.tokenizer.unet_context_dim

@@ -39,6 +39,7 @@ from train.data import Batched, ImageTextShards, JsonlText, Mapped, Mixture, Pac
 from train.distributed import DistInfo
 from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
 from train.stages.common import (
+    RANDOM_INIT,
     latest_checkpoint_dir,
     require_path,
     require_shards,
@@ -199,8 +200,9 @@ class UnifiedTask:
         synthetic = cfg.synthetic.enabled
         require_shards(data.understanding_shards, "data.understanding_shards", synthetic, required=data.understanding_weight > 0)
         require_shards(data.generation_shards, "data.generation_shards", synthetic, required=data.understanding_weight < 1)
-        for name in sorted(data.text_weights):
-            require_shards(data.text_sources.get(name, []), f"data.text_sources.{name}", synthetic)
+        for name in sorted(n for n, w in data.text_weights.items() if w > 0):
+            # Synthetic text fills in only when data.text_sources is empty as a whole.
+            require_shards(data.text_sources.get(name, []), f"data.text_sources.{name}", synthetic and not data.text_sources)
 
     def parameter_counts(self) -> tuple[int, int]:
         return meta_parameter_counts(self.cfg.model, lambda lavit: [p for ps in lavit.parameter_groups().values() for p in ps])
@@ -211,7 +213,7 @@ class UnifiedTask:
 
         cfg = self.cfg
         lavit = LavitForCausalLM(LavitHFConfig.from_lavit_config(cfg.model))
-        if require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "unified", "tokenizer"):  # else random-init
+        if cfg.tokenizer_checkpoint != RANDOM_INIT:  # checked in check_inputs; random-init is the explicit opt-in
             load_tokenizer_checkpoint(lavit.visual_tokenizer, latest_checkpoint_dir(cfg.tokenizer_checkpoint))
             # The understanding merger and vit_proj start from the trained tokenizer's (the release does the same).
             lavit.understanding_encoder.causal_encoder.load_state_dict(lavit.visual_tokenizer.causal_encoder.state_dict())
