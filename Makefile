@@ -4,7 +4,10 @@
 setup:
 	@bash scripts/setup.sh
 
+# The main job: LaVIT Table 1 at mini scale (trains from nothing on the CPU, reuses finished runs in runs/),
+# then the reproduction status of every paper table.
 reproduce: setup
+	.venv/bin/python reproduce/table1.py
 	.venv/bin/python -m reproduce.report
 
 report: setup

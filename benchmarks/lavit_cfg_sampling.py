@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=16, help="text tokens per prompt")
     parser.add_argument("--cfg-scale", type=float, default=1.5)
     parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (median reported)")
     parser.add_argument(
@@ -67,7 +68,11 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 32000, (args.prompt_length - i,), generator=g) for i in range(args.prompts)]
     sampling = ImageSampling(
-        top_k=args.top_k, cfg_scale=args.cfg_scale, min_new_tokens=args.tokens, max_new_tokens=args.tokens
+        top_k=args.top_k,
+        temperature=args.temperature,
+        cfg_scale=args.cfg_scale,
+        min_new_tokens=args.tokens,
+        max_new_tokens=args.tokens,
     )
 
     # warm-up (allocator, kernels) on a short run of each path

@@ -55,7 +55,12 @@ class QuestionAnswerer(Protocol):
     model_id: str
 
     def answer(self, images: list[Image.Image], questions: list[str], **generation: Any) -> list[str]:
-        """One free-form answer per (image, question) pair; questions already carry the task's prompt template."""
+        """One free-form answer per (image, question) pair; questions already carry the task's prompt template
+        (a task whose template is "{text}" passes the raw questions, for an adapter that templates them itself).
+
+        Optional, for caption and answer adapters: `text_settings(kind, **generation) -> dict` ("caption" / "vqa"),
+        what the adapter runs for these settings (e.g. whether answers are lemmatised, which may depend on what
+        is installed); `eval.runner` stores it in the cache identity and the results' config."""
         ...
 
 

@@ -1,4 +1,4 @@
-"""lm-eval model adapters: the text-only path of LaVIT's and VILA's LLMs, registered as `lavit` and `vila`.
+"""lm-eval model adapters: the text-only path of a multimodal checkpoint's LLM, one lm-eval model per model family.
 
 `CausalLMAdapter` wraps any transformers causal LM (`PreTrainedModel` + tokenizer) as an lm-eval `TemplateLM`:
 context/continuation tokenization is lm-eval's own (`TemplateLM._encode_pair`: trailing context spaces move into
@@ -6,16 +6,18 @@ the continuation, the pair is encoded jointly and split), so a checkpoint scores
 model; scoring is one forward pass per batch of right-padded sequences with the exact log-softmax sum over the
 continuation tokens (no approximations, no caching tricks).
 
-`lavit` and `vila` load the LLM part of a released checkpoint from `checkpoint=DIR`:
-- lavit: `DIR/language_model/` (LaVIT's official layout: HF LLaMA weights + tokenizer; a tokenizer in `DIR/tokenizer/`
-  is used when `language_model/` has none);
-- vila: `DIR/llm/` (VILA's checkpoint layout: `llm/`, `vision_tower/`, `mm_projector/`).
+Registered models, each loading `checkpoint=DIR`:
+- one per model family with a loader (`model/families.py`), named as the family (e.g. `lavit`): DIR is anything the
+  family's loader accepts (a released directory or one of our training run directories, see the family's
+  `checkpoint_help`), and the LLM of the loaded model is scored (`LoadedModel.lm`, a `CausalLMAdapter`);
+- `vila`, until VILA has a family: the LLM of a VILA checkpoint, `DIR/llm/` (`llm/`, `vision_tower/`,
+  `mm_projector/`), read as a transformers folder.
 A plain transformers causal-LM folder is evaluated with lm-eval's own `hf` model (`pretrained=DIR`).
 
 lm-eval 0.4.13 has no plugin mechanism for models, so the bare `lm_eval` executable cannot see these adapters.
 This module is lm-eval's CLI with them registered:
 
-    python -m eval.lm_adapter --model lavit --model_args checkpoint=DIR \
+    python -m eval.lm_adapter --model FAMILY --model_args checkpoint=DIR \
         --tasks mmlu_local --include_path TASKS_DIR --num_fewshot 5 --batch_size 8
 
 (`python -m eval.mmlu --write-tasks TASKS_DIR` writes the task YAMLs; `--model hf --model_args pretrained=DIR`
@@ -57,6 +59,16 @@ def _resolve_max_length(model, tokenizer) -> int:
     return DEFAULT_MAX_LENGTH
 
 
+def available_device(device: str | None) -> str:
+    """`device`, or cuda when there is one; a cuda request without CUDA falls back to cpu with a warning."""
+    requested = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(requested).startswith("cuda") and not torch.cuda.is_available():
+        # lm-eval's CLI passes device="cuda" unless told otherwise; its own hf model also falls back to CPU.
+        eval_logger.warning(f"device {requested!r} requested but CUDA is not available; using cpu")
+        requested = "cpu"
+    return str(requested)
+
+
 class CausalLMAdapter(TemplateLM):
     """lm-eval `LM` around a causal `PreTrainedModel` and its tokenizer (text only)."""
 
@@ -72,12 +84,7 @@ class CausalLMAdapter(TemplateLM):
         max_batch_size: int | None = None,  # passed by lm-eval for batch_size="auto", which is not supported here
     ):
         super().__init__()
-        requested = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if str(requested).startswith("cuda") and not torch.cuda.is_available():
-            # lm-eval's CLI passes device="cuda" unless told otherwise; its own hf model also falls back to CPU.
-            eval_logger.warning(f"device {requested!r} requested but CUDA is not available; using cpu")
-            requested = "cpu"
-        self._device = torch.device(requested)
+        self._device = torch.device(available_device(device))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         if str(batch_size).startswith("auto"):
@@ -235,26 +242,43 @@ class CausalLMAdapter(TemplateLM):
         return outputs
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")  # any one marks a tokenizer folder
+
+
+def load_tokenizer_folder(folder: Path):
+    """A folder's tokenizer: transformers' `AutoTokenizer`, or (only SentencePiece's tokenizer.model, as LLaMA-style
+    releases ship, which AutoTokenizer cannot load here) the slow-LlamaTokenizer equivalent of
+    `model.text_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    from model.text_tokenizer import load_text_tokenizer, sentencepiece_only
+
+    if sentencepiece_only(folder):
+        return load_text_tokenizer(folder)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def _load_llm_folder(folder: Path, tokenizer_folders: list[Path], dtype: str, model_name: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if not folder.is_dir():
         raise FileNotFoundError(f"{model_name} checkpoint has no LLM folder: {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{model_name} LLM folder {folder} has no config.json")
     tokenizer_folder = next(
-        (d for d in tokenizer_folders if (d / "tokenizer_config.json").is_file() or (d / "tokenizer.json").is_file()),
-        None,
+        (d for d in tokenizer_folders if any((d / name).is_file() for name in TOKENIZER_FILES)), None
     )
     if tokenizer_folder is None:
         looked = ", ".join(str(d) for d in tokenizer_folders)
-        raise FileNotFoundError(f"{model_name} checkpoint has no tokenizer (tokenizer_config.json) in: {looked}")
+        raise FileNotFoundError(
+            f"{model_name} checkpoint has no tokenizer ({' / '.join(TOKENIZER_FILES)}) in: {looked}"
+        )
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise ValueError(f"dtype={dtype!r}; expected one of {sorted(dtypes)}")
     torch_dtype = dtypes[dtype]
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    tokenizer = load_tokenizer_folder(tokenizer_folder)
     return model, tokenizer
 
 
@@ -276,14 +300,6 @@ class CheckpointLLMAdapter(CausalLMAdapter):
         self.checkpoint = str(root)
 
 
-class LaVITAdapter(CheckpointLLMAdapter):
-    """LaVIT's LLM (LLaMA-7B) from an official-layout checkpoint: `language_model/`."""
-
-    MODEL_NAME = "lavit"
-    LLM_SUBFOLDER = "language_model"
-    EXTRA_TOKENIZER_SUBFOLDERS = ("tokenizer",)
-
-
 class VILAAdapter(CheckpointLLMAdapter):
     """VILA's LLM (Llama-2) from a VILA checkpoint: `llm/`."""
 
@@ -291,10 +307,53 @@ class VILAAdapter(CheckpointLLMAdapter):
     LLM_SUBFOLDER = "llm"
 
 
+class FamilyLM(TemplateLM):
+    """The lm-eval model of one model family (`FAMILY`): `checkpoint=DIR` goes through the family's loader, and
+    the result is that model's `LoadedModel.lm(...)` (a `CausalLMAdapter` over its LLM). lm-eval builds models
+    with the `create_from_arg_*` classmethods, which return that LM; the class itself is never instantiated."""
+
+    FAMILY = ""
+
+    @classmethod
+    def load(cls, checkpoint: str, dtype: str = "float32", device: str | None = None, **lm_options: Any) -> TemplateLM:
+        from model.families import get_family
+
+        device = available_device(device)
+        loaded = get_family(cls.FAMILY).load(checkpoint, device=device, dtype=dtype)
+        return loaded.lm(device=device, **lm_options)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> TemplateLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls.load(**lm_utils.simple_parse_args_string(arg_string), **extra)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> TemplateLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls.load(**arg_dict, **extra)
+
+
+def _family_models() -> dict[str, type]:
+    """One `FamilyLM` subclass per family with a loader, defined in this module so that lm-eval's lazy
+    "module:Class" placeholders resolve to it."""
+    from model.families import families
+
+    classes = {}
+    for name, family in families().items():
+        if family.loader:
+            cls_name = f"{name.capitalize()}FamilyLM"
+            attrs = {"FAMILY": name, "__doc__": f"lm-eval model of {family.title}", "__module__": __name__}
+            classes[name] = type(cls_name, (FamilyLM,), attrs)
+    return classes
+
+
+FAMILY_MODELS = _family_models()
+globals().update({cls.__name__: cls for cls in FAMILY_MODELS.values()})
+
 # Registered as lazy "module:Class" targets under this module's import name, not with the @register_model decorator:
 # under `python -m eval.lm_adapter` this file also runs as `__main__`, and a decorator would then register a second,
 # different class object under the same alias (lm-eval rejects that). A placeholder resolves to one class either way.
-ADAPTERS = {"lavit": LaVITAdapter, "vila": VILAAdapter}
+ADAPTERS = {"vila": VILAAdapter, **FAMILY_MODELS}  # a VILA family, once it exists, replaces the folder adapter
 for _alias, _cls in ADAPTERS.items():
     model_registry.register(_alias, target=f"eval.lm_adapter:{_cls.__name__}")
 
@@ -303,10 +362,44 @@ def registered_models() -> list[str]:
     return sorted(model_registry.keys())
 
 
+def _adapter_help(cls: type) -> str:
+    if issubclass(cls, FamilyLM):
+        from model.families import get_family
+
+        family = get_family(cls.FAMILY)
+        return f"the LLM of {family.title}; DIR is {family.checkpoint_help}"
+    return f"the LLM in DIR/{cls.LLM_SUBFOLDER}/ ({(cls.__doc__ or '').strip().splitlines()[0]})"
+
+
+def help_preface() -> str:
+    """What this CLI adds to lm-eval's: the registered adapters and the local MMLU tasks (printed before its --help)."""
+    import textwrap
+
+    from eval.mmlu import CATEGORY_NAMES, SUBJECT_CATEGORY, TASK_PREFIX
+
+    adapters = "\n".join(f"  {alias:6s} checkpoint=DIR: {_adapter_help(cls)}" for alias, cls in ADAPTERS.items())
+    subjects = textwrap.fill(", ".join(sorted(SUBJECT_CATEGORY)), width=110, initial_indent="    ", subsequent_indent="    ")
+    groups = ", ".join(f"{TASK_PREFIX}_{c}" for c in CATEGORY_NAMES)
+    return (
+        "lm-eval-vlm: lm-eval's CLI with this repository's model adapters registered (python -m eval.lm_adapter).\n\n"
+        f"model adapters (--model), besides lm-eval's own (hf, ...):\n{adapters}\n\n"
+        "local MMLU tasks (--tasks; from CSVs, offline), written by `python -m eval.mmlu --write-tasks TASKS_DIR`\n"
+        "and found with --include_path TASKS_DIR:\n"
+        f"  {TASK_PREFIX} (all subjects, 5-shot with --num_fewshot 5); groups {groups};\n"
+        f"  one task per subject, {TASK_PREFIX}_<subject>, for the subjects\n{subjects}\n\n"
+        "example:\n"
+        f"  lm-eval-vlm --model {next(iter(FAMILY_MODELS), 'vila')} --model_args checkpoint=DIR --tasks mmlu_local \\\n"
+        "      --include_path TASKS_DIR --num_fewshot 5 --batch_size 8\n\n"
+        "lm-eval's own help follows.\n"
+    )
+
+
 def main() -> None:
-    """lm-eval's own CLI, with `lavit` and `vila` registered (they are, by importing this module)."""
+    """lm-eval's own CLI, with this module's models registered (they are, by importing it)."""
     from lm_eval.__main__ import cli_evaluate
 
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(help_preface())
     sys.argv[0] = "lm_eval"
     cli_evaluate()
 

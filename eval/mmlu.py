@@ -29,13 +29,15 @@ Tasks are plain lm-eval task YAMLs (one per subject, `mmlu_local_<subject>`, and
 (`eval.lm_adapter` is lm-eval's CLI with `lavit`/`vila` registered; the bare `lm_eval` command cannot load models
 defined outside lm-eval.) Run with HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1: nothing is downloaded.
 
-Models: `lavit`/`vila` are this repository's adapters (`eval/lm_adapter.py`, the LLM subfolder of a checkpoint);
-`hf` is lm-eval's own `HFLM` on a plain transformers causal-LM folder.
+Models: `lavit`/`vila` are this repository's adapters (`eval/lm_adapter.py`: `lavit` loads any checkpoint its model
+family's loader accepts, a released directory or a training run directory, and scores its LLM; `vila` the `llm/`
+subfolder of a VILA checkpoint); `hf` is lm-eval's own `HFLM` on a plain transformers causal-LM folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -109,6 +111,37 @@ class _DropCustomDatasetHint(logging.Filter):
 logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetHint())
 
 
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """lm-eval without its chatter for the duration: one bar, errors still shown.
+
+    lm-eval 0.4.13 logs a warning per task ("Overwriting default num_fewshot of ...": 57 lines for MMLU) and draws a
+    bar per task while building requests plus one while tokenizing, with no switch for either. Its loggers are raised
+    to ERROR and those bars (module-level `tqdm` names in lm_eval.api.task / lm_eval.api.model) are disabled; what
+    is left is the model's own scoring bar, one for the whole run, with rate and ETA.
+    """
+    import lm_eval.api.model as lm_eval_model
+    import lm_eval.api.task as lm_eval_task
+    from tqdm import tqdm
+
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    saved = [(module, module.tqdm) for module in (lm_eval_task, lm_eval_model)]
+    logger.setLevel(logging.ERROR)
+
+    def silent_tqdm(*args: Any, **kwargs: Any):
+        return tqdm(*args, **{**kwargs, "disable": True})  # some callers pass disable= themselves
+
+    for module, _ in saved:
+        module.tqdm = silent_tqdm
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        for module, original in saved:
+            module.tqdm = original
+
+
 def task_name(subject: str) -> str:
     return f"{TASK_PREFIX}_{subject}"
 
@@ -121,8 +154,13 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return path.resolve()
 
 
-def list_subjects(data_dir: Path) -> list[str]:
-    """Subjects that have both a dev and a test CSV."""
+def subject_category(subject: str) -> str:
+    """MMLU's category of a subject; subjects outside MMLU (an MMLU-format set of other questions) count as "other"."""
+    return SUBJECT_CATEGORY.get(subject, "other")
+
+
+def list_subjects(data_dir: Path, known_subjects_only: bool = True) -> list[str]:
+    """Subjects that have both a dev and a test CSV (with `known_subjects_only`, all must be MMLU subjects)."""
     dev = {p.name[: -len("_dev.csv")] for p in (data_dir / "dev").glob("*_dev.csv")}
     test = {p.name[: -len("_test.csv")] for p in (data_dir / "test").glob("*_test.csv")}
     if dev != test:
@@ -130,7 +168,7 @@ def list_subjects(data_dir: Path) -> list[str]:
     if not dev:
         raise FileNotFoundError(f"{data_dir}: no <subject>_dev.csv / <subject>_test.csv files")
     unknown = sorted(dev - SUBJECT_CATEGORY.keys())
-    if unknown:
+    if unknown and known_subjects_only:
         raise EvalInputError(f"{data_dir}: subjects with no MMLU category: {unknown}")
     return sorted(dev)
 
@@ -172,12 +210,17 @@ def load_subject_dataset(data_dir: str, subject: str, **_metadata: Any):
     })
 
 
-def write_tasks(out_dir: str | Path, data_dir: str | Path | None = None, subjects: list[str] | None = None) -> list[str]:
+def write_tasks(
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    subjects: list[str] | None = None,
+    known_subjects_only: bool = True,
+) -> list[str]:
     """Write lm-eval task YAMLs (one per subject plus the category groups) into out_dir; returns subject task names."""
     from harness.io import atomic_write_text
 
     data = resolve_data_dir(data_dir)
-    available = list_subjects(data)
+    available = list_subjects(data, known_subjects_only)
     subjects = available if subjects is None else subjects
     missing = sorted(set(subjects) - set(available))
     if missing:
@@ -191,12 +234,12 @@ def write_tasks(out_dir: str | Path, data_dir: str | Path | None = None, subject
             f"include: {TEMPLATE_NAME}\n"
             f"task: {task_name(subject)}\n"
             f"task_alias: {subject}\n"
-            f"tag: {TASK_PREFIX}_{SUBJECT_CATEGORY[subject]}_tasks\n"
+            f"tag: {TASK_PREFIX}_{subject_category(subject)}_tasks\n"
             f"description: {json.dumps(description)}\n"
             f"dataset_kwargs:\n  data_dir: {json.dumps(str(data))}\n  subject: {subject}\n",
         )
     aggregate = "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\nmetadata:\n  version: 1\n"
-    categories = sorted({SUBJECT_CATEGORY[s] for s in subjects})
+    categories = sorted({subject_category(s) for s in subjects})
     for category in categories:
         atomic_write_text(
             out / f"_{TASK_PREFIX}_{category}.yaml",
@@ -218,7 +261,7 @@ def subject_table(samples: dict[str, list[dict[str, Any]]]):
             continue
         subject = name[len(TASK_PREFIX) + 1 :]
         correct = sum(int(round(doc["acc"])) for doc in docs)
-        rows.append({"subject": subject, "category": CATEGORY_NAMES[SUBJECT_CATEGORY[subject]], "n": len(docs),
+        rows.append({"subject": subject, "category": CATEGORY_NAMES[subject_category(subject)], "n": len(docs),
                      "correct": correct})
     frame = pd.DataFrame(rows, columns=["subject", "category", "n", "correct"]).sort_values("subject")
     frame["acc"] = frame["correct"] / frame["n"]
@@ -248,13 +291,19 @@ def evaluate(
     subjects: list[str] | None = None,
     num_fewshot: int = 5,
     limit: int | None = None,
+    known_subjects_only: bool = True,
+    quiet: bool = True,
 ):
-    """Run the local MMLU tasks on an lm-eval `LM`; returns (per-subject frame, per-category frame, lm-eval results)."""
+    """Run the local MMLU tasks on an lm-eval `LM`; returns (per-subject frame, per-category frame, lm-eval results).
+
+    `known_subjects_only=False` accepts MMLU-format CSVs of other subjects (category "Other"); `quiet` shows one
+    progress bar and lm-eval's errors only (`quiet_lm_eval`).
+    """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    with tempfile.TemporaryDirectory(prefix="mmlu_tasks_") as tasks_dir:
-        names = write_tasks(tasks_dir, data_dir, subjects)
+    with tempfile.TemporaryDirectory(prefix="mmlu_tasks_") as tasks_dir, (quiet_lm_eval() if quiet else contextlib.nullcontext()):
+        names = write_tasks(tasks_dir, data_dir, subjects, known_subjects_only)
         manager = TaskManager(include_path=tasks_dir, include_defaults=False)
         results = simple_evaluate(
             model=lm,
@@ -282,7 +331,7 @@ def build_model(model: str, checkpoint: str, batch_size: int = 8, device: str | 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.mmlu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["lavit", "vila", "hf"], help="adapter (hf = lm-eval's own HFLM)")
-    parser.add_argument("--checkpoint", help="checkpoint folder (lavit: has language_model/, vila: has llm/)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (lavit: a released directory or a run directory; vila: has llm/)")
     parser.add_argument("--data", default=None, help=f"MMLU CSV directory (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--num-fewshot", type=int, default=5)
     parser.add_argument("--limit", type=int, default=None, help="at most N test questions per subject")

@@ -386,20 +386,38 @@ def _model_config_dict(model_config: Any) -> Any:
     return normalize(model_config)
 
 
+def text_settings(model: Any, task: EvalTask) -> dict[str, Any] | None:
+    """What a caption / vqa model says it runs for the task's settings, through its optional
+    `text_settings(kind, **generation) -> dict` (e.g. the decoding mode, and whether answers are lemmatised, which
+    can depend on what is installed); None for other kinds and for models without the method."""
+    describe = getattr(model, "text_settings", None)
+    if task.kind not in ("caption", "vqa") or not callable(describe):
+        return None
+    return normalize(describe(task.kind, **task.generation))
+
+
 def run_identity(
-    task: EvalTask, model_id: str, model_config: Any, dataset_sha256: str, rank: int, world_size: int
+    task: EvalTask,
+    model_id: str,
+    model_config: Any,
+    dataset_sha256: str,
+    rank: int,
+    world_size: int,
+    text_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a shard cache's header records; a resume must match it exactly."""
-    return normalize(
-        {
-            "task": task.identity(),
-            "model_id": model_id,
-            "model_config": _model_config_dict(model_config),
-            "dataset_sha256": dataset_sha256,
-            "rank": rank,
-            "world_size": world_size,
-        }
-    )
+    """What a shard cache's header records; a resume must match it exactly (the model's `text_settings` too, when
+    it reports them: predictions made another way, e.g. before spaCy was installed, are not mixed in)."""
+    identity = {
+        "task": task.identity(),
+        "model_id": model_id,
+        "model_config": _model_config_dict(model_config),
+        "dataset_sha256": dataset_sha256,
+        "rank": rank,
+        "world_size": world_size,
+    }
+    if text_settings is not None:
+        identity["text_settings"] = text_settings
+    return normalize(identity)
 
 
 def _progress_enabled(progress: bool | None) -> bool:
@@ -434,7 +452,9 @@ def run_shard(
     samples = validate_samples(samples, task, image_root)
     out_dir = Path(out_dir)
     shard = [samples[i] for i in shard_indices(len(samples), rank, world_size)]
-    identity = run_identity(task, model.model_id, model_config, dataset_hash(samples), rank, world_size)
+    identity = run_identity(
+        task, model.model_id, model_config, dataset_hash(samples), rank, world_size, text_settings(model, task)
+    )
     path = shard_path(out_dir, rank, world_size)
 
     writer, cached = CacheWriter.open(path, identity, fsync_every=fsync_every)
@@ -508,7 +528,7 @@ def merge(
 
     records: dict[SampleId, dict[str, Any]] = {}
     where: dict[SampleId, str] = {}
-    header_model: tuple[str, Any] | None = None
+    header_model: tuple[str, Any, Any] | None = None  # model id, model config, text settings
     for rank in range(world_size):
         path = shard_path(out_dir, rank, world_size)
         if not path.is_file():
@@ -519,11 +539,11 @@ def merge(
         contents = read_cache(path)
         if contents.identity is None:
             raise CacheError(f"{path}: no header line (the run was killed before writing anything); rerun this shard")
-        stored_model = (contents.identity.get("model_id"), contents.identity.get("model_config"))
+        stored_model = tuple(contents.identity.get(k) for k in ("model_id", "model_config", "text_settings"))
         if model_id is not None and stored_model[0] != model_id:
             raise CacheError(f"{path}: predictions of model {stored_model[0]!r}, expected model {model_id!r}")
         header_model = header_model or stored_model
-        expected = run_identity(task, header_model[0], header_model[1], dataset_sha256, rank, world_size)
+        expected = run_identity(task, *header_model[:2], dataset_sha256, rank, world_size, header_model[2])
         differences = identity_differences(contents.identity, expected)
         if differences:
             raise CacheError(f"{path} does not belong to this evaluation:\n  " + "\n  ".join(differences))
@@ -591,6 +611,8 @@ def merge(
         "model_config": header_model[1],
         "world_size": world_size,
     }
+    if header_model[2] is not None:
+        config["text_settings"] = header_model[2]  # what the model ran (its caches recorded it)
     rows = results_rows(
         task,
         values,

@@ -78,6 +78,8 @@ class Comparison:
 
 def _validate_measured(ref: ReferenceTable, measured: pd.DataFrame) -> pd.DataFrame:
     measured = measured.copy()
+    if measured.empty:
+        return pd.DataFrame(dtype=float)
     measured.index = measured.index.map(str)
     measured.columns = measured.columns.map(str)
     unknown_rows = [r for r in measured.index if r not in ref.rows]
@@ -231,16 +233,24 @@ def to_markdown(result: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(result: Comparison, results_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Write `results/<paper>_table<N>.csv` (cells and claims, long format) and its markdown twin."""
-    results_dir = Path(results_dir)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    meta = {"profile": result.profile, "mode": result.mode, "written": stamp, "provenance": json.dumps(provenance())}
+def comparison_frame(result: Comparison) -> pd.DataFrame:
+    """Cells and claims in one long frame (kind = number | claim). No timestamp: a rerun with the same numbers
+    writes the same bytes; when and with which versions a table was made goes to `results/provenance/`."""
+    meta = {"profile": result.profile, "mode": result.mode}
     numbers = result.numbers.assign(kind="number", claim="", statement="", details="")
     claims = result.claims.rename(columns={"where": "source"}).assign(kind="claim")
-    frame = pd.concat([numbers, claims], ignore_index=True).assign(**meta)
-    csv_path = atomic_write_text(results_dir / f"{result.reference.key}.csv", frame.to_csv(index=False))
-    md_path = atomic_write_text(results_dir / f"{result.reference.key}.md", to_markdown(result))
+    return pd.concat([numbers, claims], ignore_index=True).assign(**meta)
+
+
+def write_comparison(result: Comparison, results_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write `results/<paper>_table<N>.csv` (cells and claims, long format), its markdown twin, and the run's
+    provenance to `results/provenance/<key>.json` (ignored by git)."""
+    results_dir = Path(results_dir)
+    key = result.reference.key
+    csv_path = atomic_write_text(results_dir / f"{key}.csv", comparison_frame(result).to_csv(index=False))
+    md_path = atomic_write_text(results_dir / f"{key}.md", to_markdown(result))
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(results_dir / "provenance" / f"{key}.json", json.dumps({"profile": result.profile, "written": stamp, "provenance": provenance()}, indent=2) + "\n")
     return csv_path, md_path
 
 

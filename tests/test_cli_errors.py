@@ -24,6 +24,9 @@ def _bad_input(tmp: Path) -> list[tuple[str, list[str], str]]:
     (tmp / "no_markers.md").write_text("hello\n")
     (tmp / "measured.csv").write_text("row,x\na,1\n")
     (tmp / "empty.safetensors").write_bytes(b"")
+    # A run directory whose only checkpoint does not verify (its manifest names a file that is not there).
+    (tmp / "empty_run" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (tmp / "empty_run" / "checkpoints" / "step_00000002" / "manifest.json").write_text('{"step": 2, "files": {"model.safetensors": {"size": 4}}}')
     missing = tmp / "missing"
     return [
         # command, argv, what the line must name
@@ -44,9 +47,25 @@ def _bad_input(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval.inception", ["--export-torch-fidelity", str(tmp / "o.pt"), "--weights", str(missing)], str(missing)),
         ("reproduce.compare", ["lavit_table9", "--measured", str(missing)], str(missing)),
         ("reproduce.compare", ["lavit_tableXX", "--measured", str(tmp / "measured.csv"), "--results-dir", str(tmp)], "'lavit_tableXX'"),
-        ("reproduce.lavit_table9", ["--results-dir", str(tmp / "a_file")], str(tmp / "a_file")),
+        ("reproduce.table9", ["--results-dir", str(tmp / "a_file")], str(tmp / "a_file")),
         ("reproduce.report", ["--update", str(tmp / "no_markers.md"), "--results-dir", str(tmp / "res")], "status markers not found"),
         ("model.summary", ["--config", "lavit-tiny", "--set", "llm.nope=1"], "'llm.nope'"),
+        ("eval.__main__", ["mini_vqa", "--model", "lavit", "--checkpoint", str(missing), "--data-root", str(tmp), "--output-dir", str(tmp / "o")],
+         f"--checkpoint {missing} does not exist"),
+        ("eval.__main__", ["vqa", "--model", "lavit", "--checkpoint", str(tmp), "--data-root", str(tmp), "--output-dir", str(tmp / "o")],
+         "unknown evaluation task 'vqa'"),
+        ("eval.__main__", ["mini_vqa", "--model", "nope", "--checkpoint", str(tmp), "--data-root", str(tmp), "--output-dir", str(tmp / "o")],
+         "unknown model family 'nope'"),
+        ("harness.miniworld", ["--root", str(tmp / "a_file")], f"mini world root {tmp / 'a_file'} exists and is not a directory"),
+        ("train", ["encoder_pretrain", "--config", "paper", "--output-dir", str(tmp / "r")], "released_stand_in=false"),
+        ("train", ["llm_pretrain", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", "synthetic.enabled=false"],
+         "data.text_sources.c4 is empty"),
+        ("train", ["encoder_pretrain", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", "loop.micro_batch_size=1",
+                   "--set", "loop.global_batch_size=1"], "loop.micro_batch_size=1"),
+        ("train", ["unified", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", "tokenizer_checkpoint=random-init",
+                   "--set", f"llm_path={missing}"], f"llm_path={missing}"),
+        ("train", ["tokenizer", "--config", "mini", "--output-dir", str(tmp / "r"), "--set", f"encoder_path={tmp / 'empty_run'}"],
+         f"encoder_path={tmp / 'empty_run'}: "),
     ]
 
 
@@ -74,6 +93,17 @@ def test_a_failed_slurm_submission_is_one_error_line(tmp_path, capsys, monkeypat
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith("error: SLURM submission failed (RuntimeError): sbatch: error: invalid partition specified: gpu-huge")
+
+
+def test_table_scripts_report_bad_input_as_one_error_line(tmp_path, capsys):
+    from reproduce import table1
+    from reproduce.table import main
+
+    argv = ["--profile", "paper", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert main(table1.TABLE, argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: profile 'paper' evaluates on the benchmarks: pass --data-root DIR"]
+    assert not (tmp_path / "res").exists()
 
 
 def test_the_entry_point_prints_no_traceback_unless_debug_asks(tmp_path):

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from model.lavit.configuration import lavit_tiny
+from model.lavit.eval_adapter import LavitEvalAdapter
 from model.lavit.generation import (
     ImageSampling,
-    LavitRunner,
     cfg_log_probs,
     clean_vqa_answer,
     cut_caption,
@@ -43,8 +43,8 @@ def model() -> LavitForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def runner(model) -> LavitRunner:
-    return LavitRunner(model, build_byte_text_tokenizer(), model_id="lavit-tiny-random")
+def runner(model) -> LavitEvalAdapter:
+    return LavitEvalAdapter(model, build_byte_text_tokenizer(), model_id="lavit-tiny-random")
 
 
 def images(n: int) -> list[Image.Image]:
@@ -53,6 +53,13 @@ def images(n: int) -> list[Image.Image]:
 
 
 PROMPTS = [torch.tensor([70, 71, 72, 73, 74]), torch.tensor([75])]
+# Decoding settings come from the evaluation task; these are tiny-sized stand-ins of the released ones.
+CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 8, "length_penalty": 1.0, "early_stopping": False,
+           "decoding": "released", "selection": "argmax"}  # fmt: skip
+VQA = {"num_beams": 3, "min_new_tokens": 1, "max_new_tokens": 4, "length_penalty": 0.0, "early_stopping": True,
+       "decoding": "released", "selection": "argmax", "lemmatize": False}  # fmt: skip
+VISUAL = {"top_k": 50, "temperature": 1.0, "cfg_scale": 1.5}
+PIXEL = {"num_inference_steps": 2, "decoder_guidance_scale": 5.0}
 
 
 # --- classifier-free guidance ---------------------------------------------------------------------------------
@@ -86,7 +93,7 @@ def test_cfg_matches_transformers_unbatched_cfg_processor(model):
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 1.5, 3.0])
 def test_cached_and_naive_sampling_emit_identical_tokens(model, cfg_scale):
-    sampling = ImageSampling(top_k=20, cfg_scale=cfg_scale, min_new_tokens=4, max_new_tokens=16)
+    sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=cfg_scale, min_new_tokens=4, max_new_tokens=16)
     cached = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), use_cache=True)
     naive = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), use_cache=False)
     assert [t.tolist() for t in cached] == [t.tolist() for t in naive]
@@ -101,7 +108,7 @@ def test_image_sampling_emits_only_visual_ids_and_stops_at_end_token(model):
     bias[v.img_end_id] = 1e4
     head.bias = torch.nn.Parameter(bias, requires_grad=False)
     try:
-        sampling = ImageSampling(top_k=5, cfg_scale=1.5, min_new_tokens=6, max_new_tokens=30)
+        sampling = ImageSampling(top_k=5, temperature=1.0, cfg_scale=1.5, min_new_tokens=6, max_new_tokens=30)
         out = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(0))
     finally:
         head.bias = None
@@ -112,7 +119,7 @@ def test_image_sampling_emits_only_visual_ids_and_stops_at_end_token(model):
     bias[: v.img_end_id] = 1e4
     head.bias = torch.nn.Parameter(bias, requires_grad=False)
     try:
-        sampling = ImageSampling(top_k=50, cfg_scale=1.5, min_new_tokens=0, max_new_tokens=12)
+        sampling = ImageSampling(top_k=50, temperature=1.0, cfg_scale=1.5, min_new_tokens=0, max_new_tokens=12)
         out = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(1))
     finally:
         head.bias = None
@@ -130,7 +137,8 @@ def test_sampler_distribution_is_eq7_restricted_to_visual_ids(model, cfg_scale):
 # --- text decoding --------------------------------------------------------------------------------------------
 
 
-def test_text_decoding_never_emits_visual_ids(model):
+@pytest.mark.parametrize("decoding", ["released", "modern"])
+def test_text_decoding_never_emits_visual_ids(model, decoding):
     v = model.vocab
     bias = torch.zeros(v.size)
     bias[v.img_start_id :] = 1e4  # the model "wants" [IMG], [/IMG] and visual ids
@@ -144,6 +152,9 @@ def test_text_decoding_never_emits_visual_ids(model):
             num_beams=2,
             min_new_tokens=4,
             max_new_tokens=6,
+            length_penalty=1.0,
+            early_stopping=False,
+            decoding=decoding,
         )
     finally:
         hook.remove()
@@ -164,10 +175,23 @@ def test_runner_implements_the_eval_interface(runner):
 
     for protocol in (Captioner, QuestionAnswerer, ImageGenerator, TextScorer):
         assert isinstance(runner, protocol)
-    caps = runner.caption(images(2), "")
-    answers = runner.answer(images(2), ["Question: what is it? Answer:", "Question: color? Answer:"])
+    caps = runner.caption(images(2), "", **CAPTION)
+    answers = runner.answer(images(2), ["Question: what is it? Answer:", "Question: color? Answer:"], **VQA)
     assert len(caps) == 2 and all(isinstance(c, str) and "." not in c for c in caps)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_every_decoding_setting_comes_from_the_task(runner):
+    """No decoding defaults in the adapter: a missing setting and an unknown one are errors naming them."""
+    partial = {k: v for k, v in CAPTION.items() if k != "num_beams"}
+    with pytest.raises(ValueError, match=r"LavitEvalAdapter.caption: generation settings missing \['num_beams'\]"):
+        runner.caption(images(1), "", **partial)
+    with pytest.raises(ValueError, match=r"answer: generation settings unknown \['temperature'\]"):
+        runner.answer(images(1), ["Question: what? Answer:"], **VQA, temperature=1.0)
+    with pytest.raises(ValueError, match=r"caption: generation settings missing \['decoding'\]"):
+        runner.caption(images(1), "", **{k: v for k, v in CAPTION.items() if k != "decoding"})
+    with pytest.raises(ValueError, match=r"generate_images: generation settings missing \['decoder_guidance_scale'\]"):
+        runner.generate_images(["a cat"], [0], **VISUAL, min_new_tokens=1, max_new_tokens=2, num_inference_steps=1)
 
 
 def test_score_text_is_the_sum_of_continuation_log_probs(runner, model):
@@ -217,7 +241,7 @@ def test_pixel_decoder_training_step_and_ddim_sampling(model):
 
 
 def test_generate_images_end_to_end(runner, model):
-    out = runner.generate_images(["a red square"], max_new_tokens=8, min_new_tokens=2, num_inference_steps=2)
+    out = runner.generate_images(["a red square"], max_new_tokens=8, min_new_tokens=2, **VISUAL, **PIXEL)
     size = model.lavit_config.pixel_decoder.image_size
     assert len(out) == 1 and out[0].size == (size, size) and out[0].mode == "RGB"
 
@@ -230,19 +254,19 @@ def test_multimodal_prompt_is_text_ids_then_image_visual_ids(runner, model):
     middle = ids[len(text_a) : len(ids) - len(text_b)]
     assert ids[: len(text_a)].tolist() == text_a.tolist() and ids[len(ids) - len(text_b) :].tolist() == text_b.tolist()
     assert len(middle) > 0 and bool(model.vocab.is_visual(middle).all())
-    out = runner.generate_visual_ids([["a dog like", image]], max_new_tokens=4, min_new_tokens=1)
+    out = runner.generate_visual_ids([["a dog like", image]], max_new_tokens=4, min_new_tokens=1, **VISUAL)
     assert len(out) == 1 and bool(model.vocab.is_visual(out[0]).all())
 
 
 def test_generated_image_depends_on_its_prompt_and_seed_not_on_the_batch(runner, model):
     """eval.runner passes one seed per prompt (`generate_images(prompts, seeds, **generation)`)."""
-    settings = {"max_new_tokens": 6, "min_new_tokens": 2, "num_inference_steps": 2}
+    settings = {"max_new_tokens": 6, "min_new_tokens": 2, **VISUAL}
     prompts, seeds = ["a much longer prompt about a red square", "cat"], [11, 22]
     together = runner.generate_visual_ids(prompts, seeds, **settings)
     alone = runner.generate_visual_ids(prompts[1:], seeds[1:], **settings)
     assert together[1].tolist() == alone[0].tolist()
-    images_together = runner.generate_images(prompts, seeds, **settings)
-    images_alone = runner.generate_images(prompts[1:], seeds[1:], **settings)
+    images_together = runner.generate_images(prompts, seeds, **settings, **PIXEL)
+    images_alone = runner.generate_images(prompts[1:], seeds[1:], **settings, **PIXEL)
     difference = np.abs(np.asarray(images_together[1], dtype=int) - np.asarray(images_alone[0], dtype=int))
     assert difference.max() <= 1  # equal up to float rounding of a different batch shape
     other_seed = runner.generate_visual_ids(prompts[1:], [23], **settings)

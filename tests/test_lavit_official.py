@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from model.lavit.configuration import lavit_tiny
-from model.lavit.generation import ImageSampling, LavitRunner, sample_image_tokens
+from model.lavit.checkpoints import load_for_eval
+from model.lavit.eval_adapter import LavitEvalAdapter
+from model.lavit.generation import ImageSampling, sample_image_tokens
 from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.official import load_official_lavit, write_official_layout
-from model.lavit.official_tokenizer import CheckpointLayoutError
 from model.lavit.vocabulary import build_byte_text_tokenizer
+from model.weights import CheckpointLayoutError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,6 +65,7 @@ def test_layout_is_the_released_one(written):
         "pixel_decoding/vae/config.json",
         "pixel_decoding/vae/diffusion_pytorch_model.bin",
         "pixel_decoding/scheduler/scheduler_config.json",
+        "lavit_config.yaml",  # our addition: the config of a model of any size
     }
     assert expected <= names
     shards = sorted(n for n in names if n.startswith("language_model/pytorch_model-"))
@@ -85,14 +88,14 @@ def test_strict_load_round_trips_weights_and_outputs(written):
         loaded.model.understanding_encoder.vit_proj.weight, loaded.model.visual_tokenizer.vit_proj.weight
     )
     ids = tokenizer("a photo of", add_special_tokens=False)["input_ids"]
-    sampling = ImageSampling(top_k=10, cfg_scale=1.5, min_new_tokens=2, max_new_tokens=8)
+    sampling = ImageSampling(top_k=10, temperature=1.0, cfg_scale=1.5, min_new_tokens=2, max_new_tokens=8)
     outs = [
         sample_image_tokens(m, [torch.tensor(ids)], sampling, generator=torch.Generator().manual_seed(0))[0].tolist()
         for m in (model, loaded.model)
     ]
     assert outs[0] == outs[1]
-    r0 = LavitRunner(model, tokenizer, "a")
-    r1 = LavitRunner.from_official(str(root), lavit_tiny())
+    r0 = LavitEvalAdapter(model, tokenizer, "a")
+    r1 = load_for_eval(root, config=lavit_tiny()).adapter
     assert r1.model_id.startswith("lavit:")
     assert r0.score_text(["The cat"], [" sat"]) == pytest.approx(r1.score_text(["The cat"], [" sat"]), abs=1e-5)
 

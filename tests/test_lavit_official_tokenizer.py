@@ -14,11 +14,11 @@ from model.lavit.official_tokenizer import (
     EVA_FILE,
     TOKENIZER_DECODER_FILE,
     TOKENIZER_ENCODER_FILE,
-    CheckpointLayoutError,
     load_official_visual_tokenizer,
     write_official_layout,
 )
 from model.lavit.tokenizer import DynamicVisualTokenizer
+from model.weights import CheckpointLayoutError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,7 +1,9 @@
 """MMLU through lm-eval from the local CSVs (eval/mmlu.py) and the LLM adapters (eval/lm_adapter.py).
 
 A tiny random Llama (hidden 32, 2 layers) with a 400-token byte-level BPE trained here on the MMLU dev CSVs stands in
-for LaVIT's and VILA's LLMs; the adapter must reproduce lm-eval's own `hf` model on the same checkpoint exactly.
+for a multimodal checkpoint's LLM (VILA's `llm/` layout); the adapter must reproduce lm-eval's own `hf` model on the
+same checkpoint exactly. The per-family models (`lavit`: a family's loader, then its LLM) are tested with the family's
+own checkpoints (tests/test_lavit_checkpoints.py).
 """
 
 from __future__ import annotations
@@ -55,12 +57,11 @@ def build_tiny_llama(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """One tiny Llama in three layouts: plain HF folder, LaVIT (language_model/), VILA (llm/)."""
+    """One tiny Llama in two layouts: plain HF folder, VILA (llm/)."""
     root = tmp_path_factory.mktemp("mmlu_ckpt")
     build_tiny_llama(root / "hf")
-    for layout, sub in (("lavit", "language_model"), ("vila", "llm")):
-        (root / layout).mkdir()
-        (root / layout / sub).symlink_to(root / "hf", target_is_directory=True)
+    (root / "vila").mkdir()
+    (root / "vila" / "llm").symlink_to(root / "hf", target_is_directory=True)
     return root
 
 
@@ -112,12 +113,12 @@ def test_prompt_is_the_original_five_shot_format(adapter_vs_hf):
 def test_loglikelihood_is_exact_and_batch_independent(checkpoints):
     from lm_eval.api.instance import Instance
 
-    from eval.lm_adapter import LaVITAdapter
+    from eval.lm_adapter import VILAAdapter
 
     requests = [("Question: 2+2?\nAnswer:", " B"), ("The capital", " of France is Paris"), ("A", " B C D E F G")]
     instances = [Instance("loglikelihood", {}, args, i) for i, args in enumerate(requests)]
-    one = LaVITAdapter(checkpoint=str(checkpoints / "lavit"), batch_size=1, device="cpu")
-    many = LaVITAdapter(checkpoint=str(checkpoints / "lavit"), batch_size=3, device="cpu")
+    one = VILAAdapter(checkpoint=str(checkpoints / "vila"), batch_size=1, device="cpu")
+    many = VILAAdapter(checkpoint=str(checkpoints / "vila"), batch_size=3, device="cpu")
     batched = many.loglikelihood(instances, disable_tqdm=True)
     single = one.loglikelihood(instances, disable_tqdm=True)
     tokenizer, model = one.tokenizer, one.model
@@ -240,10 +241,14 @@ def _leaf_tasks(loaded):
 
 
 def test_missing_llm_folder_is_named(tmp_path):
-    from eval.lm_adapter import LaVITAdapter, VILAAdapter
+    from lm_eval.api.registry import get_model
 
-    with pytest.raises(FileNotFoundError, match=r"language_model does not exist"):
-        LaVITAdapter(checkpoint=str(tmp_path))
+    from eval.lm_adapter import VILAAdapter
+    from model.weights import CheckpointLayoutError
+
+    # A family's model goes through the family's loader, whose error names the path and the layouts it knows.
+    with pytest.raises(CheckpointLayoutError, match=rf"{tmp_path} is not a LaVIT checkpoint: expected a released"):
+        get_model("lavit").create_from_arg_obj({"checkpoint": str(tmp_path)}, {"device": "cpu"})
     with pytest.raises(FileNotFoundError, match=r"llm does not exist"):
         VILAAdapter(checkpoint=str(tmp_path))
     (tmp_path / "llm").mkdir()
@@ -256,10 +261,11 @@ def test_missing_llm_folder_is_named(tmp_path):
 def test_cli_json_and_registry(checkpoints, capsys):
     from lm_eval.api.registry import get_model
 
-    from eval.lm_adapter import LaVITAdapter, VILAAdapter
+    from eval.lm_adapter import FamilyLM, VILAAdapter
 
-    assert get_model("lavit") is LaVITAdapter and get_model("vila") is VILAAdapter
-    mmlu.main(["--model", "lavit", "--checkpoint", str(checkpoints / "lavit"), "--subjects", "sociology",
+    assert get_model("vila") is VILAAdapter
+    assert issubclass(get_model("lavit"), FamilyLM) and get_model("lavit").FAMILY == "lavit"  # one per family
+    mmlu.main(["--model", "vila", "--checkpoint", str(checkpoints / "vila"), "--subjects", "sociology",
                "--limit", "2", "--json", "--output", str(checkpoints / "mmlu.json")])
     record = json.loads(capsys.readouterr().out)
     assert record["num_fewshot"] == 5 and record["limit"] == 2

@@ -562,6 +562,36 @@ class CheckpointManager:
             drop_unsaved_optimizer_state(model, optimizer, saved_optim)
 
 
+def _dcp_model_state(checkpoint: Path, scratch: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The full model state of a sharded checkpoint, its DCP shards merged in this one process."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        dcp_to_torch_save(str(checkpoint / DCP_DIR), f"{tmp}/state.pt")
+        state = torch.load(f"{tmp}/state.pt", weights_only=True)
+    return state["model"]
+
+
+def read_checkpoint_weights(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The model weights of one checkpoint directory (either layout) and the file they came from.
+
+    model.safetensors where the checkpoint has one (every full-layout checkpoint, and the last one of a sharded run);
+    else the DCP shards of a sharded checkpoint written before the end of its run, merged here. The caller chose a
+    checkpoint that verifies (`latest_verified`, `train.stages.common.latest_checkpoint_dir`)."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    file = checkpoint / "model.safetensors"
+    if file.is_file():
+        return load_file(str(file)), file
+    meta = read_manifest(checkpoint)
+    if meta.get("layout", "full") != "sharded" or not (checkpoint / DCP_DIR).is_dir():
+        raise CheckpointError(f"{checkpoint}: no model.safetensors and no {DCP_DIR}/ shards (not a complete checkpoint)")
+    return _dcp_model_state(checkpoint), checkpoint / DCP_DIR
+
+
 def export_full_weights(checkpoint: str | Path, out_file: str | Path) -> Path:
     """A checkpoint's model weights as one full .safetensors file, from either layout (run in one process)."""
     from safetensors.torch import save as safetensors_save
@@ -571,13 +601,7 @@ def export_full_weights(checkpoint: str | Path, out_file: str | Path) -> Path:
     if meta.get("layout", "full") == "full" or (checkpoint / "model.safetensors").is_file():
         data = (checkpoint / "model.safetensors").read_bytes()
     else:
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-        import tempfile
-
-        with tempfile.TemporaryDirectory(dir=Path(out_file).parent) as tmp:
-            dcp_to_torch_save(str(checkpoint / DCP_DIR), f"{tmp}/state.pt")
-            state = torch.load(f"{tmp}/state.pt", weights_only=True)
-        data = safetensors_save(_tensors_for_safetensors(state["model"]))
+        data = safetensors_save(_tensors_for_safetensors(_dcp_model_state(checkpoint, scratch=Path(out_file).parent)))
     return atomic_write_bytes(out_file, data)
 
 

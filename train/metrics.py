@@ -27,6 +27,21 @@ class Throughput:
         return amount / elapsed, elapsed
 
 
+class _LineWriter:
+    """tqdm's output as whole lines (tqdm redraws with '\r', which a log file shows as one endless line)."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n")
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 class MetricsLogger:
     def __init__(
         self,
@@ -50,9 +65,22 @@ class MetricsLogger:
         self._truncate_to(start_step)
         self._file = open(self.path, "a", buffering=1)
         if progress:
+            import sys
+
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            # A terminal gets a live bar; a log file (CI, SLURM, a table run's subprocess) a line every 15 s.
+            interactive = sys.stderr.isatty()
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc=f"train {Path(directory).name}",
+                unit="step",
+                dynamic_ncols=interactive,
+                mininterval=0.1 if interactive else 15.0,
+                ncols=None if interactive else 120,
+                file=sys.stderr if interactive else _LineWriter(sys.stdout),
+            )
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -137,22 +137,30 @@ def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, 
         out = output_dir / point_dir_name(point) if sweep else output_dir
         # Bad input is reported here, not in a job log hours later (memory is checked on the compute node).
         prepare_run(stage, point_cfg, out, world_size=options.nodes * options.tasks(), memory=False)
-        runs.append((TrainingJob(stage, to_dict(point_cfg), str(out)), out))
+        runs.append((stage, point_cfg, out))
     from model.families import all_stages
 
     family = all_stages()[stage][0].name
+    return submit_jobs(runs, options, output_dir / "slurm", name=f"{family}-{stage}")
+
+
+def submit_jobs(runs: list[tuple[str, Any, str | Path]], options: SlurmOptions, log_dir: str | Path, name: str):
+    """Submit independent (stage, config, output_dir) runs: one job, or one job array (`sbatch --array`) for several.
+    Returns [(job, output_dir)] in the order given. The caller has checked the runs' inputs (`prepare_run`);
+    a submission SLURM refuses is a SlurmSubmissionError carrying SLURM's reason."""
+    calls = [(TrainingJob(stage, to_dict(cfg), str(Path(out).resolve())), Path(out).resolve()) for stage, cfg, out in runs]
     try:
-        executor = make_executor(output_dir / "slurm" / "%j", options, name=f"{family}-{stage}")
-        if len(runs) == 1:
-            return [(executor.submit(runs[0][0]), runs[0][1])]
+        executor = make_executor(Path(log_dir) / "%j", options, name=name)
+        if len(calls) == 1:
+            return [(executor.submit(calls[0][0]), calls[0][1])]
         jobs = []
-        with executor.batch():  # one sbatch --array for the whole grid
-            for job_fn, out in runs:
+        with executor.batch():  # one sbatch --array for the whole set
+            for job_fn, _ in calls:
                 jobs.append(executor.submit(job_fn))
     except Exception as err:  # sbatch missing, rejected options, controller down: submitit's many exception types
         message = " ".join(str(err).split()) or type(err).__name__
         raise SlurmSubmissionError(f"SLURM submission failed ({type(err).__name__}): {message[:500]}") from err
-    return list(zip(jobs, [out for _, out in runs]))
+    return list(zip(jobs, [out for _, out in calls]))
 
 
 # ---------------------------------------------------------------------------------------------

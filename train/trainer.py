@@ -89,12 +89,18 @@ def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
 
 
 def build_optimizer(groups: dict[str, list[tuple[str, nn.Parameter]]], optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with one LR per named group; biases and 1-D (norm) weights get no weight decay."""
+    """AdamW with one LR per named group; biases and 1-D (norm) weights get no weight decay.
+
+    A group without trainable parameters (e.g. a frozen LLM in an ablation) is skipped with an info line; its
+    `optim.group_lr` entry is then unused but not an error (the group exists, it is just frozen)."""
     unknown = set(optim.group_lr) - set(groups)
     if unknown:
         raise InputError(f"optim.group_lr names groups {sorted(unknown)} that the stage does not have ({sorted(groups)})")
     param_groups = []
     for name in sorted(groups):
+        if not any(p.requires_grad for _, p in groups[name]):
+            print(f"[train] optimizer: group {name!r} has no trainable parameters (frozen); skipped", flush=True)
+            continue
         lr = optim.group_lr.get(name, optim.lr)
         decay = [p for n, p in groups[name] if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in groups[name] if p.requires_grad and p.ndim < 2]

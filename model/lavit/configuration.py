@@ -1,7 +1,9 @@
 """Configuration of the whole LaVIT model (paper §3.2-3.3, App. A), with named presets.
 
 A `LavitConfig` nests the visual tokenizer's config (`tokenizer_config.py`, owned by the tokenizer) with the LLM,
-the pixel decoder, the decoding defaults of the evaluation protocols and the ablation switches of Tables 3/6/7/8.
+the pixel decoder and the ablation switches of Tables 3/6/7/8. It describes the model only: decoding settings
+(beams, lengths, top-k, CFG scale, ...) belong to the evaluation protocols and live in the evaluation tasks
+(`eval/tasks.py`), which pass them to `model.lavit.eval_adapter.LavitEvalAdapter`.
 
 Presets (group ``"lavit"``):
 
@@ -94,31 +96,6 @@ class PixelDecoderConfig:
 
 
 @dataclass
-class GenerationDefaults:
-    """Decoding settings of the released evaluation code; data, so a protocol change is a visible diff."""
-
-    # captioning (NoCaps / Flickr30k): no prompt, beam search, cut at the first '.'
-    caption_prompt: str = ""  # text after [/IMG]; the released captioner uses none
-    caption_num_beams: int = 2  # beams
-    caption_min_new_tokens: int = 8  # minimum generated tokens
-    caption_max_new_tokens: int = 36  # maximum generated tokens
-    caption_length_penalty: float = 1.0  # beam length penalty
-    # VQA: "Question: {} Answer:" prompt, 5 beams, short answers
-    vqa_prompt: str = "Question: {} Answer:"  # prompt template; {} is the question
-    vqa_num_beams: int = 5  # beams
-    vqa_min_new_tokens: int = 2  # minimum generated tokens
-    vqa_max_new_tokens: int = 10  # maximum generated tokens
-    vqa_length_penalty: float = 0.0  # released: 0 (no length normalisation)
-    # text-to-image: top-k sampling of visual ids with classifier-free guidance (App. A)
-    image_top_k: int = 50  # top-k of visual-token sampling (released default; FID protocol: 300)
-    image_temperature: float = 1.0  # softmax temperature
-    image_cfg_scale: float = 1.5  # gamma_cfg of Eq. 7 (App. A: 1.5 for MS-COCO FID)
-    image_min_new_tokens: int = 20  # [/IMG] is suppressed before this many visual tokens
-    image_max_new_tokens: int = 200  # released default 200; the paper's FID protocol says up to 300
-    images_per_prompt: int = 1  # App. A: 4 for FID, best picked by CLIP score (selection is eval's job)
-
-
-@dataclass
 class AblationConfig:
     """LLM-side ablations (tokenizer-side ones are in `VisualTokenizerConfig`)."""
 
@@ -134,7 +111,6 @@ class LavitConfig:
     tokenizer: VisualTokenizerConfig = field(default_factory=VisualTokenizerConfig)  # stage-1 visual tokenizer
     llm: LlmConfig = field(default_factory=LlmConfig)  # stage-2 language model
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)  # codes -> pixels
-    generation: GenerationDefaults = field(default_factory=GenerationDefaults)  # decoding protocols
     ablation: AblationConfig = field(default_factory=AblationConfig)  # Tables 3a / 7a / 7b switches
 
     def validate(self) -> None:
@@ -168,6 +144,11 @@ class LavitConfig:
             raise ValueError(
                 "ablation.visual_objective='regression' has no discrete visual inputs; "
                 "use understanding_input='continuous'"
+            )
+        if self.ablation.freeze_llm and self.ablation.understanding_input == "quantized":
+            raise ValueError(
+                "ablation.freeze_llm=true with ablation.understanding_input='quantized' leaves nothing to train: Table 7b"
+                " trains only the understanding merger + vit_proj, which quantized inputs bypass"
             )
 
     @property
@@ -222,5 +203,4 @@ def lavit_tiny() -> LavitConfig:
             uncond_length=8,
             num_inference_steps=4,
         ),
-        generation=GenerationDefaults(image_min_new_tokens=2, image_max_new_tokens=16),
     )

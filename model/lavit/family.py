@@ -18,6 +18,20 @@ FAMILY = register_family(
         title="LaVIT (ICLR 2024)",
         stages=(
             StageSpec(
+                name="encoder_pretrain",
+                config=f"{_CONFIG}:EncoderPretrainStageConfig",
+                task="model.lavit.stages.encoder_pretrain:EncoderPretrainTask",
+                summary="mini-world stand-in for EVA-CLIP: contrastive pre-training of the tokenizer's ViT",
+                produces="ViT weights (keys encoder.*, as the tokenizer's), loaded by stage 1a's encoder_path",
+            ),
+            StageSpec(
+                name="llm_pretrain",
+                config=f"{_CONFIG}:LlmPretrainStageConfig",
+                task="model.lavit.stages.llm_pretrain:LlmPretrainTask",
+                summary="mini-world stand-in for LLaMA: causal-LM pre-training of the text-only LLM",
+                produces="LlamaForCausalLM weights (keys language_model.*), loaded by stage 2's llm_path",
+            ),
+            StageSpec(
                 name="tokenizer",
                 config=f"{_CONFIG}:TokenizerStageConfig",
                 task="model.lavit.stages.tokenizer:TokenizerTask",

@@ -1,13 +1,13 @@
-"""Decoding with LaVIT: captions and VQA answers (text), visual-token sampling with classifier-free guidance
-(images), and `LavitRunner`, the evaluation adapter (`eval/interface.py`: caption / answer / generate_images /
-score_text).
+"""Decoding with LaVIT: captions and VQA answers (text) and visual-token sampling with classifier-free guidance
+(images). The evaluation adapter over these functions is `model/lavit/eval_adapter.py`.
 
-Text decoding is transformers' `generate` on `inputs_embeds` (left-padded [IMG] feats [/IMG] prompt) with every
-non-text id suppressed, as the released code does. Captions: no prompt, 2 beams, 8-36 new tokens, cut at the first
-'.'. VQA: "Question: {} Answer:", 5 beams, 2-10 new tokens, length_penalty 0, the released post-processing except
-its optional spaCy lemmatisation (answer normalisation is the VQA metric's job, `eval/vqa_normalize.py`). The keep
-mask is argmax ("deterministic") by default; the released code draws it with Gumbel noise even at inference, which
-`LavitRunner(understanding_selection="sampled")` reproduces (seeded).
+Text decoding: beam search on `inputs_embeds` (left-padded [IMG] feats [/IMG] prompt) with every non-text id
+suppressed, as the released code does, followed by the released post-processing (`released_processing.py`:
+`cut_caption`, `clean_vqa_answer`; the adapter adds the released question normalisation, VizWiz answerability step
+and lemmatisation when the task asks for them). `decoding="released"` scores beams as transformers 4.33 did for the
+released numbers (`beam_search.py`); `"modern"` is the pinned transformers' own `generate`. The decoding settings
+(decoding mode, beams, lengths, length penalty, top-k, CFG scale, ...) are arguments here and data of the evaluation
+tasks (`eval/tasks.py`); nothing in this module supplies defaults.
 
 Image sampling (App. A, Eq. 7) is our own loop, because it needs the unconditional stream:
 
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.lavit import released_processing
 from model.lavit.modeling_lavit import IGNORE_INDEX, LavitForCausalLM, llama_config, positions_from_mask
 
 if TYPE_CHECKING:
@@ -44,15 +45,12 @@ if TYPE_CHECKING:
 
 def cut_caption(text: str) -> str:
     """Released captioner: strip, keep the text before the first '.'."""
-    return text.strip().split(".")[0]
+    return released_processing.cut_caption(text)
 
 
 def clean_vqa_answer(text: str) -> str:
-    """Released VQA post-processing (before its optional spaCy lemmatisation, which is not applied here)."""
-    text = text.strip()
-    for separator in ("\n", "question:", "Long answer:", ",", "."):
-        text = text.split(separator)[0]
-    return text
+    """Released VQA post-processing before lemmatisation (`released_processing.cut_answer`)."""
+    return released_processing.cut_answer(text)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -68,11 +66,13 @@ def cfg_log_probs(logp_cond: torch.Tensor, logp_uncond: torch.Tensor, scale: flo
 
 @dataclass
 class ImageSampling:
-    top_k: int = 50  # keep the k most likely visual ids (FID protocol: 300)
-    temperature: float = 1.0  # softmax temperature
-    cfg_scale: float = 1.5  # g of Eq. 7; 1.0 disables the unconditional stream
-    min_new_tokens: int = 20  # [/IMG] is not allowed before this many visual tokens
-    max_new_tokens: int = 200  # hard stop (an image is then closed without sampling [/IMG])
+    """Settings of visual-token sampling; no defaults: they come from the t2i evaluation task."""
+
+    top_k: int  # keep the k most likely visual ids (0 = all)
+    temperature: float  # softmax temperature
+    cfg_scale: float  # g of Eq. 7; 1.0 disables the unconditional stream
+    min_new_tokens: int  # [/IMG] is not allowed before this many visual tokens
+    max_new_tokens: int  # hard stop (an image is then closed without sampling [/IMG])
 
 
 def draw_uniforms(generator: torch.Generator | list[torch.Generator] | None, n: int, device) -> torch.Tensor:
@@ -100,7 +100,7 @@ def _sample_top_k(scores: torch.Tensor, top_k: int, temperature: float, uniforms
 def sample_image_tokens(
     model: LavitForCausalLM,
     prompt_ids: list[torch.Tensor],
-    sampling: ImageSampling | None = None,
+    sampling: ImageSampling,
     generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
 ) -> list[torch.Tensor]:
@@ -108,11 +108,10 @@ def sample_image_tokens(
 
     prompt_ids: per prompt, its ids without BOS (released: add_special_tokens=False); [IMG] is appended here.
     Multi-modal prompts are ids too: an image in a prompt is its visual ids, without delimiters (released
-    `multimodal_synthesis`; see `LavitRunner.multimodal_prompt_ids`).
+    `multimodal_synthesis`; see `LavitEvalAdapter.multimodal_prompt_ids`).
     generator: one for the batch, or one per prompt (then a prompt's tokens depend on its own generator only, not
     on which other prompts share the batch).
     """
-    sampling = sampling or ImageSampling()
     vocab = model.vocab
     device = model.llm_device
     b = len(prompt_ids)
@@ -239,18 +238,39 @@ def generate_text(
     model: LavitForCausalLM,
     image_embeds: list[torch.Tensor],
     prompt_ids: list[torch.Tensor],
+    *,
     num_beams: int,
     min_new_tokens: int,
     max_new_tokens: int,
-    length_penalty: float = 1.0,
-    early_stopping: bool = False,
+    length_penalty: float,
+    early_stopping: bool,
+    decoding: str,
     eos_token_id: int | None = None,
 ) -> list[list[int]]:
-    """Beam search after [IMG] image [/IMG] prompt; non-text ids are suppressed. Returns new token ids per sample."""
+    """Beam search after [IMG] image [/IMG] prompt; non-text ids are suppressed. Returns new token ids per sample.
+
+    decoding: "modern" = transformers' `generate` (the pinned version's beam scoring); "released" = our beam search
+    with transformers 4.33's scoring, which the released numbers were made with (`beam_search.py`)."""
+    from model.lavit.beam_search import DECODINGS, BeamSettings, beam_search, causal_lm_step
+
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown decoding {decoding!r}; expected one of {DECODINGS}")
     items = [model.understanding_item(e, p) for e, p in zip(image_embeds, prompt_ids)]
     batch = model.collate(items)
     llm = model.lavit_config.llm
     eos = llm.eos_token_id if eos_token_id is None else eos_token_id
+    if decoding == "released":
+        settings = BeamSettings(
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            suppress_ids=tuple(model.vocab.non_text_ids()),
+        )
+        step = causal_lm_step(model.language_model, batch.inputs_embeds, batch.attention_mask, num_beams)
+        return [r.tokens for r in beam_search(step, len(items), settings, decoding="released")]
     output = model.language_model.generate(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
@@ -267,196 +287,3 @@ def generate_text(
     )
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     return [row.tolist() for row in sequences]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The evaluation adapter
-
-
-class LavitRunner:
-    """LaVIT behind `eval/interface.py`'s four request methods. Holds the model, the text tokenizer and defaults."""
-
-    def __init__(
-        self,
-        model: LavitForCausalLM,
-        text_tokenizer: Any,
-        model_id: str,
-        seed: int = 0,
-        understanding_selection: str = "deterministic",
-    ):
-        self.model = model.eval()
-        self.text_tokenizer = text_tokenizer
-        self.model_id = model_id
-        self.seed = seed
-        # The released code samples the keep mask with Gumbel noise even at inference; "sampled" reproduces that,
-        # "deterministic" (argmax) makes predictions independent of the seed.
-        self.understanding_selection = understanding_selection
-        self.defaults = model.lavit_config.generation
-
-    @classmethod
-    def from_official(cls, directory: str, config=None, model_id: str | None = None, **kwargs: Any) -> "LavitRunner":
-        """Runner over a released checkpoint directory (`official.load_official_lavit`, strict)."""
-        from pathlib import Path
-
-        from model.lavit.official import load_official_lavit
-
-        loaded = load_official_lavit(directory, config)
-        return cls(loaded.model, loaded.text_tokenizer, model_id or f"lavit:{Path(directory).resolve()}", **kwargs)
-
-    def _ids(self, texts: list[str], add_bos: bool = False) -> list[torch.Tensor]:
-        ids = [self.text_tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in texts]
-        bos = [self.model.lavit_config.llm.bos_token_id] if add_bos else []
-        return [torch.tensor(bos + list(i), dtype=torch.long) for i in ids]
-
-    def _image_embeds(self, images: list["Image.Image"]) -> list[torch.Tensor]:
-        pixel_values = self.model.visual_tokenizer.preprocess(images)
-        generator = torch.Generator(device=pixel_values.device).manual_seed(self.seed)
-        return self.model.encode_images(
-            pixel_values, selection=self.understanding_selection, generator=generator, need_codes=False
-        ).llm_embeds
-
-    def _decode(self, rows: list[list[int]]) -> list[str]:
-        return self.text_tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-    @torch.no_grad()
-    def caption(self, images: list["Image.Image"], prompt: str = "", **generation: Any) -> list[str]:
-        d = self.defaults
-        prompt = prompt or d.caption_prompt
-        rows = generate_text(
-            self.model,
-            self._image_embeds(images),
-            self._ids([prompt] * len(images)),
-            num_beams=generation.get("num_beams", d.caption_num_beams),
-            min_new_tokens=generation.get("min_new_tokens", d.caption_min_new_tokens),
-            max_new_tokens=generation.get("max_new_tokens", d.caption_max_new_tokens),
-            length_penalty=generation.get("length_penalty", d.caption_length_penalty),
-        )
-        return [cut_caption(t) for t in self._decode(rows)]
-
-    @torch.no_grad()
-    def answer(self, images: list["Image.Image"], questions: list[str], **generation: Any) -> list[str]:
-        """`questions` already carry the task's template (e.g. "Question: {} Answer:")."""
-        if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        d = self.defaults
-        rows = generate_text(
-            self.model,
-            self._image_embeds(images),
-            self._ids(questions),
-            num_beams=generation.get("num_beams", d.vqa_num_beams),
-            min_new_tokens=generation.get("min_new_tokens", d.vqa_min_new_tokens),
-            max_new_tokens=generation.get("max_new_tokens", d.vqa_max_new_tokens),
-            length_penalty=generation.get("length_penalty", d.vqa_length_penalty),
-            early_stopping=True,  # released VQA decoding; the captioner leaves transformers' default (False)
-        )
-        return [clean_vqa_answer(t) for t in self._decode(rows)]
-
-    @torch.no_grad()
-    def _generators(self, n: int, seeds: list[int] | None, generation: dict) -> list[torch.Generator]:
-        """One generator per sample: from `seeds` (the eval runner's per-sample seeds, so an image does not depend
-        on its batch), else from generation["seed"] (or the runner's seed) + the sample's index."""
-        device = self.model.llm_device
-        if seeds is None:
-            base = int(generation.get("seed", self.seed))
-            seeds = [base + i for i in range(n)]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds for {n} prompts")
-        return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-    def generate_visual_ids(
-        self, prompts: list, seeds: list[int] | None = None, **generation: Any
-    ) -> list[torch.Tensor]:
-        """Prompts are strings, or lists of strings and PIL images (multi-modal prompts)."""
-        d = self.defaults
-        sampling = ImageSampling(
-            top_k=generation.get("top_k", d.image_top_k),
-            temperature=generation.get("temperature", d.image_temperature),
-            cfg_scale=generation.get("cfg_scale", d.image_cfg_scale),
-            min_new_tokens=generation.get("min_new_tokens", d.image_min_new_tokens),
-            max_new_tokens=generation.get("max_new_tokens", d.image_max_new_tokens),
-        )
-        prompt_ids = [self._ids([p])[0] if isinstance(p, str) else self.multimodal_prompt_ids(p) for p in prompts]
-        generators = self._generators(len(prompts), seeds, generation)
-        return sample_image_tokens(self.model, prompt_ids, sampling, generator=generators)
-
-    @torch.no_grad()
-    def multimodal_prompt_ids(self, parts: list) -> torch.Tensor:
-        """A multi-modal prompt (App. A, Fig. 4): a list of strings and PIL images -> one id sequence. Text is
-        tokenized without BOS; an image becomes its visual ids 32002 + code (stage-1 tokenizer, no [IMG]/[/IMG]),
-        as in the released `multimodal_synthesis`."""
-        from PIL import Image as PILImage
-
-        pieces = []
-        for part in parts:
-            if isinstance(part, str):
-                pieces.append(self._ids([part])[0])
-            elif isinstance(part, PILImage.Image):
-                tok = self.model.visual_tokenizer
-                out = tok.tokenize(
-                    tok.preprocess([part]),
-                    selection=self.understanding_selection,
-                    generator=torch.Generator(device=tok.device).manual_seed(self.seed),
-                )
-                pieces.append(self.model.vocab.code_to_id(out.codes[0]).cpu())
-            else:
-                raise TypeError(f"prompt parts must be str or PIL images, got {type(part).__name__}")
-        return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
-
-    @torch.no_grad()
-    def generate_images(
-        self, prompts: list[str], seeds: list[int] | None = None, **generation: Any
-    ) -> list["Image.Image"]:
-        """One image per prompt. `seeds` (one per prompt, as `eval.runner` passes them) make each image a function
-        of its prompt and seed only. Keys of `generation`: top_k, temperature, cfg_scale, min_new_tokens,
-        max_new_tokens (visual tokens), num_inference_steps, decoder_guidance_scale (pixel decoder), seed."""
-        from model.lavit.pixel_decoder import to_pil
-
-        visual_ids = self.generate_visual_ids(prompts, seeds, **generation)
-        images = self.model.decode_visual_ids(
-            visual_ids,
-            num_inference_steps=generation.get("num_inference_steps"),
-            guidance_scale=generation.get("decoder_guidance_scale"),
-            generator=self._generators(len(prompts), seeds, generation),  # fresh: the noise seeds the U-Net start
-        )
-        return to_pil(images)
-
-    @torch.no_grad()
-    def score_text(
-        self, contexts: list[str], continuations: list[str], images: list["Image.Image | None"] | None = None
-    ) -> list[float]:
-        """Sum of log p(continuation tokens | [image], context). Text-only rows start with <s> (LLaMA, MMLU);
-        image rows are [IMG] feats [/IMG] context continuation (no BOS), like the understanding input."""
-        if len(contexts) != len(continuations):
-            raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-        images = images or [None] * len(contexts)
-        items, n_cont = [], []
-        for context, continuation, image in zip(contexts, continuations, images):
-            ctx = self._ids([context])[0]
-            whole = self._ids([context + continuation])[0]
-            if whole[: len(ctx)].tolist() == ctx.tolist() and len(whole) > len(ctx):
-                cont = whole[len(ctx) :]
-            else:  # the tokenizer merged across the boundary: tokenize the continuation alone
-                cont = self._ids([continuation])[0]
-            ids = torch.cat([ctx, cont])
-            labels = torch.cat([torch.full_like(ctx, IGNORE_INDEX), cont])
-            if image is None:
-                bos = torch.tensor([self.model.lavit_config.llm.bos_token_id])
-                item = self.model.text_item(torch.cat([bos, ids]), supervise=False)
-                item.labels = torch.cat([torch.tensor([IGNORE_INDEX]), labels]).to(item.embeds.device)
-            else:
-                embeds = self._image_embeds([image])[0]
-                item = self.model.understanding_item(embeds, ids, supervise_text=False)
-                item.labels[-len(cont) :] = cont.to(item.labels.device)
-            items.append(item)
-            n_cont.append(len(cont))
-        batch = self.model.collate(items)
-        logits = (
-            self.model(
-                inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-            )
-            .logits[:, :-1]
-            .float()
-        )  # (b, l-1, v)
-        labels = batch.labels[:, 1:]
-        logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (b, l-1)
-        return (logp * (labels != IGNORE_INDEX)).sum(-1).tolist()

@@ -21,6 +21,14 @@ from the tokenizer's merger.
 Ablations (config `ablation.*`): regression objective for visual tokens (Table 3a, Emu-style head on the next
 continuous visual embedding), quantized understanding input (Table 7a), frozen LLM (Table 7b). Tokenizer-side
 ablations (fixed length, bidirectional merger, no merger) are flags of the tokenizer config.
+
+Table 3a "Regression" replaces "the next visual token's code" by "the next visual embedding" (§4.3, like Emu). The
+target of a visual slot is the frozen stage-1 merger's continuous part feature X_hat_r (width D) of that slot: the
+quantizer's input, i.e. exactly what is classified into a code in the default setting, and the continuous token
+§3.2 feeds the LLM. It comes from the same frozen tokenizer as the codes (`stage1_part_features`), so the target
+never moves with the trained understanding merger (no target collapse). In [text; image] the image enters as
+vit_proj(X_hat_r) (no codes exist in this setting); in [image; text] the inputs stay the understanding merger's.
+Per slot the loss is the mean over D of the squared error ("mse") or 1 - cosine ("cosine"), next to the text CE.
 """
 
 from __future__ import annotations
@@ -223,27 +231,31 @@ class LavitForCausalLM(PreTrainedModel):
         pixel_values: torch.Tensor,
         keep_mask: torch.Tensor | None = None,
         selection: Literal["deterministic", "sampled"] = "deterministic",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per image
         need_codes: bool = True,
+        need_part_features: bool = False,
     ) -> "EncodedImages":
         """pixel_values (B, 3, H, W) -> per image: kept continuous part features (understanding merger), their LLM
-        input embeddings and (if `need_codes`) their discrete codes from the frozen stage-1 tokenizer.
+        input embeddings and (if `need_codes`) their discrete codes from the frozen stage-1 tokenizer; with
+        `need_part_features` also the frozen stage-1 part features (Table 3a's regression targets).
 
         One selection (keep mask) is shared by both mergers, so code i supervises continuous slot i."""
         tok = self.visual_tokenizer
         with torch.no_grad():  # stage-1 parts are frozen in stage 2
             features = tok.encode_features(pixel_values)  # (b, n, d)
-            if keep_mask is None:
+            if keep_mask is None and isinstance(generator, (list, tuple)):  # one noise stream per image
+                log_probs = tok.selector_log_probs(features)
+                keep = torch.cat([tok.select(log_probs[i : i + 1], selection, g) for i, g in enumerate(generator)])
+            elif keep_mask is None:
                 keep = tok.select(tok.selector_log_probs(features), selection, generator)  # (b, n) float 0/1
             else:
-                if tuple(keep_mask.shape) != tuple(features.shape[:2]):
-                    raise ValueError(
-                        f"keep_mask must have shape {tuple(features.shape[:2])}, got {tuple(keep_mask.shape)}"
-                    )
-                keep = keep_mask.to(device=features.device, dtype=torch.float32)
-            codes = None
-            if need_codes or self.lavit_config.ablation.understanding_input == "quantized":
-                codes = tok.quantize_features(tok.gather_kept(tok.merge(features, keep), keep))
+                keep = self._checked_keep(keep_mask, features)
+            codes = part = None
+            if need_codes or need_part_features or self.lavit_config.ablation.understanding_input == "quantized":
+                part = self._stage1_part_features(features, keep)  # list of (k_i, d)
+                codes = tok.quantize_features(part)
+            if not need_part_features:
+                part = None
         merged = self.understanding_encoder(features, keep.to(features.dtype))  # (b, n, d)
         kept_features = tok.gather_kept(merged, keep)  # list of (k_i, d)
         if self.lavit_config.ablation.understanding_input == "quantized":
@@ -253,7 +265,38 @@ class LavitForCausalLM(PreTrainedModel):
             llm_embeds = [self.embed_ids(self.vocab.code_to_id(c.to(self.llm_device))) for c in codes]
         else:
             llm_embeds = [self.understanding_encoder.vit_proj(f) for f in kept_features]  # list of (k_i, h)
-        return EncodedImages(keep_mask=keep > 0.5, kept_features=kept_features, llm_embeds=llm_embeds, codes=codes)
+        return EncodedImages(
+            keep_mask=keep > 0.5, kept_features=kept_features, llm_embeds=llm_embeds, codes=codes, part_features=part
+        )
+
+    @torch.no_grad()
+    def stage1_part_features(self, pixel_values: torch.Tensor, keep_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen stage-1 merger outputs at the kept positions, per image (K_i, D): the continuous visual tokens
+        X_hat_r that the quantizer turns into codes; the targets of Table 3a's regression objective."""
+        tok = self.visual_tokenizer
+        features = tok.encode_features(pixel_values)  # (b, n, d)
+        return self._stage1_part_features(features, self._checked_keep(keep_mask, features))
+
+    def _stage1_part_features(self, features: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        tok = self.visual_tokenizer
+        return [f.detach() for f in tok.gather_kept(tok.merge(features, keep), keep)]
+
+    @staticmethod
+    def _checked_keep(keep_mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if tuple(keep_mask.shape) != tuple(features.shape[:2]):
+            raise ValueError(f"keep_mask must have shape {tuple(features.shape[:2])}, got {tuple(keep_mask.shape)}")
+        return keep_mask.to(device=features.device, dtype=torch.float32)
+
+    def regression_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Table 3a: hidden (m, H) states of the positions *before* m visual slots, targets (m, D) their continuous
+        visual embeddings -> (m,) per-slot loss (mean over D of the squared error, or 1 - cosine similarity)."""
+        if self.regression_head is None:
+            raise ValueError("regression_losses needs ablation.visual_objective='regression' (no regression head built)")
+        predicted = self.regression_head(hidden).float()  # (m, d)
+        targets = targets.float()
+        if self.lavit_config.ablation.regression_loss == "mse":
+            return (predicted - targets).pow(2).mean(dim=-1)
+        return 1.0 - F.cosine_similarity(predicted, targets, dim=-1)
 
     # --------------------------------------------------------------------------------------------------------
     # Sequence building
@@ -446,18 +489,12 @@ class LavitForCausalLM(PreTrainedModel):
             else:  # nothing supervised (keeps the graph for DDP/FSDP)
                 ce_loss = shift_logits.sum() * 0.0
             loss = ce_loss
-        if regression_targets is not None and self.regression_head is not None:
-            mask = regression_mask[:, 1:]
-            predicted = self.regression_head(hidden[:, :-1][mask]).float()  # (m, d)
-            target = regression_targets[:, 1:][mask].float()  # (m, d)
-            if self.lavit_config.ablation.regression_loss == "mse":
-                regression_loss = F.mse_loss(predicted, target) if predicted.numel() else predicted.sum() * 0.0
-            else:
-                regression_loss = (
-                    (1 - F.cosine_similarity(predicted, target, dim=-1)).mean()
-                    if predicted.numel()
-                    else predicted.sum() * 0.0
-                )
+        if regression_targets is not None:
+            if self.regression_head is None:
+                raise ValueError("regression_targets given but ablation.visual_objective is not 'regression'")
+            mask = regression_mask[:, 1:]  # position t-1 predicts the embedding of slot t
+            per_slot = self.regression_losses(hidden[:, :-1][mask], regression_targets[:, 1:][mask])  # (m,)
+            regression_loss = per_slot.mean() if per_slot.numel() else self.regression_head.weight.sum() * 0.0
             loss = regression_loss if loss is None else loss + regression_loss
         return LavitOutput(
             loss=loss,
@@ -496,7 +533,7 @@ class LavitForCausalLM(PreTrainedModel):
         codes = [self.vocab.id_to_code(ids) for ids in visual_ids]
         empty = [i for i, c in enumerate(codes) if c.numel() == 0]
         if empty:
-            raise ValueError(f"images {empty} have no visual tokens; raise generation.image_min_new_tokens")
+            raise ValueError(f"images {empty} have no visual tokens; raise the t2i task's generation min_new_tokens")
         context = self.visual_tokenizer.decoder_context([c.to(self.llm_device) for c in codes])  # (b, n, c)
         return self.pixel_decoder.sample(
             context, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator
@@ -509,3 +546,4 @@ class EncodedImages:
     kept_features: list[torch.Tensor]  # per image (K_i, D): understanding-merger outputs at kept positions
     llm_embeds: list[torch.Tensor]  # per image (K_i, H): what the LLM reads
     codes: list[torch.Tensor] | None  # per image (K_i,): stage-1 codes of the same kept positions
+    part_features: list[torch.Tensor] | None = None  # per image (K_i, D): frozen stage-1 merger outputs (Table 3a)

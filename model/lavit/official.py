@@ -3,11 +3,15 @@
 Layout (a local directory; nothing is downloaded):
 
     language_model/      HF LlamaForCausalLM: config.json, weights (pytorch_model*.bin or model*.safetensors,
-                         sharded with an *.index.json or single), the text tokenizer files, and
+                         sharded with an *.index.json or single), the text tokenizer (SentencePiece's
+                         tokenizer.model, as released, or a transformers tokenizer.json), and
                          visual_weight.bin: the LLM-tuned `causal_encoder.*` + `vit_proj.*` (understanding path)
     visual_tokenizer/    eva_vitg_psz14.bin, tokenizer_encoder.bin, tokenizer_decoder.bin
                          (read by `official_tokenizer.load_official_visual_tokenizer`)
     pixel_decoding/      diffusers folders vae/, unet/, scheduler/ and uncond_embeddings.bin
+    lavit_config.yaml    (our addition, not in the release) the `LavitConfig` of a model written by
+                         `write_official_layout`, so that `model.lavit.checkpoints.load_for_eval` can rebuild a
+                         model of any size from the directory alone; the released 7B has none (-> `lavit-7b`)
 
 Order (as released): the tokenizer's encoder weights first; the understanding merger starts as a copy of the
 tokenizer's `causal_encoder` / `vit_proj` and is then overridden by `visual_weight.bin`. Every file is checked
@@ -31,16 +35,17 @@ from typing import Any
 
 import torch
 
+from harness.errors import InputError
 from model.lavit.configuration import LavitConfig
-from model.lavit.official_tokenizer import (
+from model.lavit.official_tokenizer import load_official_visual_tokenizer
+from model.lavit.official_tokenizer import write_official_layout as write_official_tokenizer_layout
+from model.weights import (
     CheckpointLayoutError,
-    layout_error,
-    load_official_visual_tokenizer,
+    check_state_dict,
+    read_sharded_state_dict,
     read_state_dict,
     resolve_file,
-)
-from model.lavit.official_tokenizer import (
-    write_official_layout as write_official_tokenizer_layout,
+    sharded_weight_files,
 )
 
 LANGUAGE_MODEL = "language_model"
@@ -48,6 +53,7 @@ VISUAL_TOKENIZER = "visual_tokenizer"
 PIXEL_DECODING = "pixel_decoding"
 VISUAL_WEIGHT_FILE = "visual_weight.bin"
 UNCOND_FILE = "uncond_embeddings.bin"
+CONFIG_FILE = "lavit_config.yaml"  # our addition (see the module docstring)
 TOLERATED_SUFFIXES = ("rotary_emb.inv_freq",)  # saved by transformers < 4.31, recomputed from the config
 # LlamaConfig fields that must agree between language_model/config.json and our config.
 CHECKED_LLAMA_FIELDS = (
@@ -79,48 +85,12 @@ def _require_dir(path: Path) -> Path:
     return path
 
 
-def _check_strict(path: Path | str, state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> list[str]:
-    """Exact key set and shapes; returns the tolerated extra keys that were dropped from `state` (in place)."""
-    ignored = [k for k in state if k not in expected and k.endswith(TOLERATED_SUFFIXES)]
-    for k in ignored:
-        del state[k]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise layout_error(Path(path), missing, unexpected)
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k])}" for k, v in state.items() if v.shape != expected[k]
-    ]
-    if wrong:
-        raise CheckpointLayoutError(f"{path}: {len(wrong)} shape mismatches: " + "; ".join(wrong[:8]))
-    return ignored
-
-
 def _expected(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in module.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # language_model/
-
-
-def llm_weight_files(folder: Path) -> list[Path]:
-    """The LLM's weight files: the shards of an index, else a single file."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = [folder / name for name in dict.fromkeys(weight_map.values())]
-            missing = [str(f) for f in files if not f.is_file()]
-            if missing:
-                raise FileNotFoundError(f"{index} lists shards that do not exist: {missing}")
-            return files
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / single).is_file():
-            return [folder / single]
-    raise FileNotFoundError(
-        f"no LLM weights in {folder}: expected model.safetensors[.index.json] or pytorch_model.bin[.index.json]"
-    )
 
 
 def check_llm_config(folder: Path, config: LavitConfig) -> None:
@@ -133,20 +103,14 @@ def check_llm_config(folder: Path, config: LavitConfig) -> None:
     ours = llama_config(config).to_dict()
     diffs = {k: (found.get(k), ours[k]) for k in CHECKED_LLAMA_FIELDS if found.get(k) != ours[k]}
     if diffs:
-        raise ValueError(f"{path} disagrees with the LaVIT config (checkpoint, config): {diffs}")
+        raise InputError(f"{path} disagrees with the LaVIT config (checkpoint, config): {diffs}")
 
 
 def load_text_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+    """`model.text_tokenizer.load_text_tokenizer`: SentencePiece `tokenizer.model` (as released) or `tokenizer.json`."""
+    from model.text_tokenizer import load_text_tokenizer as load
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:  # noqa: BLE001 - re-raised with the folder named
-        raise FileNotFoundError(f"could not load the text tokenizer from {folder}: {err}") from err
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # released: pad = eos
-    return tokenizer
+    return load(folder)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -173,6 +137,7 @@ def load_official_lavit(
     _require_dir(root / VISUAL_TOKENIZER)
     pd_dir = _require_dir(root / PIXEL_DECODING) if config.pixel_decoder.enabled else None
     check_llm_config(lm_dir, config)
+    text_tokenizer = load_text_tokenizer(lm_dir)  # before the big model: a missing tokenizer fails fast
     report = LoadReport()
 
     with torch.device("meta"):
@@ -191,20 +156,23 @@ def load_official_lavit(
     understanding = {k: tok_state[k].clone() for k in _expected(model.understanding_encoder)}
     visual_path = resolve_file(lm_dir / VISUAL_WEIGHT_FILE)
     visual_state = read_state_dict(visual_path)
-    report.ignored_keys += _check_strict(visual_path, visual_state, _expected(model.understanding_encoder))
+    report.ignored_keys += check_state_dict(
+        visual_path, visual_state, _expected(model.understanding_encoder), tolerated_suffixes=TOLERATED_SUFFIXES,
+        what="LaVIT's understanding merger",
+    )
     understanding.update(visual_state)
     model.understanding_encoder.load_state_dict(understanding, strict=True, assign=True)
     report.files.append(str(visual_path))
 
     # 3) LLM shards.
-    llm_state: dict[str, torch.Tensor] = {}
-    files = llm_weight_files(lm_dir)
-    for path in files:
-        llm_state.update(read_state_dict(path))
+    files = sharded_weight_files(lm_dir)
+    llm_state = read_sharded_state_dict(lm_dir)
     expected = _expected(model.language_model)
     if model.language_model.config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
-    report.ignored_keys += _check_strict(lm_dir / "(LLM weights)", llm_state, expected)
+    report.ignored_keys += check_state_dict(
+        lm_dir / "(LLM weights)", llm_state, expected, tolerated_suffixes=TOLERATED_SUFFIXES, what="LaVIT's LLM"
+    )
     model.language_model.load_state_dict(llm_state, strict=False, assign=True)
     if model.language_model.config.tie_word_embeddings:
         model.language_model.tie_weights()
@@ -225,7 +193,6 @@ def load_official_lavit(
         raise CheckpointLayoutError(f"{root}: tensors never loaded: {leftovers[:8]} ({len(leftovers)} total)")
     model.to(device=device, dtype=dtype)
     model.set_stage2_trainable()
-    text_tokenizer = load_text_tokenizer(lm_dir)
     return LoadedLavit(model=model.eval(), text_tokenizer=text_tokenizer, report=report)
 
 
@@ -245,7 +212,7 @@ def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig) -> list[str]
         path = _diffusers_weights(sub)
         state = read_state_dict(path)
         module = getattr(decoder, name)
-        _check_strict(path, state, _expected(module))
+        check_state_dict(path, state, _expected(module), tolerated_suffixes=TOLERATED_SUFFIXES, what=f"the {name}")
         module.load_state_dict(state, strict=True, assign=True)
         files.append(str(path))
     sched = _require_dir(folder / "scheduler") / "scheduler_config.json"
@@ -259,7 +226,7 @@ def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig) -> list[str]
         if found.get(k) != ours[k]
     }
     if diffs:
-        raise ValueError(f"{sched} disagrees with pixel_decoder config (checkpoint, config): {diffs}")
+        raise InputError(f"{sched} disagrees with pixel_decoder config (checkpoint, config): {diffs}")
     uncond_path = folder / UNCOND_FILE
     if not uncond_path.is_file():
         raise FileNotFoundError(f"unconditional embeddings not found: {uncond_path}")
@@ -291,8 +258,10 @@ def write_official_layout(model, text_tokenizer, directory: str | Path, max_shar
 
     Everything is written into a sibling temporary folder that is renamed at the end, so `directory` is either
     complete or absent. LLM weights go into `pytorch_model-0000i-of-0000n.bin` shards of at most
-    `max_shard_params` parameters plus `pytorch_model.bin.index.json`, as released.
+    `max_shard_params` parameters plus `pytorch_model.bin.index.json`, as released. The model's `LavitConfig` goes
+    into `lavit_config.yaml` (our addition, which the release lacks).
     """
+    from harness.config import save_config
     from model.lavit.pixel_decoder import scheduler_config
 
     target = Path(directory)
@@ -342,6 +311,7 @@ def write_official_layout(model, text_tokenizer, directory: str | Path, max_shar
                 str(pd_dir / "scheduler")
             )
             _torch_save(pd_dir / UNCOND_FILE, model.pixel_decoder.uncond_embeddings.detach().cpu().clone())
+        save_config(model.lavit_config, tmp, name=CONFIG_FILE)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

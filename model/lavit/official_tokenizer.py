@@ -10,9 +10,9 @@ Layout of the ``visual_tokenizer/`` folder of a LaVIT checkpoint directory:
     tokenizer_decoder.bin   feature decoder                   keys ``pos_embed, query_embed, in_proj.*, blocks.*,
                                                              norm.*, decode_task_layer.*, unet_proj.*``
 
-Each file may instead be a ``.safetensors`` twin (same stem). Files are read with ``torch.load(weights_only=True)``
-and checked strictly: a file whose keys do not match gets an error naming the file and listing exactly which keys
-are missing and which are unexpected (first few + counts). Encoder weights load first, then the tokenizer weights
+Each file may instead be a ``.safetensors`` twin (same stem). Files are read and checked strictly with
+``model/weights.py``: a file whose keys do not match gets an error naming the file and listing exactly which keys
+are missing, unexpected or mis-shaped (first few + counts). Encoder weights load first, then the tokenizer weights
 (so ``encoder.*`` keys in ``tokenizer_encoder.bin`` win), then the decoder, then optional extra files such as the
 released ``language_model/visual_weight.bin`` (the merger fine-tuned with the LLM for understanding).
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from model.lavit.tokenizer_config import VisualTokenizerConfig
+from model.weights import check_state_dict, read_state_dict, resolve_file, strip_prefix
 
 if TYPE_CHECKING:  # the model module imports transformers; keep `--help` instant
     from model.lavit.tokenizer import DynamicVisualTokenizer
@@ -33,81 +34,7 @@ if TYPE_CHECKING:  # the model module imports transformers; keep `--help` instan
 EVA_FILE = "eva_vitg_psz14.bin"
 TOKENIZER_ENCODER_FILE = "tokenizer_encoder.bin"
 TOKENIZER_DECODER_FILE = "tokenizer_decoder.bin"
-SHOW_KEYS = 8  # how many missing/unexpected keys an error message lists
-
-
-class CheckpointLayoutError(RuntimeError):
-    """A checkpoint file whose keys or shapes do not match the tokenizer."""
-
-
-def _describe(keys: list[str]) -> str:
-    shown = ", ".join(keys[:SHOW_KEYS])
-    more = f", ... (+{len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else ""
-    return f"{len(keys)} ({shown}{more})"
-
-
-def layout_error(path: Path, missing: list[str], unexpected: list[str]) -> CheckpointLayoutError:
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {_describe(sorted(missing))}")
-    if unexpected:
-        parts.append(f"unexpected keys: {_describe(sorted(unexpected))}")
-    return CheckpointLayoutError(f"{path}: key layout does not match the LaVIT visual tokenizer; " + "; ".join(parts))
-
-
-def resolve_file(path: str | Path) -> Path:
-    """``x.bin`` if present, else its ``x.safetensors`` twin; FileNotFoundError naming both otherwise."""
-    path = Path(path)
-    twin = path.with_suffix(".safetensors")
-    for candidate in (path, twin):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"checkpoint file not found: {path} (nor {twin.name})")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file (.bin via torch.load(weights_only=True), or .safetensors)."""
-    path = resolve_file(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file: mmap is unavailable, read it fully
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointLayoutError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
-    return state
-
-
-def _check(
-    path: Path,
-    state: dict[str, torch.Tensor],
-    expected: dict[str, torch.Size],
-    required: set[str],
-) -> None:
-    """Every key of ``state`` must be in ``expected`` with the same shape; every ``required`` key must be present."""
-    missing = [k for k in required if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise layout_error(path, missing, unexpected)
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k])}" for k, v in state.items() if v.shape != expected[k]
-    ]
-    if wrong:
-        raise CheckpointLayoutError(f"{path}: {len(wrong)} shape mismatches: " + "; ".join(wrong[:SHOW_KEYS]))
-
-
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Drop ``prefix`` from keys that carry it (files are accepted with or without the module prefix)."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
+WHAT = "the LaVIT visual tokenizer"  # names the model in layout errors
 def visual_tokenizer_dir(directory: str | Path) -> Path:
     """Accept either the LaVIT checkpoint root or its ``visual_tokenizer/`` folder."""
     directory = Path(directory)
@@ -148,26 +75,26 @@ def load_official_visual_tokenizer(
     merged: dict[str, torch.Tensor] = {}
     # 1) EVA encoder.
     path = resolve_file(folder / EVA_FILE)
-    eva = {f"encoder.{k}": v for k, v in _strip(read_state_dict(path), "encoder.").items()}
-    _check(path, eva, expected, encoder_keys)
+    eva = {f"encoder.{k}": v for k, v in strip_prefix(read_state_dict(path), "encoder.").items()}
+    check_state_dict(path, eva, expected, required=encoder_keys, what=WHAT)
     merged.update(eva)
     # 2) Tokenizer encoder side (selector, merger, quantizer, task layer, vit_proj; encoder.* optional).
     path = resolve_file(folder / TOKENIZER_ENCODER_FILE)
     state = read_state_dict(path)
     allowed = {k: s for k, s in expected.items() if k in middle_keys or k in encoder_keys}
-    _check(path, state, allowed, middle_keys)
+    check_state_dict(path, state, allowed, required=middle_keys, what=WHAT)
     merged.update(state)
     # 3) Decoder.
     if load_decoder:
         path = resolve_file(folder / TOKENIZER_DECODER_FILE)
-        dec = {f"decoder.{k}": v for k, v in _strip(read_state_dict(path), "decoder.").items()}
-        _check(path, dec, expected, decoder_keys)
+        dec = {f"decoder.{k}": v for k, v in strip_prefix(read_state_dict(path), "decoder.").items()}
+        check_state_dict(path, dec, expected, required=decoder_keys, what=WHAT)
         merged.update(dec)
     # 4) Extra files (subset of the tokenizer keys).
     for extra in extra_weight_files:
         path = resolve_file(extra)
         state = read_state_dict(path)
-        _check(path, state, expected, set())
+        check_state_dict(path, state, expected, required=(), what=WHAT)
         merged.update(state)
 
     if load_decoder:

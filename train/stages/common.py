@@ -41,10 +41,16 @@ def synthetic_text_sources(cfg: SyntheticDataConfig, names: list[str], output_di
 
 def latest_checkpoint_dir(path: str) -> str:
     """A run directory (OUTPUT with checkpoints/step_*) -> its newest checkpoint that verifies against its manifest
-    (sizes and checksums); anything else unchanged. A run with checkpoints of which none verifies is an error."""
-    from train.checkpoint import latest_verified
+    (sizes and checksums); one checkpoint directory (with a manifest.json) -> itself, once it verifies; anything else
+    unchanged. A run with checkpoints of which none verifies, or a given checkpoint that does not, is an error."""
+    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
 
     p = Path(path)
+    if (p / MANIFEST).is_file():
+        problem = verify_checkpoint(p)
+        if problem:
+            raise InputError(f"{path}: the checkpoint does not verify ({problem})")
+        return path
     if not (p / "checkpoints").is_dir():
         return path
     found, problems = latest_verified(p / "checkpoints")
@@ -55,6 +61,24 @@ def latest_checkpoint_dir(path: str) -> str:
     if problems:
         print(f"[upstream] {path}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {found.name}", flush=True)
     return str(found)
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The model weights at `path` and the file they came from: a run directory (its newest checkpoint that
+    verifies), one checkpoint directory (either layout: `train.checkpoint.read_checkpoint_weights`), or a weights
+    file (.safetensors, or a torch file read with weights_only). Other directories are a FileNotFoundError."""
+    from model.weights import read_state_dict
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+
+    p = Path(latest_checkpoint_dir(path))
+    if p.is_dir() and not (p / MANIFEST).is_file() and (p / "model.safetensors").is_file():
+        p = p / "model.safetensors"  # weights exported on their own, outside a run
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path}: a directory without checkpoints/step_*/ or {MANIFEST} (expected a run directory, a checkpoint directory or a weights file)")
+        state, file = read_checkpoint_weights(p)
+        return state, str(file)
+    return read_state_dict(p), str(p)  # FileNotFoundError naming the file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +129,17 @@ def require_path(value: str, key: str, what: str) -> None:
     """An optional local path: "" is allowed (the stage says what it means), a given path must exist."""
     if value and not Path(value).exists():
         raise InputError(f"{key}={value}: no such file or directory ({what})")
+
+
+def require_weights(value: str, key: str, what: str) -> None:
+    """Optional weights ("" allowed: the stage says what it means): a given path must exist, and a run or
+    checkpoint directory must hold a checkpoint that verifies (checked now, not after the model is built)."""
+    require_path(value, key, what)
+    if value:
+        try:
+            latest_checkpoint_dir(value)
+        except InputError as err:
+            raise InputError(f"{key}={value}: {err}") from None
 
 
 def require_shards(patterns: list[str], key: str, synthetic: bool, required: bool = True) -> None:

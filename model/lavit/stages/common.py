@@ -24,16 +24,35 @@ def meta_parameter_counts(config, trainable: Callable, exclude: tuple[str, ...] 
     return counts[0], counts[1]
 
 
+def read_encoder_weights(path: str) -> tuple[dict, str]:
+    """The ViT weights at `path`, keyed as the tokenizer's `encoder` state dict, and the file they came from.
+
+    Accepted: the released EVA-CLIP file (eva_vitg_psz14.bin, bare keys) or any .bin/.safetensors with the same keys
+    (optionally all under `encoder.`); an `encoder_pretrain` run directory (its latest checkpoint), one of its
+    checkpoint directories or their model.safetensors (the `encoder.*` keys are taken, `text_encoder.*` and
+    `logit_scale` left); a stage-1a checkpoint whose encoder was saved (`tokenizer.encoder.*`)."""
+    from train.stages.common import read_weights
+
+    try:
+        state, file = read_weights(path)  # a run: its newest checkpoint that verifies; either checkpoint layout
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"encoder_path {path}: {err} (expected an encoder_pretrain run or a weights file)") from None
+    for prefix in ("tokenizer.encoder.", "encoder."):
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(file)
+    return state, str(file)
+
+
 def load_encoder_weights(tokenizer, path: str) -> None:
-    """EVA-CLIP ViT-g weights (the released eva_vitg_psz14.bin or any .bin/.safetensors with the same keys)."""
+    """Pretrained ViT weights into `tokenizer.encoder`, strictly (`read_encoder_weights` lists the layouts)."""
     if not path:
         return
-    from model.lavit.official_tokenizer import _strip, read_state_dict
+    from model.weights import check_state_dict
 
-    state = _strip(read_state_dict(path), "encoder.")
-    missing, unexpected = tokenizer.encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"encoder weights {path}: missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})")
+    state, file = read_encoder_weights(path)
+    expected = {k: v.shape for k, v in tokenizer.encoder.state_dict().items()}
+    check_state_dict(file, state, expected, what="the tokenizer's encoder")
+    tokenizer.encoder.load_state_dict(state)
 
 
 def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") -> None:
@@ -48,10 +67,15 @@ def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") 
         loaded = load_official_visual_tokenizer(p, tokenizer.cfg)
         tokenizer.load_state_dict(loaded.state_dict())
         return
-    file = p / "model.safetensors" if p.is_dir() else p
-    if not file.is_file():
-        raise FileNotFoundError(f"no tokenizer weights at {path} (expected a stage-1a checkpoint directory, .safetensors, or a released visual_tokenizer/ folder)")
-    state = load_file(str(file))
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+
+    if p.is_dir() and (p / MANIFEST).is_file():  # a checkpoint directory, either layout
+        state, file = read_checkpoint_weights(p)
+    else:
+        file = p / "model.safetensors" if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer weights at {path} (expected a stage-1a checkpoint directory, .safetensors, or a released visual_tokenizer/ folder)")
+        state = load_file(str(file))
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if getattr(tokenizer, "token_predictor", None) is None:  # fixed-length ablation: the trained selector is unused
@@ -60,3 +84,27 @@ def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") 
     not_encoder = [k for k in missing if not k.startswith("encoder.")]
     if unexpected or not_encoder:
         raise InputError(f"tokenizer weights {file}: missing {not_encoder[:8]}, unexpected {unexpected[:8]} (written with another tokenizer config?)")
+    if len(missing) > len(not_encoder):
+        # Stage 1a leaves a ViT it loaded from `encoder_path` out of its checkpoints: reload it from there.
+        recorded = _recorded_encoder_path(file)
+        if recorded:
+            load_encoder_weights(tokenizer, recorded)
+
+
+def _recorded_encoder_path(file: Path) -> str:
+    """`encoder_path` of the stage-1a run RUN/checkpoints/step_*/model.safetensors belongs to ("" if none)."""
+    import yaml
+
+    config = file.parent.parent.parent / "config.yaml"
+    if file.parent.parent.name != "checkpoints" or not config.is_file():
+        return ""
+    return str((yaml.safe_load(config.read_text()) or {}).get("encoder_path") or "")
+
+
+def refuse_released_stand_in(stage: str, flag: bool, downstream: str) -> None:
+    """The `paper` presets of the mini-world pre-training stages stand for released weights: stop at once."""
+    if flag:
+        raise InputError(
+            f"{stage}: this preset stands for released weights the paper does not train; pass them to {downstream} "
+            f"instead (or --set released_stand_in=false to pre-train from scratch)"
+        )

@@ -31,7 +31,7 @@ from model.lavit.stages.config import TokenizerStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from model.lavit.stages.common import load_encoder_weights, load_tokenizer_checkpoint
-from train.stages.common import latest_checkpoint_dir, require_path, require_shards, synthetic_image_shards
+from train.stages.common import latest_checkpoint_dir, require_shards, require_weights, synthetic_image_shards
 from train.trainer import StepOutput
 
 
@@ -82,8 +82,8 @@ class TokenizerTask:
 
     def check_inputs(self) -> None:
         cfg = self.cfg
-        require_path(cfg.encoder_path, "encoder_path", "EVA-CLIP / CLIP encoder weights; \"\" = random init")
-        require_path(cfg.init_from, "init_from", "a tokenizer checkpoint directory or .safetensors")
+        require_weights(cfg.encoder_path, "encoder_path", "EVA-CLIP weights or an encoder_pretrain run; \"\" = random init")
+        require_weights(cfg.init_from, "init_from", "a tokenizer run, checkpoint directory or .safetensors")
         require_shards(cfg.data.shards, "data.shards", cfg.synthetic.enabled)
 
     def parameter_counts(self) -> tuple[int, int]:

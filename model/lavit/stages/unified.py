@@ -20,6 +20,13 @@ seeded by (seed, sample key), so a resumed run and the cache reproduce exactly t
 Two parameter groups with their own peak LRs (Table 9): "llm" (5e-5) and "visual" (the understanding merger and
 vit_proj, 1.5e-4). The loss is summed over supervised tokens and divided by the number of supervised tokens in the
 whole global batch, so the gradient does not depend on how the batch is split over processes.
+
+Ablations (`model.ablation`): with `freeze_llm` (Table 7b) the "llm" group is empty and the optimizer skips it; with
+`visual_objective=regression` (Table 3a) every visual slot of both image-text document kinds is a regression target
+(the frozen stage-1 part feature of that slot, see `modeling_lavit.py`) instead of a code: its per-slot loss
+replaces the slot's CE in the same sum, so the supervised-target count (the normaliser) is unchanged. Logged:
+`loss_ce` + `loss_regression` = `loss` (the two shares), `ce_targets`, `regression_targets`, `regression_sum`
+(mean regression loss per slot = regression_sum / regression_targets).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from train.stages.common import (
     require_path,
     require_shards,
     require_upstream,
+    require_weights,
     synthetic_image_shards,
     synthetic_text_sources,
 )
@@ -60,7 +68,8 @@ class Doc:
     text_ids: list[int]  # token ids of the text part (text docs: <s> ... </s>; captions: no specials)
     codes: torch.Tensor | None = None  # (k,) visual codes of the kept patches (image-text docs)
     keep: torch.Tensor | None = None  # (N,) bool keep mask (understanding docs)
-    pixel_values: torch.Tensor | None = None  # (3, S, S) preprocessed image (understanding docs)
+    pixel_values: torch.Tensor | None = None  # (3, S, S) preprocessed image (understanding docs; all image docs
+    # in the regression ablation, whose targets are computed from it)
     ignored_prefix: int = 0  # leading positions whose label is IGNORE_INDEX
 
     def length(self) -> int:
@@ -86,14 +95,22 @@ class UnifiedTrainModule(nn.Module):
         self.lavit = lavit
         self.seq_len = seq_len
 
-    def _encode_understanding_images(self, rows: list[PackedSequence]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """LLM inputs of the [image; text] documents' images, and a zero that ties the understanding path into the
-        loss. Every rank must run the same sharded modules in forward and backward (FSDP's all-gathers and
-        reduce-scatters are collectives), so a micro-batch without such images runs one blank image through the
-        understanding path and adds 0 x its output to the loss."""
+    @property
+    def regression(self) -> bool:
+        return self.lavit.lavit_config.ablation.visual_objective == "regression"
+
+    def _encode_understanding_images(
+        self, rows: list[PackedSequence]
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
+        """LLM inputs of the [image; text] documents' images, the regression targets of every image document
+        (Table 3a ablation only; else empty), and a zero that ties the understanding path into the loss. Every rank
+        must run the same sharded modules in forward and backward (FSDP's all-gathers and reduce-scatters are
+        collectives), so a micro-batch without such images runs one blank image through the understanding path and
+        adds 0 x its output to the loss."""
         lavit = self.lavit
         device = lavit.llm_device
-        und = [doc for row in rows for doc, _, _ in row.segments if doc.kind == "understanding"]
+        docs = [doc for row in rows for doc, _, _ in row.segments if doc.kind != "text"]  # never cut: each once
+        und = [doc for doc in docs if doc.kind == "understanding"]
         if und:
             pixels = torch.stack([d.pixel_values for d in und]).to(device)  # (u, 3, S, S)
             keep = torch.stack([d.keep for d in und]).to(device)  # (u, N)
@@ -101,11 +118,19 @@ class UnifiedTrainModule(nn.Module):
             size, n = lavit.visual_tokenizer.cfg.image_size, lavit.visual_tokenizer.cfg.num_patches
             pixels = torch.zeros(1, 3, size, size, device=device)
             keep = torch.ones(1, n, dtype=torch.bool, device=device)
-        encoded = lavit.encode_images(pixels, keep_mask=keep, need_codes=False)
+        encoded = lavit.encode_images(pixels, keep_mask=keep, need_codes=False, need_part_features=self.regression)
         tie = sum(e.sum() for e in encoded.llm_embeds) * 0.0
-        return {id(d): e for d, e in zip(und, encoded.llm_embeds)}, tie  # each (k_i, h)
+        targets: dict[int, torch.Tensor] = {}
+        if self.regression:
+            targets.update({id(d): f for d, f in zip(und, encoded.part_features)})
+            gen = [doc for doc in docs if doc.kind == "generation"]
+            if gen:
+                pixels = torch.stack([d.pixel_values for d in gen]).to(device)
+                keep = torch.stack([d.keep for d in gen]).to(device)
+                targets.update({id(d): f for d, f in zip(gen, lavit.stage1_part_features(pixels, keep))})
+        return {id(d): e for d, e in zip(und, encoded.llm_embeds)}, targets, tie  # (k_i, h), (k_i, d)
 
-    def _items(self, rows: list[PackedSequence], embeds_of: dict[int, torch.Tensor]):
+    def _items(self, rows: list[PackedSequence], embeds_of: dict[int, torch.Tensor], targets_of: dict[int, torch.Tensor]):
         lavit = self.lavit
         cache: dict[int, Any] = {}
         for row in rows:
@@ -116,9 +141,11 @@ class UnifiedTrainModule(nn.Module):
                     if doc.kind == "text":
                         cache[id(doc)] = lavit.text_item(ids)
                     elif doc.kind == "understanding":
-                        cache[id(doc)] = lavit.understanding_item(embeds_of[id(doc)], ids, codes=doc.codes, append_eos=True)
+                        cache[id(doc)] = lavit.understanding_item(
+                            embeds_of[id(doc)], ids, codes=doc.codes, append_eos=True, continuous_features=targets_of.get(id(doc))
+                        )
                     else:
-                        cache[id(doc)] = lavit.generation_item(ids, doc.codes)
+                        cache[id(doc)] = lavit.generation_item(ids, doc.codes, continuous_features=targets_of.get(id(doc)))
                 item = cache[id(doc)]
                 if item.embeds.shape[0] != doc.length():
                     raise AssertionError(f"{doc.kind} document: model built {item.embeds.shape[0]} positions, pipeline expected {doc.length()}")
@@ -131,15 +158,23 @@ class UnifiedTrainModule(nn.Module):
         eos = lavit.lavit_config.llm.eos_token_id
         pad = lavit.embed_ids(torch.tensor([eos], device=device))[0]  # (h,)
         L = self.seq_len
-        embeds, labels, doc_ids, positions = [], [], [], []
+        embeds, labels, doc_ids, positions, reg_targets, reg_masks = [], [], [], [], [], []
         counts = {"docs": 0.0, "image_docs": 0.0, "image_tokens": 0.0, "pad_tokens": 0.0}
-        embeds_of, tie = self._encode_understanding_images(rows)
-        for row, pieces in self._items(rows, embeds_of):
-            row_embeds, row_labels, row_docs, row_pos = [], [], [], []
+        embeds_of, targets_of, tie = self._encode_understanding_images(rows)
+        width = lavit.visual_tokenizer.cfg.encoder_width
+        for row, pieces in self._items(rows, embeds_of, targets_of):
+            row_embeds, row_labels, row_docs, row_pos, row_reg, row_reg_mask = [], [], [], [], [], []
             for index, (item, start, end) in enumerate(pieces):
                 n = end - start
                 row_embeds.append(item.embeds[start:end])
                 row_labels.append(item.labels[start:end].to(device))
+                if self.regression:
+                    if item.regression_mask is None:
+                        row_reg.append(torch.zeros(n, width, device=device))
+                        row_reg_mask.append(torch.zeros(n, dtype=torch.bool, device=device))
+                    else:
+                        row_reg.append(item.regression_targets[start:end].float())
+                        row_reg_mask.append(item.regression_mask[start:end])
                 row_docs.append(torch.full((n,), index, dtype=torch.long, device=device))
                 row_pos.append(torch.arange(start, end, device=device) - start)
             doc_list = [d for d, _, _ in row.segments]
@@ -154,7 +189,12 @@ class UnifiedTrainModule(nn.Module):
                 row_labels.append(torch.full((p,), IGNORE_INDEX, dtype=torch.long, device=device))
                 row_docs.append(torch.arange(len(pieces), len(pieces) + p, device=device))
                 row_pos.append(torch.zeros(p, dtype=torch.long, device=device))
+                row_reg.append(torch.zeros(p, width, device=device))
+                row_reg_mask.append(torch.zeros(p, dtype=torch.bool, device=device))
             embeds.append(torch.cat(row_embeds))
+            if self.regression:
+                reg_targets.append(torch.cat(row_reg))
+                reg_masks.append(torch.cat(row_reg_mask))
             labels.append(torch.cat(row_labels))
             doc_ids.append(torch.cat(row_docs))
             positions.append(torch.cat(row_pos))
@@ -169,16 +209,35 @@ class UnifiedTrainModule(nn.Module):
         token_loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
         )  # (b * (L-1),), 0 where ignored
-        loss_sum = token_loss.sum() + tie
+        ce_sum = token_loss.sum()
+        regression_sum = ce_sum.new_zeros(())
+        n_regression = 0
+        if self.regression:
+            # Table 3a: position t-1 regresses the continuous embedding of visual slot t (same document only).
+            slots = torch.stack(reg_masks)[:, 1:] & (docs[:, 1:] == docs[:, :-1])  # (b, L-1)
+            if bool((slots & (targets != IGNORE_INDEX)).any()):
+                raise AssertionError("a position is both a CE and a regression target")
+            per_slot = lavit.regression_losses(out.hidden_states[:, :-1][slots], torch.stack(reg_targets)[:, 1:][slots])
+            n_regression = int(per_slot.numel())
+            # A batch without visual slots still runs the head (0 x its output): FSDP/DDP see the same modules.
+            regression_sum = per_slot.sum() if n_regression else lavit.regression_head(out.hidden_states[:1, 0]).sum() * 0.0
+        loss_sum = ce_sum + regression_sum + tie
         expected = sum(supervised_targets(row.segments) for row in rows)
-        actual = int((targets != IGNORE_INDEX).sum())
-        if actual != expected:
-            raise AssertionError(f"supervised targets: pipeline counted {expected}, the batch has {actual}")
+        n_ce = int((targets != IGNORE_INDEX).sum())
+        if n_ce + n_regression != expected:
+            raise AssertionError(f"supervised targets: pipeline counted {expected}, the batch has {n_ce} CE + {n_regression} regression")
         visual = lavit.vocab.is_visual(targets).reshape(-1)
         counts["visual_targets"] = float(visual.sum())
         counts["visual_ce_sum"] = float(token_loss.detach()[visual].sum())
-        counts["text_ce_sum"] = float(loss_sum.detach()) - counts["visual_ce_sum"]
-        return StepOutput(loss_sum=loss_sum, metric_counts=counts)
+        counts["text_ce_sum"] = float(ce_sum.detach()) - counts["visual_ce_sum"]
+        counts["ce_targets"] = float(n_ce)
+        counts["regression_targets"] = float(n_regression)
+        counts["regression_sum"] = float(regression_sum.detach())
+        return StepOutput(
+            loss_sum=loss_sum,
+            metric_sums={"loss_ce": ce_sum.detach(), "loss_regression": regression_sum.detach()},
+            metric_counts=counts,
+        )
 
 
 class UnifiedTask:
@@ -195,7 +254,9 @@ class UnifiedTask:
     def check_inputs(self) -> None:
         cfg, data = self.cfg, self.cfg.data
         require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "unified", "tokenizer")
-        require_path(cfg.llm_path, "llm_path", "a local LLaMA folder in transformers format; \"\" = random init")
+        require_weights(cfg.llm_path, "llm_path", "an llm_pretrain run or a local LLaMA folder in transformers format; \"\" = random init")
+        if cfg.text_tokenizer != "byte":
+            require_path(cfg.text_tokenizer, "text_tokenizer", "a local tokenizer folder, or \"byte\"")
         require_path(data.codes_cache, "data.codes_cache", "written by model.lavit.stages.unified.cache_codes")
         synthetic = cfg.synthetic.enabled
         require_shards(data.understanding_shards, "data.understanding_shards", synthetic, required=data.understanding_weight > 0)
@@ -236,7 +297,9 @@ class UnifiedTask:
         # Called after parallelize: under FSDP2 the modules already hold their sharded parameters.
         names = {id(p): n for n, p in model.named_parameters()}
         groups = self.module.lavit.parameter_groups()  # {"llm": [...], "visual": [...]} (Table 9's two LRs)
-        return {g: [(names[id(p)], p) for p in params] for g, params in groups.items() if params}
+        # Empty groups stay (Table 7b's frozen LLM leaves "llm" empty): build_optimizer skips them and says so, and
+        # optim.group_lr={"llm": ...} of the presets still names an existing group.
+        return {g: [(names[id(p)], p) for p in params] for g, params in groups.items()}
 
     def checkpoint_exclude(self) -> tuple[str, ...]:
         # Frozen and rebuilt from tokenizer_checkpoint (and unused in this stage): not repeated in every checkpoint.
@@ -250,9 +313,13 @@ class UnifiedTask:
             return build_byte_text_tokenizer(model_max_length=1 << 30)  # documents are packed, not truncated
         from transformers import AutoTokenizer
 
+        from model.text_tokenizer import load_text_tokenizer, sentencepiece_only
+
         path = Path(self.cfg.text_tokenizer)
         if not path.is_dir():
             raise FileNotFoundError(f"text_tokenizer {path} is not a local tokenizer folder (nothing is downloaded); use 'byte' for tests")
+        if sentencepiece_only(path):  # a LLaMA-style release's tokenizer.model alone: AutoTokenizer cannot load it
+            return load_text_tokenizer(path)
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
     def build_data(self, info: DistInfo, micro_batch_size: int):
@@ -319,6 +386,8 @@ class UnifiedTask:
             supervise = self.cfg.model.ablation.supervise_image_tokens_in_understanding
             ignored = 0 if supervise else 1 + int(codes.numel()) + 1
             return Doc("understanding", caption, codes=codes, keep=keep, pixel_values=pixels[0], ignored_prefix=ignored)
+        if self.cfg.model.ablation.visual_objective == "regression":  # the model computes the continuous targets
+            return Doc("generation", [llm.bos_token_id, *caption], codes=codes, keep=keep, pixel_values=pixels[0])
         return Doc("generation", [llm.bos_token_id, *caption], codes=codes)
 
     def units(self, rows: list[PackedSequence]) -> int:
@@ -341,18 +410,37 @@ class UnifiedTask:
 # LLaMA weights and the pre-tokenised code cache.
 
 
-def load_llama_weights(language_model: nn.Module, path: str, text_vocab_size: int) -> None:
-    """A local LLaMA folder (transformers layout, *.safetensors or pytorch_model*.bin) into LaVIT's LLM. The
-    embedding and LM-head rows of the text vocabulary are copied; [IMG], [/IMG] and the visual rows keep their init."""
-    from model.lavit.official_tokenizer import read_state_dict
+def read_llm_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The LLM weights at `path` (LlamaForCausalLM keys) and where they came from: an `llm_pretrain` run directory
+    (its latest checkpoint), one of its checkpoint directories or their model.safetensors (keys `language_model.*`,
+    prefix stripped), or a transformers LLaMA folder."""
+    from model.weights import CheckpointLayoutError, read_sharded_state_dict, read_state_dict
 
-    folder = Path(path)
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors or pytorch_model*.bin in LLaMA folder {folder}")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(read_state_dict(file))
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"llm_path {path} does not exist (expected an llm_pretrain run directory, its model.safetensors, or a LLaMA folder)")
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+
+    resolved = Path(latest_checkpoint_dir(path))  # a run: its newest checkpoint that verifies
+    if resolved.is_dir() and (resolved / MANIFEST).is_file():
+        state, file = read_checkpoint_weights(resolved)  # either checkpoint layout
+    elif resolved.is_dir():
+        return read_sharded_state_dict(p), str(p)  # a transformers LLaMA folder
+    else:
+        state, file = read_state_dict(resolved), resolved
+    prefix = "language_model."
+    other = sorted(k for k in state if not k.startswith(prefix))
+    if other:
+        raise CheckpointLayoutError(f"{file}: not an llm_pretrain checkpoint: {len(other)} keys outside {prefix}* ({', '.join(other[:8])})")
+    return {k[len(prefix):]: v for k, v in state.items()}, str(file)
+
+
+def load_llama_weights(language_model: nn.Module, path: str, text_vocab_size: int) -> None:
+    """A local LLaMA folder (transformers layout: *.safetensors or pytorch_model*.bin, with or without an
+    *.index.json; `model.weights.read_sharded_state_dict`) or an `llm_pretrain` run (`read_llm_weights`) into
+    LaVIT's LLM, strictly. The embedding and LM-head rows of the text vocabulary are copied; [IMG], [/IMG] and the
+    visual rows keep their init."""
+    state, folder = read_llm_weights(path)
     own = language_model.state_dict()
     with torch.no_grad():
         for key in ("model.embed_tokens.weight", "lm_head.weight"):

@@ -11,8 +11,8 @@ import pytest
 from harness import config as config_module
 from reproduce.compare import compare
 
-SCRIPT = Path(__file__).resolve().parent.parent / "reproduce" / "lavit_table9.py"
-spec = importlib.util.spec_from_file_location("lavit_table9", SCRIPT)
+SCRIPT = Path(__file__).resolve().parent.parent / "reproduce" / "table9.py"
+spec = importlib.util.spec_from_file_location("table9", SCRIPT)
 table9 = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(table9)
 

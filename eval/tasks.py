@@ -1,0 +1,571 @@
+"""The evaluation tasks: one versioned spec per benchmark split, with its files, prompt, decoding and metric.
+
+    spec = get_task("vqav2_val")
+    samples, image_root = spec.read(data_root, limit=None)     # EvalSamples + the folder their image paths are under
+    task = spec.eval_task("lavit")                             # the EvalTask the runner takes (family-specific decoding)
+
+Every dataset lives under one `--data-root`, each in the layout it was released in (`LAYOUTS` below names the files;
+`python -m eval --help` prints them). A spec's `files` are checked before any model is loaded, so a missing file is
+one line naming it and the layout.
+
+Decoding settings live here and nowhere else: `generation` is a task's default (greedy), `generation_by_family`
+overrides it key by key for one model family (LaVIT's released evaluation settings below). A change to the prompt,
+the decoding, the reader or the metric bumps `version`; prediction caches and results record it, so numbers made
+under another protocol are never mixed with new ones.
+
+Metrics come from `eval.runner`'s registry (`cider` is registered here: CIDEr-D x 100, the papers' scale). Two
+tasks need more than (references, predictions): NoCaps' per-domain CIDEr needs the images' domains and COCO-30k's
+FID needs the real images, so their specs carry a `metric_builder(data_root, out_dir) -> metric function`.
+
+Kinds: caption / vqa / t2i / multiple_choice run through `eval.runner.evaluate` on the family's adapter; `lm_eval`
+tasks run lm-eval on the family's text-only LM (`LoadedModel.lm()`) through `eval.mmlu`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from eval.datasets import (
+    _field,
+    id_key,
+    parse_vqa_official,
+    read_coco_captions,
+    read_gqa,
+    read_json,
+    read_karpathy_captions,
+    read_vizwiz,
+)
+from eval.errors import EvalInputError
+from eval.interface import EvalSample, EvalTask
+from eval.runner import MetricFn, register_metric
+
+Reader = Callable[[Path, "int | None"], "tuple[list[EvalSample], Path]"]
+MetricBuilder = Callable[[Path, Path], MetricFn]  # (data_root, task output dir) -> metric function
+
+KINDS = ("caption", "vqa", "t2i", "multiple_choice", "lm_eval")
+
+
+class TaskDataError(EvalInputError):
+    """A task's expected file is not under the data root; the message names the task, the file and the layout."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # `python -m eval NAME`; also the output sub-folder and the results row's task
+    version: int  # bumped when the prompt, decoding, reader or metric change
+    kind: str  # caption / vqa / t2i / multiple_choice / lm_eval
+    description: str  # one line: benchmark, split, metric, as the paper reports it
+    split: str  # the dataset split evaluated ("test", "val", "testdev", ...)
+    files: tuple[str, ...]  # paths under the data root the task needs (files, or folders ending in "/")
+    layout: str  # the data-root layout, for error messages and --help
+    metric: str  # a name in eval.runner.METRICS (lm_eval tasks: "mmlu_accuracy", computed by eval.mmlu)
+    headline: str  # the metric value the paper reports (a key of the metric's output)
+    reader: Reader | None = None  # (data_root, limit) -> (samples, image_root); None for lm_eval tasks
+    variant: str = ""  # the metric's variant ("" = its default)
+    prompt: str = ""  # caption: the instruction; vqa/t2i: template with a {text} field
+    generation: dict[str, Any] = field(default_factory=dict)  # default decoding (keyword args of the model method)
+    generation_by_family: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> keys overriding `generation`
+    prompt_by_family: dict[str, str] = field(default_factory=dict)  # family -> prompt replacing `prompt`
+    metric_builder: MetricBuilder | None = None  # for metrics that need more than references and predictions
+    lm_eval: dict[str, Any] = field(default_factory=dict)  # lm_eval tasks: data folder, num_fewshot, ...
+
+    def generation_for(self, family: str | None) -> dict[str, Any]:
+        return {**self.generation, **self.generation_by_family.get(family or "", {})}
+
+    def prompt_for(self, family: str | None) -> str:
+        return self.prompt_by_family.get(family or "", self.prompt)
+
+    def eval_task(self, family: str | None = None) -> EvalTask:
+        """The runner's EvalTask for a model family (its decoding settings; lm_eval tasks get kind multiple_choice)."""
+        kind = "multiple_choice" if self.kind == "lm_eval" else self.kind
+        generation = {} if self.kind == "lm_eval" else self.generation_for(family)
+        return EvalTask(
+            name=self.name,
+            kind=kind,  # type: ignore[arg-type]
+            metric=self.metric,
+            variant=self.variant,
+            prompt=self.prompt_for(family),
+            generation=generation,
+            version=self.version,
+        )
+
+    def missing_files(self, data_root: str | Path) -> list[str]:
+        root = Path(data_root)
+        return [f for f in self.files if not ((root / f).is_dir() if f.endswith("/") else (root / f).is_file())]
+
+    def check_files(self, data_root: str | Path) -> None:
+        """Raise `TaskDataError` naming the first expected file that is not under `data_root`."""
+        missing = self.missing_files(data_root)
+        if missing:
+            raise TaskDataError(f"task {self.name} expects {missing[0]} under {data_root} (layout: {self.layout})")
+
+    def read(self, data_root: str | Path, limit: int | None = None) -> tuple[list[EvalSample], Path]:
+        """The task's samples (the first `limit` in file order) and the folder their image paths are relative to."""
+        if self.reader is None:
+            raise EvalInputError(f"task {self.name} ({self.kind}) has no sample reader; it runs through lm-eval")
+        if limit is not None and limit < 1:
+            raise EvalInputError(f"--limit must be >= 1, got {limit}")
+        self.check_files(data_root)
+        return self.reader(Path(data_root), limit)
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(make: Callable[[], TaskSpec]) -> Callable[[], TaskSpec]:
+    """Decorator on a function returning a TaskSpec; registers it under its name (duplicates are rejected)."""
+    spec = make()
+    if spec.name in TASKS:
+        raise ValueError(f"evaluation task {spec.name!r} is registered twice")
+    if spec.kind not in KINDS:
+        raise ValueError(f"task {spec.name!r}: kind {spec.kind!r} is not one of {KINDS}")
+    if (spec.reader is None) != (spec.kind == "lm_eval"):
+        raise ValueError(f"task {spec.name!r}: every kind but lm_eval needs a reader")
+    TASKS[spec.name] = spec
+    return make
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise KeyError(f"unknown evaluation task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def parse_task_list(text: str) -> list[TaskSpec]:
+    """"a,b,c" -> specs; an unknown name lists the valid ones; duplicates are dropped (first kept)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise KeyError(f"no task given; tasks: {', '.join(TASKS)}")
+    return [get_task(n) for n in dict.fromkeys(names)]
+
+
+def describe_tasks() -> str:
+    """One block per task: name, version, description and the files it expects (for --help)."""
+    lines = []
+    for spec in TASKS.values():
+        lines.append(f"  {spec.name} (v{spec.version}, {spec.kind}): {spec.description}")
+        lines.append(f"      files: {', '.join(spec.files)}")
+    return "\n".join(lines)
+
+
+# =============================================================================================
+# Decoding settings. The defaults are greedy; LaVIT's are those of its released evaluation code (paper §4.1 and the
+# official repository): captions with no prompt, 2 beams, 8-36 new tokens, length penalty 1 (its adapter cuts the
+# caption at the first '.'); VQA with "Question: {} Answer:", 5 beams, 2-10 new tokens, length penalty 0, early
+# stopping. Text-to-image (App. A): top-k sampling with k = 300 ("top-k sampling ... t_ok = 300"), temperature 1.0,
+# gamma_cfg 1.5; the paper gives no token bounds, so the released defaults (20-200 visual tokens), and the released
+# pixel decoder's 50 DDIM steps with guidance 5.0.
+#
+# LaVIT's Table 1 tasks run the released protocol as a whole (model/lavit/eval_adapter.py reads these keys):
+# - decoding "released": beams scored as transformers 4.33 did when the paper's numbers were made;
+# - selection "gumbel" with seed 0: the release draws the keep mask with hard Gumbel noise even at inference;
+# - VQA questions raw (the family's prompt is "{text}"), normalised as released (lower-case, . ! " ( ) * # : ; ~
+#   deleted, 50 words), then put into "Question: {} Answer:"; answers lemmatised with spaCy as released (applied
+#   when spaCy and en_core_web_sm are installed; each result records "lemmatised" or "not lemmatised");
+# - VizWiz only: the released answerability question first, "unanswerable" when the judgement says no.
+# The mini world's tasks keep that protocol (decoding, Gumbel keep mask with seed 0, question processing; the noise
+# is drawn per image from the seed and the image's pixels, so results do not depend on batching) but do not lemmatise
+# (easy-VQA's answers are single words that lemmatisation would only perturb, and spaCy is optional).
+
+GREEDY_CAPTION = {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 36, "length_penalty": 1.0, "early_stopping": False}
+GREEDY_VQA = {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 10, "length_penalty": 1.0, "early_stopping": False}
+LAVIT_RELEASED = {"decoding": "released", "selection": "gumbel", "seed": 0}
+LAVIT_QUESTIONS = {"question_template": "Question: {} Answer:", "question_processing": "released"}
+LAVIT_CAPTION = {"num_beams": 2, "min_new_tokens": 8, "max_new_tokens": 36, "length_penalty": 1.0, "early_stopping": False,
+                 **LAVIT_RELEASED}  # fmt: skip
+LAVIT_VQA = {"num_beams": 5, "min_new_tokens": 2, "max_new_tokens": 10, "length_penalty": 0.0, "early_stopping": True,
+             **LAVIT_RELEASED, **LAVIT_QUESTIONS, "lemmatize": True}  # fmt: skip
+LAVIT_VIZWIZ = {**LAVIT_VQA, "answerability_prompt": 'Is the question: "{}" answerable?'}
+LAVIT_MINI_CAPTION = dict(LAVIT_CAPTION)
+LAVIT_MINI_VQA = {**LAVIT_VQA, "lemmatize": False}
+LAVIT_T2I = {"top_k": 300, "temperature": 1.0, "cfg_scale": 1.5, "min_new_tokens": 20, "max_new_tokens": 200,
+             "num_inference_steps": 50, "decoder_guidance_scale": 5.0}  # fmt: skip
+VQA_PROMPT = "Question: {text} Answer:"  # LaVIT §4.1 "Question: {} Answer: {}"
+RAW_QUESTION = "{text}"  # the family's adapter templates the question itself (after its own question processing)
+
+
+def caption_spec(lavit: dict[str, Any] = LAVIT_CAPTION, **kw: Any) -> TaskSpec:
+    return TaskSpec(kind="caption", metric="cider", headline="CIDEr", generation=GREEDY_CAPTION,
+                    generation_by_family={"lavit": lavit}, **kw)  # fmt: skip
+
+
+def vqa_spec(lavit: dict[str, Any] = LAVIT_VQA, **kw: Any) -> TaskSpec:
+    kw.setdefault("metric", "vqa_accuracy")
+    kw.setdefault("headline", kw["metric"])
+    return TaskSpec(kind="vqa", prompt=VQA_PROMPT, generation=GREEDY_VQA, generation_by_family={"lavit": lavit},
+                    prompt_by_family={"lavit": RAW_QUESTION}, **kw)  # fmt: skip
+
+
+# =============================================================================================
+# CIDEr on the papers' scale, and NoCaps' per-domain CIDEr.
+
+
+@register_metric("cider", variants=("coco-caption CIDEr-D x100, PTB tokenizer",))
+def cider(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
+    """CIDEr-D (pycocoevalcap's `Cider`, PTB-tokenized; missing captions score as empty) times 100, as papers report."""
+    return _cider(references, predictions, None)
+
+
+def _cider(references: dict[Any, list[Any]], predictions: dict[Any, Any], domains: dict[str, str] | None) -> dict[str, float]:
+    from pycocoevalcap.cider.cider import Cider
+
+    from eval.caption import cider_by_domain, ptb_tokenize
+
+    ids = [str(i) for i in references]
+    refs = {str(i): [str(r) for r in v] for i, v in references.items()}
+    preds = {str(i): str(v) for i, v in predictions.items()}
+    tokenized = ptb_tokenize({**{("ref", i): refs[i] for i in ids}, **{("res", i): [preds.get(i, "")] for i in ids}})
+    gts = {i: tokenized[("ref", i)] for i in ids}
+    res = {i: tokenized[("res", i)] for i in ids}
+    values = {"CIDEr": 100.0 * float(Cider().compute_score(gts, res)[0])}
+    if domains is not None:
+        for domain, scores in cider_by_domain(gts, res, {i: domains[i] for i in ids}).items():
+            values[f"CIDEr/{domain}"] = 100.0 * scores["CIDEr"]
+    return values
+
+
+def nocaps_metric(data_root: Path, out_dir: Path) -> MetricFn:
+    domains = read_coco_captions(data_root / NOCAPS_ANNOTATIONS).domains or {}
+
+    def metric(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
+        return _cider(references, predictions, domains)
+
+    return metric
+
+
+# =============================================================================================
+# Readers: official files -> EvalSamples. Ids are the dataset's own (COCO image ids, question ids, ...).
+
+
+def _take(items: list, limit: int | None) -> list:
+    return items if limit is None else items[:limit]
+
+
+def _karpathy(data_root: Path, annotations: str, image_dir: str, split: str, limit: int | None) -> tuple[list[EvalSample], Path]:
+    """Karpathy-split file (`dataset_coco.json`, `dataset_flickr30k.json`): images of one split with their sentences.
+
+    Image paths are `<image_dir>/<filepath>/<filename>` (COCO records carry filepath "val2014"; Flickr30k's do not).
+    """
+    path = data_root / annotations
+    refs = read_karpathy_captions(path, split)  # validates, and keys images as their predictions are keyed
+    samples = []
+    for i, image in enumerate(read_json(path, "Karpathy split")["images"]):
+        if image["split"] != split:
+            continue
+        stem = Path(image["filename"]).stem  # the same id rule as read_karpathy_captions
+        key = id_key(image["cocoid"] if "cocoid" in image else (int(stem) if stem.isdigit() else stem), path, "image id")
+        relative = "/".join(p for p in (image.get("filepath", ""), image["filename"]) if p)
+        samples.append(EvalSample(id=refs.original_ids[key], image=relative, references=tuple(refs.refs[key])))
+    return _take(samples, limit), data_root / image_dir
+
+
+COCO_KARPATHY = "coco/annotations/dataset_coco.json"
+COCO_IMAGES = "coco/images/"
+FLICKR_KARPATHY = "flickr30k/annotations/dataset_flickr30k.json"
+FLICKR_IMAGES = "flickr30k/flickr30k-images/"
+NOCAPS_ANNOTATIONS = "nocaps/annotations/nocaps_val_4500_captions.json"
+NOCAPS_IMAGES = "nocaps/images/val/"
+
+
+def read_coco_karpathy_test(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    return _karpathy(data_root, COCO_KARPATHY, COCO_IMAGES, "test", limit)
+
+
+def read_flickr30k_test(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    return _karpathy(data_root, FLICKR_KARPATHY, FLICKR_IMAGES, "test", limit)
+
+
+def read_nocaps_val(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    path = data_root / NOCAPS_ANNOTATIONS
+    refs = read_coco_captions(path)
+    if refs.domains is None:
+        raise EvalInputError("NoCaps annotations have no image 'domain' fields (is this a plain COCO captions file?)", path)
+    samples = []
+    for i, image in enumerate(read_json(path, "NoCaps annotations")["images"]):
+        key = id_key(image["id"], path, f"images[{i}].id")
+        name = _field(image, "file_name", path, f"images[{i}]")
+        samples.append(EvalSample(id=refs.original_ids[key], image=name, references=tuple(refs.refs[key])))
+    return _take(samples, limit), data_root / NOCAPS_IMAGES
+
+
+def _vqa_official(
+    data_root: Path, questions: str, annotations: str, image_dir: str, image_name: Callable[[Any], str], limit: int | None
+) -> tuple[list[EvalSample], Path]:
+    """VQAv2-format questions + annotations; the sample's references are the human answers (10 for VQAv2)."""
+    qpath, apath = data_root / questions, data_root / annotations
+    qdata, adata = read_json(qpath, "questions"), read_json(apath, "annotations")
+    dataset = parse_vqa_official(qdata, adata, qpath, apath)  # validates both files against each other
+    answers = {q.question_id: q.answers for q in dataset.questions}
+    samples = []
+    for i, q in enumerate(qdata["questions"]):
+        where = f"questions[{i}]"
+        key = id_key(q["question_id"], qpath, f"{where}.question_id")
+        samples.append(
+            EvalSample(
+                id=q["question_id"],
+                image=image_name(_field(q, "image_id", qpath, where)),
+                text=str(_field(q, "question", qpath, where)),
+                references=answers[key],
+            )
+        )
+    return _take(samples, limit), data_root / image_dir
+
+
+def coco_val2014_name(image_id: Any) -> str:
+    return f"val2014/COCO_val2014_{int(image_id):012d}.jpg"
+
+
+VQAV2_QUESTIONS = "vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
+VQAV2_ANNOTATIONS = "vqav2/v2_mscoco_val2014_annotations.json"
+OKVQA_QUESTIONS = "okvqa/OpenEnded_mscoco_val2014_questions.json"
+OKVQA_ANNOTATIONS = "okvqa/mscoco_val2014_annotations.json"
+GQA_QUESTIONS = "gqa/testdev_balanced_questions.json"
+GQA_IMAGES = "gqa/images/"
+VIZWIZ_ANNOTATIONS = "vizwiz/Annotations/val.json"
+VIZWIZ_IMAGES = "vizwiz/val/"
+COCO_CAPTIONS_VAL2014 = "coco/annotations/captions_val2014.json"
+
+
+def read_vqav2_val(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    return _vqa_official(data_root, VQAV2_QUESTIONS, VQAV2_ANNOTATIONS, COCO_IMAGES, coco_val2014_name, limit)
+
+
+def read_okvqa_val(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    return _vqa_official(data_root, OKVQA_QUESTIONS, OKVQA_ANNOTATIONS, COCO_IMAGES, coco_val2014_name, limit)
+
+
+def read_gqa_testdev(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    path = data_root / GQA_QUESTIONS
+    answers = {q.question_id: q.answers for q in read_gqa(path).questions}
+    samples = [
+        EvalSample(
+            id=str(qid),
+            image=f"{_field(record, 'imageId', path, f'question {qid!r}')}.jpg",
+            text=str(_field(record, "question", path, f"question {qid!r}")),
+            references=answers[str(qid)],
+        )
+        for qid, record in read_json(path, "GQA questions").items()
+    ]
+    return _take(samples, limit), data_root / GQA_IMAGES
+
+
+def read_vizwiz_val(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    path = data_root / VIZWIZ_ANNOTATIONS
+    answers = {q.question_id: q.answers for q in read_vizwiz(path).questions}
+    samples = [
+        EvalSample(id=r["image"], image=r["image"], text=str(_field(r, "question", path, f"[{i}]")), references=answers[r["image"]])
+        for i, r in enumerate(read_json(path, "VizWiz annotations"))
+    ]
+    return _take(samples, limit), data_root / VIZWIZ_IMAGES
+
+
+def read_coco30k(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    """COCO-30k prompts (eval/coco30k.py: fixed seed, one caption per image); the sample's image is the real one.
+
+    The 30,000-prompt sample is drawn first and `limit` takes its first prompts, so a limited run is a prefix of the
+    full protocol. A val2014 with fewer captioned images (a fixture) gives every image once; `n_total` says how many.
+    """
+    from eval.coco30k import DEFAULT_NUM_PROMPTS, sample_prompts
+
+    path = data_root / COCO_CAPTIONS_VAL2014
+    n_images = len({a["image_id"] for a in _field(read_json(path, "COCO captions"), "annotations", path, "the top level")})
+    prompts = sample_prompts(path, min(DEFAULT_NUM_PROMPTS, n_images))
+    samples = [EvalSample(id=p["index"], image=f"val2014/{p['file_name']}", text=p["caption"], references=(f"val2014/{p['file_name']}",))
+               for p in prompts]  # fmt: skip
+    return _take(samples, limit), data_root / COCO_IMAGES
+
+
+def coco30k_fid_metric(data_root: Path, out_dir: Path) -> MetricFn:
+    """FID between the generated images and their prompts' real images, both center-cropped and resized to 256."""
+
+    def metric(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
+        from eval.coco30k import DEFAULT_SIZE, _resize_files
+        from eval.fid import compute_fid
+
+        real, fake = out_dir / "fid_real256", out_dir / "fid_fake256"
+        pairs_real = [(data_root / COCO_IMAGES / refs[0], real / f"{i}.png") for i, refs in references.items()]
+        pairs_fake = [(Path(p), fake / f"{i}.png") for i, p in predictions.items()]
+        _resize_files([(s, t) for s, t in pairs_real + pairs_fake if not t.is_file()], DEFAULT_SIZE)
+        return {"FID": float(compute_fid(real, fake)["fid"])}
+
+    return metric
+
+
+@register_metric("fid", variants=("torch-fidelity InceptionV3 (TF 2015-12-05), 256px center crop, 1 sample per prompt",))
+def fid(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
+    """Registered for its name and variant only: FID needs the real images, which `coco30k_fid_metric` knows."""
+    raise EvalInputError("the fid metric needs the task's real images: run it through eval.tasks (task coco30k_fid)")
+
+
+# ----- the mini world (harness/miniworld.py writes it; its root is the data root of these tasks)
+
+MINI_CAPTIONS = "eval/captions_test.json"
+MINI_VQA_QUESTIONS = "eval/vqa_test_questions.json"
+MINI_VQA_ANNOTATIONS = "eval/vqa_test_annotations.json"
+MINI_IMAGES = "images/test/"
+
+
+def read_mini_caption(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    # Its records carry filepath "images/test": image paths are relative to the mini-world root.
+    return _karpathy(data_root, MINI_CAPTIONS, "", "test", limit)
+
+
+def read_mini_vqa(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    return _vqa_official(data_root, MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, "", lambda i: f"{MINI_IMAGES}{i}.png", limit)
+
+
+# =============================================================================================
+# The registry. Layouts are the datasets' release layouts under one data root.
+
+KARPATHY_LAYOUT = "{ann} (Karpathy's split file: images[].split/filename/sentences) + {img}<filepath>/<filename>"
+
+
+@register_task
+def coco_karpathy_test() -> TaskSpec:
+    return caption_spec(
+        name="coco_karpathy_test", version=2, split="test",
+        description="COCO captions, Karpathy test split (5,000 images), CIDEr (LaVIT README: 134.0 paper model)",
+        files=(COCO_KARPATHY, COCO_IMAGES),
+        layout=KARPATHY_LAYOUT.format(ann=COCO_KARPATHY, img=COCO_IMAGES) + " (val2014/COCO_val2014_<id:012d>.jpg)",
+        reader=read_coco_karpathy_test,
+    )  # fmt: skip
+
+
+@register_task
+def nocaps_val() -> TaskSpec:
+    return caption_spec(
+        name="nocaps_val", version=2, split="val",
+        description="NoCaps val (4,500 images), CIDEr overall and per domain (LaVIT Table 1: 114.2)",
+        files=(NOCAPS_ANNOTATIONS, NOCAPS_IMAGES),
+        layout=f"{NOCAPS_ANNOTATIONS} (COCO format, images[].domain) + {NOCAPS_IMAGES}<file_name>",
+        reader=read_nocaps_val, variant="coco-caption CIDEr-D x100, PTB tokenizer, per NoCaps domain",
+        metric_builder=nocaps_metric,
+    )  # fmt: skip
+
+
+@register_task
+def flickr30k_test() -> TaskSpec:
+    return caption_spec(
+        name="flickr30k_test", version=2, split="test",
+        description="Flickr30k, Karpathy test split (1,000 images), CIDEr (LaVIT Table 1: 83.0)",
+        files=(FLICKR_KARPATHY, FLICKR_IMAGES),
+        layout=KARPATHY_LAYOUT.format(ann=FLICKR_KARPATHY, img=FLICKR_IMAGES).replace("<filepath>/", ""),
+        reader=read_flickr30k_test,
+    )  # fmt: skip
+
+
+@register_task
+def vqav2_val() -> TaskSpec:
+    # VQAv2 test-dev has no public answers (EvalAI server only), so the locally scorable split is val.
+    return vqa_spec(
+        name="vqav2_val", version=2, split="val",
+        description="VQAv2 val (214k questions), VQA accuracy (LaVIT Table 1: 66.0, split not stated)",
+        files=(VQAV2_QUESTIONS, VQAV2_ANNOTATIONS, COCO_IMAGES),
+        layout=f"{VQAV2_QUESTIONS} + {VQAV2_ANNOTATIONS} (official VQAv2 files) + {COCO_IMAGES}val2014/COCO_val2014_<id:012d>.jpg",
+        reader=read_vqav2_val,
+    )  # fmt: skip
+
+
+@register_task
+def okvqa_val() -> TaskSpec:
+    return vqa_spec(
+        name="okvqa_val", version=2, split="val",
+        description="OK-VQA val (5,046 questions), VQA accuracy (LaVIT Table 1: 54.6)",
+        files=(OKVQA_QUESTIONS, OKVQA_ANNOTATIONS, COCO_IMAGES),
+        layout=f"{OKVQA_QUESTIONS} + {OKVQA_ANNOTATIONS} (official OK-VQA files) + {COCO_IMAGES}val2014/COCO_val2014_<id:012d>.jpg",
+        reader=read_okvqa_val,
+    )  # fmt: skip
+
+
+@register_task
+def gqa_testdev() -> TaskSpec:
+    return vqa_spec(
+        name="gqa_testdev", version=2, split="testdev-balanced",
+        description="GQA test-dev balanced (12,578 questions), accuracy (LaVIT Table 1: 46.8)",
+        files=(GQA_QUESTIONS, GQA_IMAGES),
+        layout=f"{GQA_QUESTIONS} (official GQA file, keyed by question id) + {GQA_IMAGES}<imageId>.jpg",
+        reader=read_gqa_testdev, metric="gqa_accuracy",
+    )  # fmt: skip
+
+
+@register_task
+def vizwiz_val() -> TaskSpec:
+    return vqa_spec(
+        name="vizwiz_val", version=2, split="val",
+        description="VizWiz-VQA val (4,319 questions), VQA accuracy (LaVIT Table 1: 38.5, split not stated)",
+        files=(VIZWIZ_ANNOTATIONS, VIZWIZ_IMAGES),
+        layout=f"{VIZWIZ_ANNOTATIONS} (official VizWiz list) + {VIZWIZ_IMAGES}<image>",
+        reader=read_vizwiz_val, lavit=LAVIT_VIZWIZ,
+    )  # fmt: skip
+
+
+@register_task
+def coco30k_fid() -> TaskSpec:
+    return TaskSpec(
+        name="coco30k_fid", version=1, kind="t2i", split="val2014",
+        description="MS-COCO-30k zero-shot text-to-image FID (LaVIT Table 2: 7.4); one sample per prompt, no CLIP rerank",
+        files=(COCO_CAPTIONS_VAL2014, COCO_IMAGES + "val2014/"),
+        layout=f"{COCO_CAPTIONS_VAL2014} (official COCO captions) + {COCO_IMAGES}val2014/<file_name>",
+        reader=read_coco30k, metric="fid", headline="FID", metric_builder=coco30k_fid_metric,
+        generation={"seed": 0}, generation_by_family={"lavit": LAVIT_T2I},
+    )  # fmt: skip
+
+
+MMLU_LAYOUT = "{root}dev/<subject>_dev.csv + {root}test/<subject>_test.csv (header question,choice0..choice3,answer)"
+
+
+@register_task
+def mmlu() -> TaskSpec:
+    return TaskSpec(
+        name="mmlu", version=1, kind="lm_eval", split="test",
+        description="MMLU 5-shot through lm-eval (57 subjects), accuracy micro-averaged (LaVIT Table 4, VILA Table 6)",
+        files=("mmlu/dev/", "mmlu/test/"), layout=MMLU_LAYOUT.format(root="mmlu/") + " (../shared/data/mmlu)",
+        metric="mmlu_accuracy", headline="accuracy",
+        lm_eval={"data": "mmlu", "num_fewshot": 5, "known_subjects_only": True},
+    )  # fmt: skip
+
+
+@register_task
+def mini_caption() -> TaskSpec:
+    return caption_spec(
+        name="mini_caption", version=3, split="test",
+        description="mini world: captions of its test images, CIDEr",
+        files=(MINI_CAPTIONS, MINI_IMAGES),
+        layout=f"mini-world root: {MINI_CAPTIONS} (Karpathy format, split test, filepath images/test, filename <id>.png) + {MINI_IMAGES}<id>.png",
+        reader=read_mini_caption, lavit=LAVIT_MINI_CAPTION,
+    )  # fmt: skip
+
+
+@register_task
+def mini_vqa() -> TaskSpec:
+    return vqa_spec(
+        name="mini_vqa", version=3, split="test",
+        description="mini world: questions about its test images, VQA accuracy",
+        files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
+        layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",
+        reader=read_mini_vqa, lavit=LAVIT_MINI_VQA,
+    )  # fmt: skip
+
+
+@register_task
+def mini_knowledge() -> TaskSpec:
+    return TaskSpec(
+        name="mini_knowledge", version=1, kind="lm_eval", split="test",
+        description="mini world: MMLU-format multiple choice about its facts, 5-shot through lm-eval, accuracy",
+        files=("knowledge/dev/", "knowledge/test/"), layout="mini-world root: " + MMLU_LAYOUT.format(root="knowledge/"),
+        metric="mmlu_accuracy", headline="accuracy",
+        lm_eval={"data": "knowledge", "num_fewshot": 5, "known_subjects_only": False},
+    )  # fmt: skip
+
+
+def spec_as_dict(spec: TaskSpec) -> dict[str, Any]:
+    """The spec as plain data (functions by their qualified names), e.g. for results.json."""
+    out = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        out[f.name] = f"{value.__module__}:{value.__qualname__}" if callable(value) else value
+    return json.loads(json.dumps(out, default=str))

@@ -1,0 +1,243 @@
+"""LaVIT checkpoints -> an evaluable model (`model/families.py`'s loader of the lavit family, `python -m eval`).
+
+Two layouts, told apart by their files:
+
+    released    DIR/language_model/, DIR/visual_tokenizer/[, DIR/pixel_decoding/]   (`official.load_official_lavit`)
+                The config is DIR/lavit_config.yaml when present (written by `official.write_official_layout`, our
+                addition); the released 7B has none and is the `lavit-7b` preset. Without pixel_decoding/ the model
+                is built without a pixel decoder (understanding and scoring only).
+    run         a run directory of `python -m train unified` (DIR/config.yaml + DIR/checkpoints/step_*/manifest.json;
+                its newest checkpoint that verifies against its manifest, sizes and SHA-256: a damaged newer one is
+                skipped with a message), or one checkpoint directory DIR/checkpoints/step_XXXXXXXX itself (which must
+                verify). Either checkpoint layout of `train/checkpoint.py` loads (full, or sharded: the last
+                checkpoint of a run carries model.safetensors, an earlier sharded one is merged from its shards).
+                The model is built from the run config's `model` section; the frozen visual tokenizer, which the
+                stage leaves out of its checkpoints (`UnifiedTask.checkpoint_exclude`), is rebuilt from the run's
+                `tokenizer_checkpoint` exactly as the stage builds it; then `model.safetensors` (keys `lavit.*`)
+                is loaded strictly: every model key outside the excluded prefixes must be there, with its shape.
+                The stage trains no pixel decoder, so a run's model has none. The text tokenizer is the run's
+                `text_tokenizer` ("byte" or a local folder).
+
+Anything else is a CheckpointLayoutError (a missing path a FileNotFoundError) naming the path and both layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.families import LoadedModel
+from model.lavit.configuration import LavitConfig
+from model.weights import CheckpointLayoutError, check_state_dict
+
+RUN_CONFIG = "config.yaml"  # written by train.stages.run_stage
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+RUN_PREFIX = "lavit."  # UnifiedTrainModule holds the model as `.lavit`
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _help() -> str:
+    from model.lavit.family import FAMILY
+
+    return FAMILY.checkpoint_help
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def detect_layout(path: str | Path) -> tuple[str, Path]:
+    """("released", DIR) or ("run", CHECKPOINT_DIR): the layout of `path` and, for runs, the checkpoint to load."""
+    from model.lavit.official import LANGUAGE_MODEL, VISUAL_TOKENIZER
+    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"LaVIT checkpoint {p} does not exist; expected {_help()}")
+    if p.is_dir() and ((p / LANGUAGE_MODEL).is_dir() or (p / VISUAL_TOKENIZER).is_dir()):
+        return "released", p
+    if p.is_dir() and (p / RUN_CONFIG).is_file() and (p / CHECKPOINTS).is_dir():
+        latest, problems = latest_verified(p / CHECKPOINTS)
+        if latest is None:
+            found = f": {'; '.join(problems)}" if problems else "; has the run saved one yet?"
+            raise CheckpointLayoutError(
+                f"run directory {p} has no complete checkpoint that verifies (checkpoints/step_*/ with {MANIFEST}){found}"
+            )
+        if problems:
+            print(f"[checkpoint] {p}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {latest.name}", flush=True)
+        return "run", latest
+    if p.is_dir() and (p / MANIFEST).is_file() and p.parent.name == CHECKPOINTS:
+        problem = verify_checkpoint(p)
+        if problem:
+            raise CheckpointLayoutError(f"checkpoint {p} does not verify against its {MANIFEST}: {problem}")
+        if not (p.parent.parent / RUN_CONFIG).is_file():
+            raise CheckpointLayoutError(f"checkpoint {p}: its run directory has no {RUN_CONFIG}")
+        return "run", p
+    raise CheckpointLayoutError(f"{p} is not a LaVIT checkpoint: expected {_help()}")
+
+
+def load_for_eval(
+    path: str | Path,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    *,
+    config: LavitConfig | None = None,
+    seed: int = 0,
+    understanding_selection: str = "deterministic",
+) -> LoadedModel:
+    """A released LaVIT directory or a `unified` run (directory or checkpoint) -> `LoadedModel` for `python -m eval`.
+
+    config: the model config of a released directory (default: its lavit_config.yaml, else the `lavit-7b` preset);
+    runs carry their own. seed / understanding_selection: passed to `LavitEvalAdapter`.
+    """
+    from model.lavit.eval_adapter import LavitEvalAdapter
+
+    torch_dtype = _torch_dtype(dtype)
+    layout, where = detect_layout(path)
+    if layout == "released":
+        model, text_tokenizer, model_config = _load_released(where, config, device, torch_dtype)
+        model_id = f"lavit:{where.resolve()}"
+    else:
+        if config is not None:
+            raise ValueError(f"{path}: a run directory carries its own model config; do not pass config=")
+        model, text_tokenizer, model_config, step = _load_run(where, device, torch_dtype)
+        model_id = f"lavit:{where.parent.parent.resolve()}@step={step}"
+    adapter = LavitEvalAdapter(
+        model, text_tokenizer, model_id, seed=seed, understanding_selection=understanding_selection
+    )
+
+    def lm(**lm_options: Any):
+        """lm-eval LM over the LLM part (text only); options go to `eval.lm_adapter.CausalLMAdapter`."""
+        from eval.lm_adapter import CausalLMAdapter
+
+        lm_options.setdefault("device", str(model.llm_device))
+        return CausalLMAdapter(model.language_model, text_tokenizer, **lm_options)
+
+    return LoadedModel(model_id=model_id, adapter=adapter, lm=lm, config=model_config, source=layout)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Released directories
+
+
+def released_config(directory: Path, config: LavitConfig | None = None) -> LavitConfig:
+    """`config`, else DIR/lavit_config.yaml, else the `lavit-7b` preset; without pixel_decoding/, no pixel decoder."""
+    from harness.config import ConfigError, get_preset, load_config
+    from model.lavit.official import CONFIG_FILE, PIXEL_DECODING
+
+    if config is None:
+        file = directory / CONFIG_FILE
+        if file.is_file():
+            try:
+                config = load_config(LavitConfig, file)
+            except ConfigError as err:
+                raise CheckpointLayoutError(f"{file}: not a LaVIT model config ({err})") from None
+        else:
+            config = get_preset("lavit", "lavit-7b")
+    if not (directory / PIXEL_DECODING).is_dir() and config.pixel_decoder.enabled:
+        config = dataclasses.replace(config, pixel_decoder=dataclasses.replace(config.pixel_decoder, enabled=False))
+    return config
+
+
+def _load_released(directory: Path, config: LavitConfig | None, device: str, dtype: torch.dtype):
+    from model.lavit.official import load_official_lavit
+
+    config = released_config(directory, config)
+    loaded = load_official_lavit(directory, config, dtype=dtype, device=device)
+    return loaded.model, loaded.text_tokenizer, config
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Run directories of `python -m train unified`
+
+
+def run_stage_config(run: Path):
+    """The `unified` stage config of run directory `run` (its config.yaml), checked to be one."""
+    from harness.config import ConfigError, load_config
+    from model.lavit.stages.config import UnifiedStageConfig
+
+    summary = run / "run.json"
+    if summary.is_file():
+        stage = json.loads(summary.read_text()).get("stage")
+        if stage not in (None, "unified"):
+            raise CheckpointLayoutError(f"{run} is a run of stage {stage!r}; evaluation needs a `unified` run")
+    try:
+        return load_config(UnifiedStageConfig, run / RUN_CONFIG)
+    except ConfigError as err:
+        raise CheckpointLayoutError(f"{run / RUN_CONFIG} is not a `unified` stage config: {err}") from None
+
+
+def run_text_tokenizer(spec: str, where: Path):
+    """The run config's `text_tokenizer`: "byte" or a local tokenizer folder (nothing is downloaded)."""
+    from model.lavit.official import load_text_tokenizer
+    from model.lavit.vocabulary import build_byte_text_tokenizer
+
+    if spec == "byte":
+        return build_byte_text_tokenizer()
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{where}: text_tokenizer {folder} is not a local tokenizer folder")
+    return load_text_tokenizer(folder)
+
+
+def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
+    from model.families import get_family
+    from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
+    from model.lavit.stages.common import load_tokenizer_checkpoint
+    from model.lavit.tokenizer import build_tokenizer
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+    from train.stages.common import RANDOM_INIT, latest_checkpoint_dir
+
+    run = checkpoint.parent.parent
+    stage_cfg = run_stage_config(run)
+    # The stage trains no pixel decoder and leaves it out of its checkpoints: the evaluated model has none.
+    config = dataclasses.replace(
+        stage_cfg.model, pixel_decoder=dataclasses.replace(stage_cfg.model.pixel_decoder, enabled=False, init_from="")
+    )
+    if stage_cfg.tokenizer_checkpoint in ("", RANDOM_INIT):
+        said = "empty" if not stage_cfg.tokenizer_checkpoint else f"{RANDOM_INIT!r}"
+        raise CheckpointLayoutError(
+            f"{run / RUN_CONFIG}: tokenizer_checkpoint is {said}: the run's frozen visual tokenizer was a random "
+            "initialisation that no checkpoint holds, so its image paths cannot be rebuilt"
+        )
+    text_tokenizer = run_text_tokenizer(stage_cfg.text_tokenizer, run / RUN_CONFIG)  # cheap checks first
+    exclude = get_family("lavit").stage("unified").task_class()(stage_cfg, run).checkpoint_exclude()
+
+    with torch.device("meta"):
+        model = LavitForCausalLM(LavitHFConfig.from_lavit_config(config))
+    # 1) The frozen visual tokenizer, as the stage builds it (real tensors: it is loaded by copying).
+    tokenizer = build_tokenizer(config.tokenizer)
+    load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(stage_cfg.tokenizer_checkpoint))
+    model.visual_tokenizer = tokenizer
+    # 2) Everything else from the run's checkpoint, strictly.
+    state, file = read_checkpoint_weights(checkpoint)  # model.safetensors, or a sharded checkpoint's shards merged
+    expected = {
+        RUN_PREFIX + k: v.shape
+        for k, v in model.state_dict().items()
+        if not (RUN_PREFIX + k).startswith(exclude)
+    }
+    saved_excluded = [k for k in state if k.startswith(exclude)]  # not expected, but harmless if a run kept them
+    for k in saved_excluded:
+        del state[k]
+    check_state_dict(file, state, expected, what="the LaVIT model of the run's config")
+    model.load_state_dict({k[len(RUN_PREFIX) :]: v for k, v in state.items()}, strict=False, assign=True)
+    # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them.
+    model.language_model.model.rotary_emb = type(model.language_model.model.rotary_emb)(model.language_model.config)
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise CheckpointLayoutError(f"{file}: tensors never loaded: {leftovers[:8]} ({len(leftovers)} total)")
+    model.to(device=device, dtype=dtype)
+    if model.visual_tokenizer.token_predictor is not None:
+        model.visual_tokenizer.token_predictor.float()  # the selector runs in float32 whatever the model dtype
+    model.set_stage2_trainable()
+    step = json.loads((checkpoint / MANIFEST).read_text())["step"]
+    return model.eval(), text_tokenizer, config, step

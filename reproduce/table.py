@@ -1,0 +1,502 @@
+"""The table machinery: a table script declares rows x columns (+ claims); this module does the rest.
+
+A table script (`reproduce/table1.py`, ...) is a short declaration:
+
+    TABLE = register_table(TableSpec(
+        key="lavit_table1",
+        profiles={
+            "mini": Profile(rows={"Ours (mini)": Trained("lavit", chain=(...))}, columns=(...), reference="mini/lavit_table1"),
+            "paper": Profile(rows={"Ours (LLaMA-7B)": Released("lavit")}, columns=(...), reference="lavit_table1"),
+        },
+    ))
+
+and `main(TABLE)` does, for the chosen profile:
+
+1. builds the profile's data (the mini world, or checks `--data-root`);
+2. trains every stage of every `Trained` row's chain through the launcher (`python -m train STAGE ...` locally in
+   a subprocess, or submitit job arrays on SLURM: all stages of one chain depth go in one array). A stage's run
+   directory is `RUNS/<stage>-<hash>`, the hash covering the stage's resolved config with every upstream run
+   replaced by *its* hash, so two rows that share a prefix of their chains share those runs, a finished run
+   (`run.json` with `finished: true`) is reused and never redone, and a killed table run resumes where it stopped
+   (the trainer resumes the unfinished stage from its last checkpoint);
+3. evaluates the last stage of each chain (or the `--checkpoint` of a `Released` row) with the profile's tasks
+   (`eval.evaluate.evaluate_tasks`, whose finished results are reused too) and computes `Computed` rows (baselines);
+4. compares the measured frame with the reference (`reproduce/compare.py`: numeric verdicts for `paper`, the
+   claim verdicts of `results/mini/<table>.yaml` for `mini`), writes `results/<table>.csv/.md` (no timestamps:
+   a rerun with the same numbers leaves `git status` clean; provenance goes to `results/provenance/`, ignored by
+   git), prints the final table and, with `--check`, exits 1 when a verdict fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+import pandas as pd
+
+from harness.errors import InputError
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = CHECKOUT / "results"
+MINI_REFERENCE_DIR = RESULTS_DIR / "mini"
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarations.
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One training stage of a chain."""
+
+    stage: str  # the launcher's stage name (`python -m train STAGE`)
+    overrides: tuple[str, ...] = ()  # `--set key=value` on top of the profile's preset; "{data}" = the data root
+    inputs: tuple[tuple[str, str], ...] = ()  # (config key, name of an earlier StageRun of the chain) pairs
+    name: str = ""  # how later stages of the chain refer to it (default: the stage name)
+    preset: str = ""  # the stage preset (default: the profile's `preset`)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.stage
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A row measured by training a chain of stages and evaluating its last stage."""
+
+    family: str
+    chain: tuple[StageRun, ...]
+
+
+@dataclass(frozen=True)
+class Released:
+    """A row measured by evaluating a checkpoint the user brings (`--checkpoint DIR`)."""
+
+    family: str
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A row computed without a model (a baseline): fn(context) -> {column label: value}."""
+
+    fn: Callable[["Context"], dict[str, float]]
+    note: str = ""
+
+
+Row = Union[Trained, Released, Computed]
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str  # the column's label in the reference table
+    task: str  # evaluation task (eval/tasks.py)
+    metric: str  # metric name in the task's results
+    scale: float = 1.0  # applied to the metric (e.g. 100 for a 0-1 accuracy printed as a percentage)
+    # A value computed from the task's saved predictions instead of a registered metric: fn(ctx, task_dir) where
+    # task_dir holds the runner's predictions.jsonl (e.g. "the caption names the right shape").
+    derive: Callable[["Context", Path], float] | None = None
+
+
+@dataclass
+class Profile:
+    rows: dict[str, Row]
+    columns: tuple[Column, ...]
+    reference: str  # reference key: "lavit_table1" (results/reference/) or "mini/lavit_table1" (results/mini/)
+    mode: Literal["numeric", "claim"] = "claim"
+    preset: str = "mini"  # the stage preset every StageRun starts from unless it names its own
+    data: Literal["miniworld", "data-root"] = "miniworld"  # where evaluation data comes from
+    eval_limit: int | None = None  # evaluate on the first N samples of each task (part of the result's identity)
+    eval_batch_size: int = 16
+    describe: str = ""  # one paragraph printed above the table
+
+
+@dataclass
+class TableSpec:
+    key: str  # "lavit_table1": names the reference and the result files
+    script: str  # "reproduce/table1.py": what the status report lists as the command
+    profiles: dict[str, Profile]
+    default_profile: str = "mini"
+    extra_references: tuple[str, ...] = ()  # further reference tables printed beside (e.g. the release's numbers)
+
+
+@dataclass
+class Context:
+    """What the steps of one table run share."""
+
+    spec: TableSpec
+    profile_name: str
+    profile: Profile
+    runs_dir: Path
+    results_dir: Path
+    data_root: Path | None
+    checkpoint: str | None
+    cluster: str
+    device: str
+    world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+_TABLES: dict[str, TableSpec] = {}
+
+
+def register_table(spec: TableSpec) -> TableSpec:
+    if spec.key in _TABLES and _TABLES[spec.key].script != spec.script:
+        raise ValueError(f"table {spec.key!r} is registered twice ({_TABLES[spec.key].script}, {spec.script})")
+    _TABLES[spec.key] = spec
+    return spec
+
+
+# The scripts that declare tables; importing one registers its table (no torch import at declaration time).
+TABLE_MODULES = ("reproduce.table1", "reproduce.table9")
+
+
+def tables() -> dict[str, TableSpec]:
+    import importlib
+
+    for module in TABLE_MODULES:
+        importlib.import_module(module)
+    return dict(_TABLES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories: named by a hash of the resolved config and of everything upstream.
+
+
+def _placeholders(ctx: Context) -> dict[str, str]:
+    return {"{data}": str(ctx.data_root) if ctx.data_root else ""}
+
+
+def _fill(text: str, ctx: Context) -> str:
+    for token, value in _placeholders(ctx).items():
+        text = text.replace(token, value)
+    return text
+
+
+@dataclass
+class PlannedStage:
+    family: str
+    run: StageRun
+    overrides: list[str]  # filled, including upstream run directories
+    config: Any  # resolved stage config
+    digest: str  # hash of the config with upstream runs and local paths replaced by stable tokens
+    directory: Path
+
+    @property
+    def done(self) -> bool:
+        summary = self.directory / "run.json"
+        if not summary.is_file():
+            return False
+        try:
+            return bool(json.loads(summary.read_text()).get("finished"))
+        except ValueError:
+            return False
+
+
+def _stable_config(config: Any, replacements: dict[str, str]) -> str:
+    """The config as canonical JSON with machine-specific paths replaced by stable tokens (hash input)."""
+    from harness.config import to_dict
+
+    text = json.dumps(to_dict(config), sort_keys=True, default=str)
+    for value, token in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
+        if value:
+            text = text.replace(value, token)
+    return text
+
+
+# Config keys that change how a run reports, not what it computes: left out of the run's identity.
+_NOT_IDENTITY = ("loop.progress", "loop.log_every", "loop.tensorboard", "loop.max_steps_this_run", "loop.keep_checkpoints")
+
+
+def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
+    """Resolve every stage of `row`'s chain to its config, hash and run directory (nothing runs here)."""
+    from harness.config import get_preset, resolve
+    from model.families import get_family, get_stage
+    from train.config import preset_group
+
+    family = get_family(row.family)
+    planned: dict[str, PlannedStage] = {}
+    out = []
+    for run in row.chain:
+        spec = get_stage(run.stage)
+        if spec not in family.stages:
+            raise InputError(f"stage {run.stage!r} is not a stage of family {row.family!r}")
+        spec.config_class()  # registers the presets
+        overrides = [_fill(o, ctx) for o in run.overrides]
+        replacements = {str(ctx.data_root): "$DATA"} if ctx.data_root else {}
+        for key, upstream in run.inputs:
+            if upstream not in planned:
+                raise InputError(f"stage {run.key!r}: input {key}={upstream!r} names no earlier stage of the chain")
+            up = planned[upstream]
+            overrides.append(f"{key}={up.directory}")
+            replacements[str(up.directory)] = f"$RUN[{up.digest}]"
+        config = resolve(get_preset(preset_group(run.stage), run.preset or ctx.profile.preset), overrides=overrides)
+        identity = resolve(config, overrides=[f"{k}={v}" for k, v in _identity_defaults(config).items()])
+        digest = hashlib.sha256(f"{row.family}/{run.stage}/{_stable_config(identity, replacements)}".encode()).hexdigest()[:12]
+        stage = PlannedStage(row.family, run, overrides, config, digest, ctx.runs_dir / f"{run.stage}-{digest}")
+        planned[run.key] = stage
+        out.append(stage)
+    return out
+
+
+def _identity_defaults(config: Any) -> dict[str, Any]:
+    """Reporting-only keys set to fixed values so they do not change the hash."""
+    fixed = {"loop.progress": False, "loop.log_every": 1, "loop.tensorboard": False, "loop.max_steps_this_run": 0, "loop.keep_checkpoints": 2}
+    out = {}
+    for key, value in fixed.items():
+        head, _, leaf = key.partition(".")
+        if hasattr(getattr(config, head, None), leaf):
+            out[key] = json.dumps(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: the launcher, locally (one subprocess per stage) or on SLURM (one job array per chain depth).
+
+
+def _log(message: str) -> None:
+    print(f"[table] {message}", flush=True)
+
+
+def _train_local(stage: PlannedStage, ctx: Context) -> None:
+    command = [sys.executable, "-m", "train", stage.run.stage, "--config", stage.run.preset or ctx.profile.preset,
+               "--output-dir", str(stage.directory), "--set", "loop.progress=true"]
+    for override in stage.overrides:
+        command += ["--set", override]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    done = subprocess.run(command, env=env, cwd=CHECKOUT)
+    if done.returncode == 2:  # the launcher refused its input and printed the one `error:` line above
+        raise InputError(f"training stage {stage.run.key!r} ({stage.directory}) refused its input (see the error line above)")
+    if done.returncode != 0:
+        raise RuntimeError(f"training stage {stage.run.key!r} ({stage.directory}) failed with exit code {done.returncode}")
+
+
+def _train_slurm(stages: list[PlannedStage], ctx: Context) -> None:
+    from harness.config import resolve
+    from train.slurm import SlurmOptions, submit_jobs
+    from train.stages import prepare_run
+
+    options = SlurmOptions(**ctx.slurm)
+    jobs = [(s.run.stage, resolve(s.config, overrides=["loop.progress=false"]), s.directory) for s in stages]
+    for stage, config, directory in jobs:  # bad input fails here, not in a job log (the upstream runs are finished)
+        prepare_run(stage, config, directory, world_size=options.nodes * options.tasks(), memory=False)
+    submitted = submit_jobs(jobs, options, ctx.runs_dir / "slurm", name=ctx.spec.key)
+    for (job, out) in submitted:
+        _log(f"submitted {job.job_id} -> {out}")
+    for job, out in submitted:
+        job.results()  # raises with the job's error if it failed
+        _log(f"job {job.job_id} finished -> {out}")
+
+
+def train_rows(ctx: Context) -> dict[str, Path]:
+    """Train (or reuse) every chain of the profile; returns row label -> run directory of its last stage."""
+    chains = {label: plan_chain(row, ctx) for label, row in ctx.profile.rows.items() if isinstance(row, Trained)}
+    unique: dict[Path, PlannedStage] = {}
+    depth: dict[Path, int] = {}
+    for chain in chains.values():
+        for i, stage in enumerate(chain):
+            unique.setdefault(stage.directory, stage)
+            depth[stage.directory] = max(depth.get(stage.directory, 0), i)
+    todo = [s for s in unique.values() if not s.done]
+    _log(f"{len(unique)} training runs ({len(unique) - len(todo)} already finished, reused) in {ctx.runs_dir}")
+    for level in sorted({depth[s.directory] for s in todo}):
+        batch = [s for s in todo if depth[s.directory] == level]
+        if ctx.cluster == "slurm":
+            _train_slurm(batch, ctx)
+            continue
+        for stage in batch:
+            start = time.perf_counter()
+            _log(f"train {stage.run.stage} -> {stage.directory.name}")
+            _train_local(stage, ctx)
+            _log(f"train {stage.run.stage} done in {time.perf_counter() - start:.0f} s")
+    missing = [s.directory for s in unique.values() if not s.done]
+    if missing:
+        raise RuntimeError(f"training runs did not finish: {[str(m) for m in missing]}")
+    return {label: chain[-1].directory for label, chain in chains.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and the measured frame.
+
+
+def _tasks(profile: Profile) -> list[str]:
+    return list(dict.fromkeys(c.task for c in profile.columns))
+
+
+def check_data(tasks: list[str], data_root: Path) -> None:
+    """Every file the tasks read exists under data_root (a one-line error naming the first missing one)."""
+    from eval.evaluate import check_data as check
+    from eval.evaluate import resolve_tasks
+
+    check(resolve_tasks(tasks), data_root)
+
+
+def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context) -> pd.DataFrame:
+    from eval.evaluate import evaluate_tasks
+
+    return evaluate_tasks(
+        _tasks(ctx.profile), family, str(checkpoint), str(ctx.data_root), str(output_dir),
+        limit=ctx.profile.eval_limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device,
+    )
+
+
+def _cells(results: pd.DataFrame, profile: Profile, label: str, ctx: Context, eval_dir: Path) -> dict[str, float]:
+    cells = {}
+    for column in profile.columns:
+        if column.derive is not None:
+            cells[column.label] = float(column.derive(ctx, eval_dir / column.task)) * column.scale
+            continue
+        hit = results[(results["task"] == column.task) & (results["metric"] == column.metric)]
+        if hit.empty:
+            known = sorted(set(zip(results["task"], results["metric"])))
+            raise RuntimeError(f"row {label!r}: task {column.task!r} produced no metric {column.metric!r}; it produced {known}")
+        cells[column.label] = float(hit["value"].iloc[0]) * column.scale
+    return cells
+
+
+def measure(ctx: Context) -> pd.DataFrame:
+    """Every row's cells: train/evaluate/compute as declared. Returns a frame indexed by row label."""
+    profile = ctx.profile
+    trained = train_rows(ctx) if any(isinstance(r, Trained) for r in profile.rows.values()) else {}
+    measured: dict[str, dict[str, float]] = {}
+    for label, row in profile.rows.items():
+        if isinstance(row, Trained):
+            _log(f"evaluate {label!r} ({trained[label].name})")
+            eval_dir = trained[label] / "eval"
+            measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir)
+        elif isinstance(row, Released):
+            if not ctx.checkpoint:
+                raise InputError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
+            out = ctx.runs_dir / "released" / hashlib.sha256(str(Path(ctx.checkpoint).resolve()).encode()).hexdigest()[:12]
+            _log(f"evaluate {label!r} from {ctx.checkpoint}")
+            measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out)
+        else:
+            measured[label] = row.fn(ctx)
+    return pd.DataFrame.from_dict(measured, orient="index")
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison and output.
+
+
+def reference_for(key: str):
+    from reproduce.reference import get_reference
+
+    if key.startswith("mini/"):
+        return get_reference(key.split("/", 1)[1], MINI_REFERENCE_DIR)
+    return get_reference(key)
+
+
+def write_outputs(spec: TableSpec, profile_name: str, comparison, measured: pd.DataFrame, results_dir: Path, seconds: float) -> tuple[Path, Path]:
+    """results/<key>.csv/.md (stable across reruns) and results/provenance/<key>.json (timestamps, versions)."""
+    from harness.io import atomic_write_json, provenance
+    from reproduce.compare import comparison_frame, to_markdown
+
+    frames = [comparison_frame(comparison).assign(section=profile_name)]
+    md = [to_markdown(comparison)]
+    if profile_name != "paper" or comparison.reference.key != spec.key:
+        from reproduce.compare import compare
+
+        paper = compare(reference_for(spec.key), pd.DataFrame(), mode="numeric", profile=profile_name)
+        frames.append(comparison_frame(paper).assign(section="paper reference"))
+        md.append("\n## The paper's table (reference only; not comparable with this profile's numbers)\n\n" + _reference_markdown(paper.reference))
+    for extra in spec.extra_references:
+        ref = reference_for(extra)
+        md.append(f"\n## {ref.source}: {ref.title} (reference)\n\n" + _reference_markdown(ref))
+    frame = pd.concat(frames, ignore_index=True)
+    from harness.io import atomic_write_text
+
+    csv_path = atomic_write_text(results_dir / f"{spec.key}.csv", frame.to_csv(index=False))
+    md_path = atomic_write_text(results_dir / f"{spec.key}.md", "\n".join(md))
+    atomic_write_json(
+        results_dir / "provenance" / f"{spec.key}.json",
+        {"profile": profile_name, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": round(seconds, 1),
+         "measured": json.loads(measured.to_json(orient="index")), "provenance": provenance()},
+    )
+    return csv_path, md_path
+
+
+def _reference_markdown(ref) -> str:
+    wide = ref.cells.pivot_table(index="row", columns="column", values="printed", aggfunc="first", sort=False)
+    wide = wide.reindex(index=[r for r in ref.rows if r in wide.index], columns=[c for c in ref.columns if c in wide.columns])
+    return wide.fillna("").to_markdown() + "\n"
+
+
+def print_table(comparison, measured: pd.DataFrame, profile: Profile) -> None:
+    print()
+    if profile.describe:
+        print(profile.describe.strip() + "\n")
+    print(measured.round(4).to_markdown(tablefmt="simple"))
+    if len(comparison.claims):
+        print()
+        for c in comparison.claims.itertuples(index=False):
+            print(f"claim {c.claim}: {c.verdict.upper()}\n    {c.details}")
+    print(f"\n{comparison.summary()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line every table script shares.
+
+
+def build_parser(spec: TableSpec) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python {spec.script}", description=f"Regenerate {spec.key}.")
+    parser.add_argument("--profile", choices=sorted(spec.profiles), default=spec.default_profile)
+    parser.add_argument("--checkpoint", help="paper profile: a released checkpoint directory (local path)")
+    parser.add_argument("--data-root", help="paper profile: the benchmarks in their official layouts")
+    parser.add_argument("--runs-dir", default=str(CHECKOUT / "runs"), help="training runs and evaluation caches (reused)")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--cluster", choices=("local", "slurm"), default="local", help="where training stages run")
+    parser.add_argument("--device", default="cpu", help="evaluation device (cpu, cuda)")
+    parser.add_argument("--partition", help="slurm: partition")
+    parser.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per node (0: CPU nodes)")
+    parser.add_argument("--time", type=int, default=60, metavar="MIN", help="slurm: time limit per job")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a verdict fails")
+    return parser
+
+
+def main(spec: TableSpec, argv: list[str] | None = None) -> int:
+    """A table script's entry point: bad input is one `error:` line and exit code 2 (`harness.errors.run_cli`:
+    `--debug` or VLM_DEBUG=1 shows the traceback)."""
+    from harness.errors import run_cli
+
+    return run_cli(lambda args: _main(spec, args), argv)
+
+
+def _main(spec: TableSpec, argv: list[str] | None) -> int:
+    args = build_parser(spec).parse_args(argv)
+    start = time.perf_counter()
+    profile = spec.profiles[args.profile]
+    runs_dir = Path(args.runs_dir).resolve()
+    ctx = Context(spec, args.profile, profile, runs_dir, Path(args.results_dir), None, args.checkpoint, args.cluster, args.device,
+                  slurm={"gpus_per_node": args.gpus_per_node, "partition": args.partition, "timeout_min": args.time})
+    if profile.data == "miniworld":
+        from harness.miniworld import build_miniworld
+
+        ctx.world = build_miniworld(runs_dir / "miniworld")
+        ctx.data_root = Path(ctx.world.root)
+    else:
+        if not args.data_root:
+            raise InputError(f"profile {args.profile!r} evaluates on the benchmarks: pass --data-root DIR")
+        ctx.data_root = Path(args.data_root).resolve()
+        check_data(_tasks(profile), ctx.data_root)  # before any model is built
+    if any(isinstance(r, Released) for r in profile.rows.values()) and not args.checkpoint:
+        raise InputError(f"profile {args.profile!r} evaluates a released checkpoint: pass --checkpoint DIR")
+    measured = measure(ctx)
+    from reproduce.compare import compare
+
+    comparison = compare(reference_for(profile.reference), measured, mode=profile.mode, profile=args.profile)
+    seconds = time.perf_counter() - start
+    csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds)
+    print_table(comparison, measured, profile)
+    print(f"wrote {csv_path} and {md_path} ({seconds:.0f} s)")
+    if args.check and not comparison.passed:
+        print(f"CHECK FAILED:\n{comparison.failures.to_string(index=False)}", file=sys.stderr)
+        return 1
+    return 0
