@@ -130,15 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run() -> int:
-    """`main` with bad input (missing files, unknown task or family, bad values) as one line and exit code 2."""
-    from eval.errors import EvalInputError
+def run(argv: list[str] | None = None) -> int:
+    """`main` under the one CLI convention (`harness.errors.run_cli`): bad input (missing files, unknown task or
+    family, bad values) is one `error:` line and exit code 2; `--debug` or VLM_DEBUG=1 shows the traceback."""
+    from harness.errors import run_cli
 
-    try:
-        return main()
-    except (EvalInputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ it and print the message without a traceback; anything else is a bug and keeps i
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Callable
+
+from harness.errors import InputError, run_cli  # noqa: F401  (run_cli: the one CLI convention, re-exported)
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """Input that cannot be evaluated as given; the message names the file and, where there is one, the id."""
 
     def __init__(self, message: str, path: str | Path | None = None, item_id: object = None):
@@ -36,12 +36,3 @@ class MissingPredictionsError(EvalInputError):
         )
         self.examples = examples
         self.n_missing = n_missing
-
-
-def run_cli(main: Callable[[], int]) -> int:
-    """Run a command-line `main`; bad input (missing or malformed files) prints one line, exit code 2."""
-    try:
-        return main()
-    except (EvalInputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

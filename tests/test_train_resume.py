@@ -24,7 +24,7 @@ from harness.config import get_preset, resolve
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = {
     "tokenizer": ["loop.steps=10", "loop.checkpoint_every=2", "vq_start_step=3"],
-    "unified": ["loop.steps=10", "loop.checkpoint_every=2"],
+    "unified": ["loop.steps=10", "loop.checkpoint_every=2", "tokenizer_checkpoint=random-init"],
 }
 
 

@@ -73,9 +73,16 @@ def test_unified_with_code_cache_matches_on_the_fly_tokenization(tokenizer_run, 
     assert "tokenizer.causal_encoder.norm.weight" in tok_saved
 
 
-def test_stage2_requires_a_tokenizer_outside_mini(tmp_path):
-    with pytest.raises(ValueError, match="tokenizer_checkpoint"):
-        _run("unified", tmp_path, "synthetic.enabled=false", f"data.understanding_shards=[{tmp_path}/x.tar]")
+@pytest.mark.parametrize("stage", ["unified", "pixel_decoder"])
+def test_downstream_stages_refuse_to_start_without_their_upstream_run(stage, tmp_path):
+    from harness.errors import InputError
+
+    # The mini presets too: a random tokenizer is only ever an explicit choice (tokenizer_checkpoint=random-init).
+    with pytest.raises(InputError, match=r"tokenizer_checkpoint is not set.*python -m train tokenizer.*random-init"):
+        _run(stage, tmp_path / "a")
+    with pytest.raises(InputError, match=rf"tokenizer_checkpoint={tmp_path}/nope: no such file"):
+        _run(stage, tmp_path / "b", f"tokenizer_checkpoint={tmp_path}/nope")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
 
 
 def test_activation_checkpointing_gives_the_same_losses_and_bf16_runs(tokenizer_run, tmp_path):

@@ -9,7 +9,14 @@
     --sweep    key=v1,v2,...  (repeatable): the grid of overrides, submitted as one SLURM job array (one output
                directory per point, named by its overrides)
 
-A run resumes automatically from the latest valid checkpoint in OUTPUT/checkpoints.
+A run resumes automatically from the newest checkpoint in OUTPUT/checkpoints that verifies against its manifest
+(sizes and SHA-256 of every file); a damaged newer one is moved to OUTPUT/checkpoints/corrupt/, never deleted. A run
+directory belongs to its config: resuming with other values is refused, except the step budget, logging,
+checkpointing and the batch split / wrapping (train/stages/__init__.py: RESUME_MAY_CHANGE; recorded in
+OUTPUT/config_changes.jsonl).
+
+Bad input (a config key, a missing upstream checkpoint or data file, a model too big for this machine) is one line
+`error: ...` and exit code 2, checked before any model is built; --debug (or VLM_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import sys
 
 from harness.config import add_config_arguments, config_from_args
+from harness.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,14 +91,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"job {job.job_id} failed: {err}", file=sys.stderr, flush=True)
         return 1 if failed else 0
     if args.sweep:
-        raise SystemExit("--sweep needs --cluster slurm (a local sweep would run the grid serially: loop in your shell)")
-    from train.slurm import run_local
+        raise InputError("--sweep needs --cluster slurm (a local sweep would run the grid serially: loop in your shell)")
+    from train.slurm import TrainingProcessError, run_local
 
-    summary = run_local(args.stage, cfg, args.output_dir, nproc_per_node=args.nproc_per_node)
+    try:
+        summary = run_local(args.stage, cfg, args.output_dir, nproc_per_node=args.nproc_per_node)
+    except TrainingProcessError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     if summary is not None:
         print(f"finished {args.stage} at step {summary['last_step']} -> {args.output_dir}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from harness.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -43,6 +43,8 @@ class LoopConfig:
     log_every: int = 1  # steps between metric lines
     checkpoint_every: int = 1000  # steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    checkpoint_format: Literal["auto", "full", "sharded"] = "auto"  # auto: sharded (torch.distributed.checkpoint)
+    # with several processes, full (model.safetensors + optimizer.pt) with one; resume reads either (train/checkpoint.py)
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
     max_steps_this_run: int = 0  # stop (after checkpointing) once this many steps ran in this process; 0 = no limit

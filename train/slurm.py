@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import from_dict, parse_override, merge, to_dict
+from harness.errors import InputError
+
+
+class SlurmSubmissionError(InputError):
+    """sbatch refused the job or could not be run; the message carries SLURM's reason."""
 
 
 @dataclass
@@ -120,6 +125,8 @@ def point_dir_name(point: list[str]) -> str:
 
 def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, sweep: list[str] | None = None):
     """Submit one job (or a job array over the sweep grid). Returns [(job, output_dir)]."""
+    from train.stages import prepare_run
+
     output_dir = Path(output_dir).resolve()
     points = sweep_points(sweep or [])
     runs = []
@@ -128,6 +135,8 @@ def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, 
         for override in point:
             point_cfg = merge(point_cfg, parse_override(override))
         out = output_dir / point_dir_name(point) if sweep else output_dir
+        # Bad input is reported here, not in a job log hours later (memory is checked on the compute node).
+        prepare_run(stage, point_cfg, out, world_size=options.nodes * options.tasks(), memory=False)
         runs.append((stage, point_cfg, out))
     from model.families import all_stages
 
@@ -137,15 +146,20 @@ def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, 
 
 def submit_jobs(runs: list[tuple[str, Any, str | Path]], options: SlurmOptions, log_dir: str | Path, name: str):
     """Submit independent (stage, config, output_dir) runs: one job, or one job array (`sbatch --array`) for several.
-    Returns [(job, output_dir)] in the order given."""
-    executor = make_executor(Path(log_dir) / "%j", options, name=name)
+    Returns [(job, output_dir)] in the order given. The caller has checked the runs' inputs (`prepare_run`);
+    a submission SLURM refuses is a SlurmSubmissionError carrying SLURM's reason."""
     calls = [(TrainingJob(stage, to_dict(cfg), str(Path(out).resolve())), Path(out).resolve()) for stage, cfg, out in runs]
-    if len(calls) == 1:
-        return [(executor.submit(calls[0][0]), calls[0][1])]
-    jobs = []
-    with executor.batch():  # one sbatch --array for the whole set
-        for job_fn, _ in calls:
-            jobs.append(executor.submit(job_fn))
+    try:
+        executor = make_executor(Path(log_dir) / "%j", options, name=name)
+        if len(calls) == 1:
+            return [(executor.submit(calls[0][0]), calls[0][1])]
+        jobs = []
+        with executor.batch():  # one sbatch --array for the whole set
+            for job_fn, _ in calls:
+                jobs.append(executor.submit(job_fn))
+    except Exception as err:  # sbatch missing, rejected options, controller down: submitit's many exception types
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise SlurmSubmissionError(f"SLURM submission failed ({type(err).__name__}): {message[:500]}") from err
     return list(zip(jobs, [out for _, out in calls]))
 
 
@@ -161,6 +175,10 @@ def run_local(stage: str, cfg: Any, output_dir: str | Path, nproc_per_node: int 
         return run_stage(stage, cfg, output_dir)
     import yaml
 
+    from train.stages import prepare_run
+
+    prepare_run(stage, cfg, output_dir, world_size=nproc_per_node, local_processes=nproc_per_node)  # before any process starts
+
     from harness.io import atomic_write_text
 
     output_dir = Path(output_dir)
@@ -172,8 +190,14 @@ def run_local(stage: str, cfg: Any, output_dir: str | Path, nproc_per_node: int 
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
         f"--master-port={_free_port()}", "-m", "train.slurm", "worker", stage, str(output_dir), str(launch),
     ]
-    subprocess.run(command, check=True)
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise TrainingProcessError(f"{nproc_per_node} training processes under torchrun failed (exit code {done.returncode}); their messages are above")
     return None
+
+
+class TrainingProcessError(RuntimeError):
+    """A torchrun launch whose processes failed (they printed their own errors)."""
 
 
 def _worker(argv: list[str]) -> None:

@@ -24,12 +24,13 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from harness.errors import InputError
 from train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from train.config import DistConfig, LoopConfig, OptimConfig
 from train.distributed import DistInfo, all_reduce_sum, apply_activation_checkpointing, gradient_sync, parallelize, unwrap
@@ -69,6 +70,10 @@ class Task(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...  # stage state that is not in the model's state_dict
 
+    # Optional (called by `train.stages.run_stage` before anything is built or written, when the task has them):
+    #   check_inputs() -> None                     raise harness.errors.InputError naming each missing required input
+    #   parameter_counts() -> (trainable, frozen)  from shapes alone (meta device), for the memory check
+
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
@@ -90,7 +95,7 @@ def build_optimizer(groups: dict[str, list[tuple[str, nn.Parameter]]], optim: Op
     `optim.group_lr` entry is then unused but not an error (the group exists, it is just frozen)."""
     unknown = set(optim.group_lr) - set(groups)
     if unknown:
-        raise ValueError(f"optim.group_lr names groups {sorted(unknown)} that the stage does not have ({sorted(groups)})")
+        raise InputError(f"optim.group_lr names groups {sorted(unknown)} that the stage does not have ({sorted(groups)})")
     param_groups = []
     for name in sorted(groups):
         if not any(p.requires_grad for _, p in groups[name]):
@@ -128,7 +133,7 @@ class Trainer:
         self.optim_cfg, self.loop, self.dist = optim, loop, dist
         per_step = loop.micro_batch_size * info.world_size
         if loop.global_batch_size % per_step:
-            raise ValueError(
+            raise InputError(
                 f"global_batch_size={loop.global_batch_size} is not a multiple of micro_batch_size={loop.micro_batch_size}"
                 f" x world_size={info.world_size} = {per_step}"
             )
@@ -139,8 +144,18 @@ class Trainer:
             return torch.autocast(device_type=self.info.device.type, dtype=torch.bfloat16)
         return torch.autocast(device_type=self.info.device.type, enabled=False)
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Train (or resume) to loop.steps. `on_start` runs once the checkpoint (if any) is loaded, before the first
+        step (run_stage writes config.yaml there: a run that cannot resume leaves the directory as it was)."""
         info, loop = self.info, self.loop
+        checkpoints = CheckpointManager(
+            self.output_dir / "checkpoints",
+            info,
+            keep_last=loop.keep_checkpoints,
+            exclude_prefixes=self.task.checkpoint_exclude(),
+            layout=loop.checkpoint_format,
+        )
+        latest = checkpoints.find_resume()  # verified; damaged newer ones moved aside; before any model is built
         seed_everything(loop.seed)  # identical initial weights on every rank
         module = self.task.build_model(info).to(info.device)
         if self.dist.activation_checkpointing:
@@ -151,11 +166,7 @@ class Trainer:
         seed_everything(loop.seed + 1_000_003 * (info.rank + 1))  # per-rank noise (Gumbel, dropout, diffusion t)
         data = self.task.build_data(info, loop.micro_batch_size)
 
-        checkpoints = CheckpointManager(
-            self.output_dir / "checkpoints", info, keep_last=loop.keep_checkpoints, exclude_prefixes=self.task.checkpoint_exclude()
-        )
         start_step = 0
-        latest = checkpoints.latest()
         if latest is not None:
             loaded = checkpoints.load(latest, model, optimizer)
             for group in optimizer.param_groups:  # a round trip through the file turns the betas tuple into a list
@@ -163,8 +174,11 @@ class Trainer:
             scheduler.load_state_dict(loaded.trainer_state["scheduler"])
             self.task.load_state_dict(loaded.trainer_state["task"])
             data.load_state_dict(loaded.rank_state["data"])
-            restore_rng_state(loaded.rank_state["rng"])
+            if loaded.rank_state["rng"] is not None:  # None: a rank the saved (smaller) world did not have
+                restore_rng_state(loaded.rank_state["rng"])
             start_step = loaded.step
+        if on_start is not None:
+            on_start()
         logger = MetricsLogger(
             self.output_dir, info.is_main, loop.steps, start_step, progress=loop.progress, tensorboard=loop.tensorboard, unit=self.task.unit
         )
@@ -199,6 +213,7 @@ class Trainer:
                         optimizer,
                         trainer_state={"scheduler": scheduler.state_dict(), "task": self.task.state_dict()},
                         rank_state={"rng": capture_rng_state(), "data": data.state_dict()},
+                        export_full=done == loop.steps,  # the run's weights in one file for the next stage
                     )
                 if stop_early:
                     break

@@ -7,7 +7,10 @@ Two layouts, told apart by their files:
                 addition); the released 7B has none and is the `lavit-7b` preset. Without pixel_decoding/ the model
                 is built without a pixel decoder (understanding and scoring only).
     run         a run directory of `python -m train unified` (DIR/config.yaml + DIR/checkpoints/step_*/manifest.json;
-                its latest complete checkpoint), or one checkpoint directory DIR/checkpoints/step_XXXXXXXX itself.
+                its newest checkpoint that verifies against its manifest, sizes and SHA-256: a damaged newer one is
+                skipped with a message), or one checkpoint directory DIR/checkpoints/step_XXXXXXXX itself (which must
+                verify). Either checkpoint layout of `train/checkpoint.py` loads (full, or sharded: the last
+                checkpoint of a run carries model.safetensors, an earlier sharded one is merged from its shards).
                 The model is built from the run config's `model` section; the frozen visual tokenizer, which the
                 stage leaves out of its checkpoints (`UnifiedTask.checkpoint_exclude`), is rebuilt from the run's
                 `tokenizer_checkpoint` exactly as the stage builds it; then `model.safetensors` (keys `lavit.*`)
@@ -55,7 +58,7 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def detect_layout(path: str | Path) -> tuple[str, Path]:
     """("released", DIR) or ("run", CHECKPOINT_DIR): the layout of `path` and, for runs, the checkpoint to load."""
     from model.lavit.official import LANGUAGE_MODEL, VISUAL_TOKENIZER
-    from train.checkpoint import MANIFEST, CheckpointManager
+    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -63,17 +66,19 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
     if p.is_dir() and ((p / LANGUAGE_MODEL).is_dir() or (p / VISUAL_TOKENIZER).is_dir()):
         return "released", p
     if p.is_dir() and (p / RUN_CONFIG).is_file() and (p / CHECKPOINTS).is_dir():
-        latest = CheckpointManager(p / CHECKPOINTS, info=None).latest()
+        latest, problems = latest_verified(p / CHECKPOINTS)
         if latest is None:
+            found = f": {'; '.join(problems)}" if problems else "; has the run saved one yet?"
             raise CheckpointLayoutError(
-                f"run directory {p} has no complete checkpoint (checkpoints/step_*/ with {MANIFEST}); "
-                "has the run saved one yet?"
+                f"run directory {p} has no complete checkpoint that verifies (checkpoints/step_*/ with {MANIFEST}){found}"
             )
+        if problems:
+            print(f"[checkpoint] {p}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {latest.name}", flush=True)
         return "run", latest
     if p.is_dir() and (p / MANIFEST).is_file() and p.parent.name == CHECKPOINTS:
-        valid = [c for _, c in CheckpointManager(p.parent, info=None).valid_checkpoints()]
-        if p not in valid:
-            raise CheckpointLayoutError(f"checkpoint {p} is incomplete (files listed in its {MANIFEST} are missing)")
+        problem = verify_checkpoint(p)
+        if problem:
+            raise CheckpointLayoutError(f"checkpoint {p} does not verify against its {MANIFEST}: {problem}")
         if not (p.parent.parent / RUN_CONFIG).is_file():
             raise CheckpointLayoutError(f"checkpoint {p}: its run directory has no {RUN_CONFIG}")
         return "run", p
@@ -185,14 +190,12 @@ def run_text_tokenizer(spec: str, where: Path):
 
 
 def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
-    from safetensors.torch import load_file
-
     from model.families import get_family
     from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
     from model.lavit.stages.common import load_tokenizer_checkpoint
     from model.lavit.tokenizer import build_tokenizer
-    from train.checkpoint import MANIFEST
-    from train.stages.common import latest_checkpoint_dir
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+    from train.stages.common import RANDOM_INIT, latest_checkpoint_dir
 
     run = checkpoint.parent.parent
     stage_cfg = run_stage_config(run)
@@ -200,9 +203,10 @@ def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     config = dataclasses.replace(
         stage_cfg.model, pixel_decoder=dataclasses.replace(stage_cfg.model.pixel_decoder, enabled=False, init_from="")
     )
-    if not stage_cfg.tokenizer_checkpoint:
+    if stage_cfg.tokenizer_checkpoint in ("", RANDOM_INIT):
+        said = "empty" if not stage_cfg.tokenizer_checkpoint else f"{RANDOM_INIT!r}"
         raise CheckpointLayoutError(
-            f"{run / RUN_CONFIG}: tokenizer_checkpoint is empty: the run's frozen visual tokenizer was a random "
+            f"{run / RUN_CONFIG}: tokenizer_checkpoint is {said}: the run's frozen visual tokenizer was a random "
             "initialisation that no checkpoint holds, so its image paths cannot be rebuilt"
         )
     text_tokenizer = run_text_tokenizer(stage_cfg.text_tokenizer, run / RUN_CONFIG)  # cheap checks first
@@ -215,8 +219,7 @@ def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(stage_cfg.tokenizer_checkpoint))
     model.visual_tokenizer = tokenizer
     # 2) Everything else from the run's checkpoint, strictly.
-    file = checkpoint / MODEL_FILE
-    state = load_file(str(file))
+    state, file = read_checkpoint_weights(checkpoint)  # model.safetensors, or a sharded checkpoint's shards merged
     expected = {
         RUN_PREFIX + k: v.shape
         for k, v in model.state_dict().items()

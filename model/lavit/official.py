@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from harness.errors import InputError
 from model.lavit.configuration import LavitConfig
 from model.lavit.official_tokenizer import load_official_visual_tokenizer
 from model.lavit.official_tokenizer import write_official_layout as write_official_tokenizer_layout
@@ -102,7 +103,7 @@ def check_llm_config(folder: Path, config: LavitConfig) -> None:
     ours = llama_config(config).to_dict()
     diffs = {k: (found.get(k), ours[k]) for k in CHECKED_LLAMA_FIELDS if found.get(k) != ours[k]}
     if diffs:
-        raise ValueError(f"{path} disagrees with the LaVIT config (checkpoint, config): {diffs}")
+        raise InputError(f"{path} disagrees with the LaVIT config (checkpoint, config): {diffs}")
 
 
 def load_text_tokenizer(folder: Path):
@@ -225,7 +226,7 @@ def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig) -> list[str]
         if found.get(k) != ours[k]
     }
     if diffs:
-        raise ValueError(f"{sched} disagrees with pixel_decoder config (checkpoint, config): {diffs}")
+        raise InputError(f"{sched} disagrees with pixel_decoder config (checkpoint, config): {diffs}")
     uncond_path = folder / UNCOND_FILE
     if not uncond_path.is_file():
         raise FileNotFoundError(f"unconditional embeddings not found: {uncond_path}")

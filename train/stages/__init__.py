@@ -1,10 +1,49 @@
-"""The one job function every launcher calls, for any stage of any model family (`model/families.py`)."""
+"""The one job function every launcher calls, for any stage of any model family (`model/families.py`).
+
+Before anything is built or written, `run_stage` checks, in this order (each failure is an InputError that names
+the key, file or value; `python -m train` prints it as one `error:` line, exit 2):
+
+1. the output directory can be one (not a file);
+2. the stage's own required inputs (`task.check_inputs()`: upstream checkpoints, data paths);
+3. the run directory's config: a directory that holds a run belongs to that run's config. Resuming with a
+   different resolved config is refused with the list of changed keys; only `RESUME_MAY_CHANGE` (the step budget,
+   logging, checkpoint cadence and layout) may change, and such changes are recorded in config_changes.jsonl;
+4. memory: a model whose weights, gradients and AdamW moments alone exceed this machine's memory is refused
+   before it is allocated (`task.parameter_counts()`; VLM_SKIP_MEMORY_CHECK=1 skips the check).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
+
+from harness.errors import InputError
+
+# Keys that may differ between a run directory's config.yaml and a resumed run (recorded when they do): the step
+# budget, logging, checkpointing, and how the same global batch is computed (split into micro-batches, wrapped,
+# recomputed in backward) -- never what is trained on what, with which model and optimizer.
+RESUME_MAY_CHANGE = (
+    "loop.steps",
+    "loop.max_steps_this_run",
+    "loop.log_every",
+    "loop.progress",
+    "loop.tensorboard",
+    "loop.checkpoint_every",
+    "loop.keep_checkpoints",
+    "loop.checkpoint_format",
+    "loop.micro_batch_size",
+    "dist.strategy",
+    "dist.activation_checkpointing",
+)
+CONFIG_CHANGES = "config_changes.jsonl"
+
+
+class ConfigDriftError(InputError):
+    """A run directory resumed with a config that differs in keys that change what the weights mean."""
+
 
 def task_class(stage: str):
     from model.families import get_stage
@@ -12,11 +51,122 @@ def task_class(stage: str):
     return get_stage(stage).task_class()
 
 
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (saved value, current value) for every key that differs (missing on one side: None)."""
+    a, b = _flatten(saved), _flatten(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _holds_a_run(output_dir: Path) -> bool:
+    from train.checkpoint import step_dirs
+
+    return bool(step_dirs(output_dir / "checkpoints")) or (output_dir / "run.json").is_file()
+
+
+def check_resume_config(cfg: Any, output_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes against the run directory's config.yaml ({} for a new run); refused changes raise."""
+    import yaml
+
+    from harness.config import to_dict
+
+    saved_file = output_dir / "config.yaml"
+    if not saved_file.is_file() or not _holds_a_run(output_dir):
+        return {}
+    try:
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{saved_file}: unreadable ({err}); the run directory's config is needed to resume") from None
+    current = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))  # the same round trip as config.yaml
+    changes = config_changes(saved, current)
+    refused = {k: v for k, v in changes.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ConfigDriftError(
+            f"{output_dir} holds a run with another config ({output_dir / 'config.yaml'}); changed keys: {shown}. "
+            f"Resume with the run's config (only {', '.join(RESUME_MAY_CHANGE)} may change), or use a new --output-dir"
+        )
+    return changes
+
+
+def _available_memory_bytes(device: str) -> tuple[int, str]:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
+        return free, "free GPU memory"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def check_memory(task: Any, cfg: Any, world_size: int, local_processes: int = 1) -> None:
+    """Refuse a model that clearly cannot fit: fp32 weights, gradients and two AdamW moments of the trainable
+    parameters (16 bytes each; divided over the processes under FSDP) plus fp32 frozen weights -- a lower bound,
+    activations come on top."""
+    if not hasattr(task, "parameter_counts") or os.environ.get("VLM_SKIP_MEMORY_CHECK", "") not in ("", "0"):
+        return
+    trainable, frozen = task.parameter_counts()
+    shards = world_size if cfg.dist.strategy == "fsdp" else 1
+    need = 16 * trainable / shards + 4 * frozen
+    have, what = _available_memory_bytes(cfg.dist.device)
+    if what != "free GPU memory":  # the processes on this machine share its RAM
+        have //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", str(local_processes))))
+    if need > have:
+        raise InputError(
+            f"this model needs at least {need / 2**30:.1f} GiB per process ({trainable / 1e9:.2f} B trainable parameters "
+            f"x 16 bytes for fp32 weights, gradients and AdamW moments{f' / {shards} FSDP shards' if shards > 1 else ''}, "
+            f"+ {frozen / 1e9:.2f} B frozen x 4 bytes), but this machine has {have / 2**30:.1f} GiB of {what}. Run it on "
+            f"GPUs with more processes (--nproc-per-node, --cluster slurm; dist.strategy=fsdp shards it), or use "
+            f"--config mini. (VLM_SKIP_MEMORY_CHECK=1 skips this check)"
+        )
+
+
+def prepare_run(
+    stage: str, cfg: Any, output_dir: str | Path, world_size: int | None = None, memory: bool = True, local_processes: int = 1
+) -> tuple[Any, dict]:
+    """Every check of the module docstring, in order, before anything is built or written. Launchers call it
+    too, before they start processes or submit jobs (`memory=False` where the job runs on other machines).
+
+    Returns the stage's task and the allowed config changes against the run directory's config."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {output_dir} exists and is not a directory")
+    try:
+        task = task_class(stage)(cfg, output_dir)
+    except InputError:
+        raise
+    except ValueError as err:  # the tasks validate their config in __init__
+        raise InputError(str(err)) from err
+    if hasattr(task, "check_inputs"):
+        task.check_inputs()
+    changes = check_resume_config(cfg, output_dir)
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if memory:
+        check_memory(task, cfg, world_size, local_processes)
+    return task, changes
+
+
 def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) one training job in this process: the body of every local, torchrun and SLURM task.
 
-    Resumes from the latest valid checkpoint in OUTPUT/checkpoints; writes OUTPUT/config.yaml (the resolved
-    config), OUTPUT/metrics.jsonl, and OUTPUT/run.json (summary + provenance) when the last step is done.
+    Resumes from the newest checkpoint in OUTPUT/checkpoints that verifies; writes OUTPUT/config.yaml (the
+    resolved config), OUTPUT/metrics.jsonl, and OUTPUT/run.json (summary + provenance) when the last step is done.
     """
     from harness.config import save_config
     from harness.io import atomic_write_json, provenance
@@ -26,16 +176,25 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
     import torch.distributed as dist
 
     output_dir = Path(output_dir)
+    task, changes = prepare_run(stage, cfg, output_dir)
     owns_process_group = not dist.is_initialized()  # a caller that set up the group keeps it (and tears it down)
     info = init_distributed(cfg.dist.device)
+    def write_config() -> None:  # once the trainer knows it can start or resume
+        if not info.is_main:
+            return
+        if changes:
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "changes": {k: list(v) for k, v in changes.items()}}
+            with open(output_dir / CONFIG_CHANGES, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"[train] resuming with changed {', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items())}", flush=True)
+        save_config(cfg, output_dir)
+
     try:
         if info.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, output_dir)
         barrier()
-        task = task_class(stage)(cfg, output_dir)
         trainer = Trainer(task, info, output_dir, cfg.optim, cfg.loop, cfg.dist)
-        result = trainer.fit()
+        result = trainer.fit(on_start=write_config)
         summary = {
             "stage": stage,
             "last_step": result["last_step"],
@@ -46,6 +205,8 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
             "data": result["data"],
             "provenance": provenance(),
         }
+        if (output_dir / CONFIG_CHANGES).is_file():
+            summary["config_changes"] = [json.loads(l) for l in (output_dir / CONFIG_CHANGES).read_text().splitlines() if l.strip()]
         if info.is_main:
             if summary["data"]:
                 print(f"[train] data stream: {json.dumps(summary['data'])}", flush=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import InputError
 from train.config import SyntheticDataConfig
 from train.distributed import DistInfo, barrier
 
@@ -39,10 +40,117 @@ def synthetic_text_sources(cfg: SyntheticDataConfig, names: list[str], output_di
 
 
 def latest_checkpoint_dir(path: str) -> str:
-    """A run directory (OUTPUT with checkpoints/step_*) -> its latest checkpoint; anything else unchanged."""
+    """A run directory (OUTPUT with checkpoints/step_*) -> its newest checkpoint that verifies against its manifest
+    (sizes and checksums); one checkpoint directory (with a manifest.json) -> itself, once it verifies; anything else
+    unchanged. A run with checkpoints of which none verifies, or a given checkpoint that does not, is an error."""
+    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
+
     p = Path(path)
-    steps = sorted((p / "checkpoints").glob("step_*")) if (p / "checkpoints").is_dir() else []
-    steps = [s for s in steps if (s / "manifest.json").is_file()]
-    return str(steps[-1]) if steps else path
+    if (p / MANIFEST).is_file():
+        problem = verify_checkpoint(p)
+        if problem:
+            raise InputError(f"{path}: the checkpoint does not verify ({problem})")
+        return path
+    if not (p / "checkpoints").is_dir():
+        return path
+    found, problems = latest_verified(p / "checkpoints")
+    if found is None:
+        if problems:
+            raise InputError(f"{path}: no checkpoint of this run verifies ({'; '.join(problems)})")
+        return path
+    if problems:
+        print(f"[upstream] {path}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {found.name}", flush=True)
+    return str(found)
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The model weights at `path` and the file they came from: a run directory (its newest checkpoint that
+    verifies), one checkpoint directory (either layout: `train.checkpoint.read_checkpoint_weights`), or a weights
+    file (.safetensors, or a torch file read with weights_only). Other directories are a FileNotFoundError."""
+    from model.weights import read_state_dict
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+
+    p = Path(latest_checkpoint_dir(path))
+    if p.is_dir() and not (p / MANIFEST).is_file() and (p / "model.safetensors").is_file():
+        p = p / "model.safetensors"  # weights exported on their own, outside a run
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path}: a directory without checkpoints/step_*/ or {MANIFEST} (expected a run directory, a checkpoint directory or a weights file)")
+        state, file = read_checkpoint_weights(p)
+        return state, str(file)
+    return read_state_dict(p), str(p)  # FileNotFoundError naming the file
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks a stage runs before anything is built (`check_inputs`): the error names the key and how to set it.
+
+RANDOM_INIT = "random-init"  # the explicit value of an upstream key that starts from random weights (tests, smoke runs)
+
+
+def require_upstream(value: str, key: str, stage: str, upstream: str) -> bool:
+    """Check the config key `key` that names the run of stage `upstream` this stage starts from.
+
+    True: load it from `value` (which exists). False: `value` is "random-init", an explicit opt-in to random
+    weights. Anything else is an InputError that names the key and shows how to set it."""
+    if value == RANDOM_INIT:
+        return False
+    if not value:
+        raise InputError(
+            f"{key} is not set: stage {stage!r} starts from a trained {upstream!r} run. Train it first, e.g. "
+            f"`python -m train {upstream} --config mini --output-dir runs/{upstream}`, then pass "
+            f"`--set {key}=runs/{upstream}` (a run directory, one of its checkpoints/step_* directories, or a "
+            f".safetensors file); `--set {key}={RANDOM_INIT}` starts from random weights instead (smoke tests only)"
+        )
+    if not Path(value).exists():
+        raise InputError(
+            f"{key}={value}: no such file or directory (expected the --output-dir of a `python -m train {upstream}` "
+            f"run, one of its checkpoints/step_* directories, or a .safetensors file)"
+        )
+    resolved = Path(latest_checkpoint_dir(value))  # a run directory: its newest checkpoint that verifies
+    weights = resolved / "model.safetensors" if resolved.is_dir() else resolved
+    if weights.suffix == ".safetensors" and weights.is_file():
+        _check_safetensors_header(weights, key)
+    return True
+
+
+def _check_safetensors_header(path: Path, key: str) -> None:
+    """Read the header only (milliseconds): an empty, truncated or foreign file fails here, not after the model
+    it would be loaded into has been built."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as err:  # safetensors raises its own error type for every kind of damage
+        raise InputError(f"{key}: {path} is not a readable .safetensors file ({' '.join(str(err).split())})") from None
+
+
+def require_path(value: str, key: str, what: str) -> None:
+    """An optional local path: "" is allowed (the stage says what it means), a given path must exist."""
+    if value and not Path(value).exists():
+        raise InputError(f"{key}={value}: no such file or directory ({what})")
+
+
+def require_weights(value: str, key: str, what: str) -> None:
+    """Optional weights ("" allowed: the stage says what it means): a given path must exist, and a run or
+    checkpoint directory must hold a checkpoint that verifies (checked now, not after the model is built)."""
+    require_path(value, key, what)
+    if value:
+        try:
+            latest_checkpoint_dir(value)
+        except InputError as err:
+            raise InputError(f"{key}={value}: {err}") from None
+
+
+def require_shards(patterns: list[str], key: str, synthetic: bool, required: bool = True) -> None:
+    """Glob patterns of data files: each given one must match at least one file; none at all is an error when
+    `required` and synthetic data (which fills in for an empty list) is off."""
+    import glob
+
+    if required and not synthetic and not patterns:
+        raise InputError(f"{key} is empty: set it to glob patterns of the data files (--set '{key}=[/data/shard-*.tar]') or use synthetic.enabled=true")
+    for pattern in patterns:
+        if not glob.glob(pattern):
+            raise InputError(f"{key}: pattern {pattern!r} matches no file")
 
 

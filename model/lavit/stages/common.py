@@ -1,8 +1,27 @@
-"""Loading the weights LaVIT's stages start from: the EVA-CLIP encoder and a stage-1a tokenizer."""
+"""Loading the weights LaVIT's stages start from: the EVA-CLIP encoder and a stage-1a tokenizer; model sizes from
+shapes alone (for the memory check before a stage builds its model)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+from harness.errors import InputError
+
+
+def meta_parameter_counts(config, trainable: Callable, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts of LaVIT `config` built on the meta device (no memory, a few seconds).
+
+    `trainable(model)` returns the parameters the stage trains; parameters under `exclude` are not built by it."""
+    from model.summary import build_meta_model
+
+    model = build_meta_model(config)
+    train_ids = {id(p) for p in trainable(model)}
+    counts = [0, 0]
+    for name, p in model.named_parameters():
+        if not name.startswith(exclude):
+            counts[id(p) not in train_ids] += p.numel()
+    return counts[0], counts[1]
 
 
 def read_encoder_weights(path: str) -> tuple[dict, str]:
@@ -12,17 +31,12 @@ def read_encoder_weights(path: str) -> tuple[dict, str]:
     (optionally all under `encoder.`); an `encoder_pretrain` run directory (its latest checkpoint), one of its
     checkpoint directories or their model.safetensors (the `encoder.*` keys are taken, `text_encoder.*` and
     `logit_scale` left); a stage-1a checkpoint whose encoder was saved (`tokenizer.encoder.*`)."""
-    from model.weights import read_state_dict
-    from train.stages.common import latest_checkpoint_dir
+    from train.stages.common import read_weights
 
-    p = Path(path)
-    if p.is_dir():
-        file = Path(latest_checkpoint_dir(path)) / "model.safetensors"
-        if not file.is_file():
-            raise FileNotFoundError(f"encoder_path {path}: a directory without model.safetensors or checkpoints/step_*/ (expected an encoder_pretrain run or a weights file)")
-    else:
-        file = p
-    state = read_state_dict(file)  # FileNotFoundError naming the file
+    try:
+        state, file = read_weights(path)  # a run: its newest checkpoint that verifies; either checkpoint layout
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"encoder_path {path}: {err} (expected an encoder_pretrain run or a weights file)") from None
     for prefix in ("tokenizer.encoder.", "encoder."):
         if any(k.startswith(prefix) for k in state):
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(file)
@@ -53,10 +67,15 @@ def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") 
         loaded = load_official_visual_tokenizer(p, tokenizer.cfg)
         tokenizer.load_state_dict(loaded.state_dict())
         return
-    file = p / "model.safetensors" if p.is_dir() else p
-    if not file.is_file():
-        raise FileNotFoundError(f"no tokenizer weights at {path} (expected a stage-1a checkpoint directory, .safetensors, or a released visual_tokenizer/ folder)")
-    state = load_file(str(file))
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+
+    if p.is_dir() and (p / MANIFEST).is_file():  # a checkpoint directory, either layout
+        state, file = read_checkpoint_weights(p)
+    else:
+        file = p / "model.safetensors" if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer weights at {path} (expected a stage-1a checkpoint directory, .safetensors, or a released visual_tokenizer/ folder)")
+        state = load_file(str(file))
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if getattr(tokenizer, "token_predictor", None) is None:  # fixed-length ablation: the trained selector is unused
@@ -64,7 +83,7 @@ def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") 
     missing, unexpected = tokenizer.load_state_dict(state, strict=False)
     not_encoder = [k for k in missing if not k.startswith("encoder.")]
     if unexpected or not_encoder:
-        raise RuntimeError(f"tokenizer weights {file}: missing {not_encoder[:8]}, unexpected {unexpected[:8]}")
+        raise InputError(f"tokenizer weights {file}: missing {not_encoder[:8]}, unexpected {unexpected[:8]} (written with another tokenizer config?)")
     if len(missing) > len(not_encoder):
         # Stage 1a leaves a ViT it loaded from `encoder_path` out of its checkpoints: reload it from there.
         recorded = _recorded_encoder_path(file)
@@ -85,7 +104,7 @@ def _recorded_encoder_path(file: Path) -> str:
 def refuse_released_stand_in(stage: str, flag: bool, downstream: str) -> None:
     """The `paper` presets of the mini-world pre-training stages stand for released weights: stop at once."""
     if flag:
-        raise ValueError(
+        raise InputError(
             f"{stage}: this preset stands for released weights the paper does not train; pass them to {downstream} "
             f"instead (or --set released_stand_in=false to pre-train from scratch)"
         )

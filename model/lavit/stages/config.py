@@ -9,6 +9,9 @@
 "not in the paper" with the reason for the choice. `mini` is the same stage at CPU size (tiny model presets,
 synthetic data written on first use, a few steps), for tests and smoke runs.
 
+Stages 1b and 2 start from a stage-1a run named by `tokenizer_checkpoint` in every preset, `mini` included, and
+refuse to start without it; `tokenizer_checkpoint="random-init"` is the explicit opt-in to a random tokenizer.
+
 No torch import here: `python -m train --help` stays instant.
 """
 
@@ -51,7 +54,7 @@ class TokenizerStageConfig:
 @dataclass
 class PixelDecoderStageConfig:
     model: LavitConfig = field(default_factory=lavit_7b)  # tokenizer + pixel decoder shapes
-    tokenizer_checkpoint: str = ""  # trained stage-1a tokenizer (checkpoint dir or .safetensors); required unless mini
+    tokenizer_checkpoint: str = ""  # stage-1a run / checkpoint dir / .safetensors (required); "random-init": random weights (tests)
     stable_diffusion_path: str = ""  # local Stable Diffusion 1.5 folder (unet/, vae/) to initialise the U-Net and VAE
     data: ImageTextDataConfig = field(default_factory=ImageTextDataConfig)  # images (captions unused)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
@@ -77,7 +80,7 @@ class UnifiedDataConfig:
     text_key: str = "text"  # JSON field holding a document
     text_to_image_text: tuple[float, float] = (2.0, 1.0)  # App. B.1: text : image-text = 2 : 1
     partition: Literal["sample", "shard", "sequence"] = "sample"  # how ranks split the data (train/data.py, unified.py)
-    codes_cache: str = ""  # directory of pre-tokenised codes (`python -m train cache_codes`); "" = tokenize on the fly
+    codes_cache: str = ""  # directory of pre-tokenised codes (written by `model.lavit.stages.unified.cache_codes`); "" = tokenize on the fly
     # Keep only image-text samples whose KEY.json has these values (e.g. {"kind": "caption"}: LaVIT's [image; text]
     # data are captions); empty = every sample. Skipped samples are counted in the stream's skipped_map.
     image_text_filter: dict[str, str] = field(default_factory=dict)
@@ -86,7 +89,7 @@ class UnifiedDataConfig:
 @dataclass
 class UnifiedStageConfig:
     model: LavitConfig = field(default_factory=lavit_7b)  # tokenizer + LLM (+ pixel decoder, unused here)
-    tokenizer_checkpoint: str = ""  # trained stage-1a tokenizer (checkpoint dir or .safetensors); required unless mini
+    tokenizer_checkpoint: str = ""  # stage-1a run / checkpoint dir / .safetensors (required); "random-init": random weights (tests)
     llm_path: str = ""  # local LLaMA-7B folder (transformers format) or an llm_pretrain run for the LLM init; "" = random
     visual_selection: Literal["sampled", "deterministic"] = "sampled"  # keep mask M: released Gumbel sampling, or argmax
     text_tokenizer: str = "byte"  # "byte" (the model's byte-level tokenizer) or a local HF tokenizer folder (LLaMA)

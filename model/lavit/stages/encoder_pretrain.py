@@ -33,7 +33,8 @@ from model.lavit.stages.common import refuse_released_stand_in
 from model.lavit.stages.config import EncoderPretrainStageConfig, TextEncoderConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from train.stages.common import synthetic_image_shards
+from harness.errors import InputError
+from train.stages.common import require_shards, synthetic_image_shards
 from train.trainer import StepOutput
 
 BYTE_VOCAB = 259  # build_byte_text_tokenizer: <unk>, <s>, </s>, then 256 bytes
@@ -160,6 +161,18 @@ class EncoderPretrainTask:
             raise ValueError(f"text_encoder.max_len must be >= 1, got {cfg.text_encoder.max_len}")
         self.cfg = cfg
         self.output_dir = Path(output_dir)
+
+    # -- inputs (checked before anything is built) ---------------------------------------------------------------
+    def check_inputs(self) -> None:
+        cfg = self.cfg
+        require_shards(cfg.data.shards, "data.shards", cfg.synthetic.enabled)
+        if cfg.loop.micro_batch_size < 2:
+            raise InputError(f"contrastive training needs at least 2 pairs per micro-batch, got loop.micro_batch_size={cfg.loop.micro_batch_size}")
+
+    def parameter_counts(self) -> tuple[int, int]:
+        with torch.device("meta"):  # shapes only: every parameter trains
+            model = ContrastiveModule(self.cfg)
+        return sum(p.numel() for p in model.parameters()), 0
 
     def build_model(self, info: DistInfo) -> nn.Module:
         return ContrastiveModule(self.cfg)

@@ -31,7 +31,8 @@ from model.lavit.stages.config import LlmPretrainStageConfig
 from model.lavit.stages.common import refuse_released_stand_in
 from train.data import Batched, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece
 from train.distributed import DistInfo
-from train.stages.common import synthetic_text_sources
+from harness.errors import InputError
+from train.stages.common import require_path, require_shards, synthetic_text_sources
 from train.trainer import StepOutput
 
 IGNORE_INDEX = -100
@@ -123,6 +124,24 @@ class LlmPretrainTask:
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.module: CausalLMModule | None = None
+
+    # -- inputs (checked before anything is built) ---------------------------------------------------------------
+    def check_inputs(self) -> None:
+        cfg, data = self.cfg, self.cfg.data
+        weights = sorted(n for n, w in data.text_weights.items() if w > 0)
+        if not weights:
+            raise InputError(f"data.text_weights has no source with a positive weight: {data.text_weights}")
+        if cfg.text_tokenizer != "byte":
+            require_path(cfg.text_tokenizer, "text_tokenizer", "a local tokenizer folder, or \"byte\"")
+        for name in weights:  # synthetic text fills in only when data.text_sources is empty as a whole
+            require_shards(data.text_sources.get(name, []), f"data.text_sources.{name}", cfg.synthetic.enabled and not data.text_sources)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        from transformers import LlamaForCausalLM
+
+        with torch.device("meta"):  # shapes only: every parameter trains
+            model = LlamaForCausalLM(text_llama_config(self.cfg.model))
+        return sum(p.numel() for p in model.parameters()), 0
 
     def build_model(self, info: DistInfo) -> nn.Module:
         from transformers import LlamaForCausalLM

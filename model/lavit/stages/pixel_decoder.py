@@ -20,8 +20,8 @@ from torch import nn
 from model.lavit.stages.config import PixelDecoderStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from model.lavit.stages.common import load_tokenizer_checkpoint
-from train.stages.common import latest_checkpoint_dir, synthetic_image_shards
+from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
+from train.stages.common import RANDOM_INIT, latest_checkpoint_dir, require_path, require_shards, require_upstream, synthetic_image_shards
 from train.trainer import StepOutput
 
 
@@ -62,16 +62,25 @@ class PixelDecoderTask:
         if not cfg.model.pixel_decoder.enabled:
             raise ValueError("stage 1b trains the pixel decoder, but model.pixel_decoder.enabled is false")
 
+    def check_inputs(self) -> None:
+        cfg = self.cfg
+        require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "pixel_decoder", "tokenizer")
+        require_path(cfg.stable_diffusion_path, "stable_diffusion_path", "a local Stable Diffusion 1.5 folder with unet/ and vae/")
+        require_shards(cfg.data.shards, "data.shards", cfg.synthetic.enabled)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        # The whole LaVIT config on the meta device; this stage trains only the U-Net (the LLM is not built here).
+        model = self.cfg.model
+        return meta_parameter_counts(model, lambda lavit: list(lavit.pixel_decoder.unet.parameters()), exclude=("language_model.",))
+
     def build_model(self, info: DistInfo) -> nn.Module:
         from model.lavit.pixel_decoder import PixelDecoder
         from model.lavit.tokenizer import build_tokenizer
 
         cfg = self.cfg
         tokenizer = build_tokenizer(cfg.model.tokenizer)
-        if cfg.tokenizer_checkpoint:
+        if cfg.tokenizer_checkpoint != RANDOM_INIT:  # checked in check_inputs; random-init is the explicit opt-in
             load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(cfg.tokenizer_checkpoint))
-        elif not cfg.synthetic.enabled:
-            raise ValueError("stage 1b needs tokenizer_checkpoint (a stage-1a run or checkpoint directory, or a released visual_tokenizer/ folder)")
         tokenizer.requires_grad_(False).eval()
         context_dim = cfg.model.tokenizer.unet_context_dim
         if cfg.stable_diffusion_path:

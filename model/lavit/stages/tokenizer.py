@@ -31,7 +31,7 @@ from model.lavit.stages.config import TokenizerStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from model.lavit.stages.common import load_encoder_weights, load_tokenizer_checkpoint
-from train.stages.common import latest_checkpoint_dir, synthetic_image_shards
+from train.stages.common import latest_checkpoint_dir, require_shards, require_weights, synthetic_image_shards
 from train.trainer import StepOutput
 
 
@@ -79,6 +79,22 @@ class TokenizerTask:
                 "stage 1a (tokenizer) does not support dist.strategy=fsdp: the EMA codebook is updated in the forward "
                 "pass, which sharded parameters do not allow. Use ddp (the trainable part fits one GPU)."
             )
+
+    def check_inputs(self) -> None:
+        cfg = self.cfg
+        require_weights(cfg.encoder_path, "encoder_path", "EVA-CLIP weights or an encoder_pretrain run; \"\" = random init")
+        require_weights(cfg.init_from, "init_from", "a tokenizer run, checkpoint directory or .safetensors")
+        require_shards(cfg.data.shards, "data.shards", cfg.synthetic.enabled)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, frozen) from shapes on the meta device: the encoder is frozen, the rest trains."""
+        from model.lavit.tokenizer import build_tokenizer
+
+        with torch.device("meta"):
+            tokenizer = build_tokenizer(self.cfg.tokenizer)
+        frozen = {id(p) for p in tokenizer.encoder.parameters()}
+        params = list(tokenizer.parameters())
+        return sum(p.numel() for p in params if id(p) not in frozen), sum(p.numel() for p in params if id(p) in frozen)
 
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, info: DistInfo) -> nn.Module:

@@ -44,8 +44,17 @@ from torch import nn
 from model.lavit.stages.config import UnifiedStageConfig
 from train.data import Batched, ImageTextShards, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece, Strided
 from train.distributed import DistInfo
-from model.lavit.stages.common import load_tokenizer_checkpoint
-from train.stages.common import latest_checkpoint_dir, synthetic_image_shards, synthetic_text_sources
+from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
+from train.stages.common import (
+    RANDOM_INIT,
+    latest_checkpoint_dir,
+    require_path,
+    require_shards,
+    require_upstream,
+    require_weights,
+    synthetic_image_shards,
+    synthetic_text_sources,
+)
 from train.trainer import StepOutput
 
 IGNORE_INDEX = -100
@@ -241,19 +250,35 @@ class UnifiedTask:
         self.pipeline_tokenizer = None  # frozen copy of the stage-1 tokenizer used by the data pipeline
         self.text_tokenizer = None
 
+    # -- inputs (checked before anything is built) ---------------------------------------------------------------
+    def check_inputs(self) -> None:
+        cfg, data = self.cfg, self.cfg.data
+        require_upstream(cfg.tokenizer_checkpoint, "tokenizer_checkpoint", "unified", "tokenizer")
+        require_weights(cfg.llm_path, "llm_path", "an llm_pretrain run or a local LLaMA folder in transformers format; \"\" = random init")
+        if cfg.text_tokenizer != "byte":
+            require_path(cfg.text_tokenizer, "text_tokenizer", "a local tokenizer folder, or \"byte\"")
+        require_path(data.codes_cache, "data.codes_cache", "written by model.lavit.stages.unified.cache_codes")
+        synthetic = cfg.synthetic.enabled
+        require_shards(data.understanding_shards, "data.understanding_shards", synthetic, required=data.understanding_weight > 0)
+        require_shards(data.generation_shards, "data.generation_shards", synthetic, required=data.understanding_weight < 1)
+        for name in sorted(n for n, w in data.text_weights.items() if w > 0):
+            # Synthetic text fills in only when data.text_sources is empty as a whole.
+            require_shards(data.text_sources.get(name, []), f"data.text_sources.{name}", synthetic and not data.text_sources)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return meta_parameter_counts(self.cfg.model, lambda lavit: [p for ps in lavit.parameter_groups().values() for p in ps])
+
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, info: DistInfo) -> nn.Module:
         from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 
         cfg = self.cfg
         lavit = LavitForCausalLM(LavitHFConfig.from_lavit_config(cfg.model))
-        if cfg.tokenizer_checkpoint:
+        if cfg.tokenizer_checkpoint != RANDOM_INIT:  # checked in check_inputs; random-init is the explicit opt-in
             load_tokenizer_checkpoint(lavit.visual_tokenizer, latest_checkpoint_dir(cfg.tokenizer_checkpoint))
             # The understanding merger and vit_proj start from the trained tokenizer's (the release does the same).
             lavit.understanding_encoder.causal_encoder.load_state_dict(lavit.visual_tokenizer.causal_encoder.state_dict())
             lavit.understanding_encoder.vit_proj.load_state_dict(lavit.visual_tokenizer.vit_proj.state_dict())
-        elif not cfg.synthetic.enabled:
-            raise ValueError("stage 2 needs tokenizer_checkpoint (a stage-1a run or checkpoint directory, or a released visual_tokenizer/ folder)")
         if cfg.llm_path:
             load_llama_weights(lavit.language_model, cfg.llm_path, cfg.model.llm.text_vocab_size)
         lavit.visual_tokenizer.eval()
@@ -396,12 +421,15 @@ def read_llm_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"llm_path {path} does not exist (expected an llm_pretrain run directory, its model.safetensors, or a LLaMA folder)")
-    file = Path(latest_checkpoint_dir(path)) if p.is_dir() else p
-    if file.is_dir() and (file / "manifest.json").is_file():
-        file = file / "model.safetensors"
-    if not file.is_file():
-        return read_sharded_state_dict(p), str(p)
-    state = read_state_dict(file)
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+
+    resolved = Path(latest_checkpoint_dir(path))  # a run: its newest checkpoint that verifies
+    if resolved.is_dir() and (resolved / MANIFEST).is_file():
+        state, file = read_checkpoint_weights(resolved)  # either checkpoint layout
+    elif resolved.is_dir():
+        return read_sharded_state_dict(p), str(p)  # a transformers LLaMA folder
+    else:
+        state, file = read_state_dict(resolved), resolved
     prefix = "language_model."
     other = sorted(k for k in state if not k.startswith(prefix))
     if other:
