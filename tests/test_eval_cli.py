@@ -307,7 +307,7 @@ def test_lavit_released_layout_end_to_end(data_root, tmp_path, capfd):
     # What ran is recorded: in the caches' identity and in every result row's config.
     lemmatisation = "lemmatised" if lemmatiser_installed() else "not lemmatised"
     expected = {
-        "mini_vqa": {"decoding": "released", "selection": "argmax", "question_processing": "released",
+        "mini_vqa": {"decoding": "released", "selection": "gumbel", "selection_seed": 0, "question_processing": "released",
                      "question_template": "Question: {} Answer:", "answerability_step": False,
                      "lemmatisation": "not lemmatised"},
         "vizwiz_val": {"decoding": "released", "selection": "gumbel", "selection_seed": 0,

@@ -16,6 +16,8 @@ import pytest
 from eval.datasets import read_karpathy_captions, read_vqa_official
 from eval.mmlu import list_subjects, read_subject_csv
 from harness.miniworld import (
+    CAPTIONS_PER_IMAGE,
+    QA_PER_IMAGE,
     SHAPES,
     answer_prior_accuracy,
     build_miniworld,
@@ -64,15 +66,15 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(world, tmp_pat
 
 def test_the_shard_reader_reads_every_sample_once_per_epoch(world):
     n = world.counts["train_samples"]
-    assert n == 200 * 4 and world.counts["train_images"] == 200
+    assert n == 200 * (CAPTIONS_PER_IMAGE + QA_PER_IMAGE) and world.counts["train_images"] == 200
     stream = ImageTextShards([world.shards], seed=3)
     samples = [next(stream) for _ in range(n)]
     assert len({s.key for s in samples}) == n and stream.stats() == {}
     assert next(stream).key in {s.key for s in samples}  # the next epoch starts over
     kinds = Counter(s.meta["kind"] for s in samples)
-    assert kinds == {"caption": 400, "vqa": 400}
+    assert kinds == {"caption": 200 * CAPTIONS_PER_IMAGE, "vqa": 200 * QA_PER_IMAGE}
     per_image = Counter(s.meta["image_id"] for s in samples)
-    assert set(per_image.values()) == {4}
+    assert set(per_image.values()) == {CAPTIONS_PER_IMAGE + QA_PER_IMAGE}
     for s in samples:
         shape, color = world.labels["train"][str(s.meta["image_id"])]
         assert (s.meta["shape"], s.meta["color"]) == (shape, color) and s.image.size == (64, 64)
@@ -186,7 +188,7 @@ def test_blind_baselines_and_caption_attribute_hits(world):
 def test_cli_builds_and_rejects_bad_counts(tmp_path, capsys):
     assert main(["--root", str(tmp_path / "w"), "--train-images", "20", "--test-images", "5"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"train_samples\s+80", out) and "size shards/" in out
+    assert re.search(rf"train_samples\s+{20 * (CAPTIONS_PER_IMAGE + QA_PER_IMAGE)}\b", out) and "size shards/" in out
     assert main(["--root", str(tmp_path / "bad"), "--test-images", "5000"]) == 2
     assert capsys.readouterr().err.startswith("error: --test-images must be in 1..1000")
     assert main(["--root", str(tmp_path / "w"), "--seed", "4", "--train-images", "20", "--test-images", "5"]) == 2
