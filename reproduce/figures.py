@@ -20,8 +20,14 @@ class GalleryItem:
     marks: list[bool | None] = field(default_factory=list)  # per line: True = right (green), False = wrong (red)
 
 
-def _wrap(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _wrap(text: str, width: int, max_rows: int = 3) -> list[str]:
+    import textwrap
+
+    rows = textwrap.wrap(text, width) or [""]
+    if len(rows) > max_rows:
+        rows = rows[:max_rows]
+        rows[-1] = rows[-1][: width - 1] + "…"
+    return rows
 
 
 def gallery(items: list[GalleryItem], path: str | Path, *, columns: int = 4, cell: int = 160, title: str = "") -> Path:
@@ -33,7 +39,9 @@ def gallery(items: list[GalleryItem], path: str | Path, *, columns: int = 4, cel
 
     font = ImageFont.load_default()
     line_h, pad = 13, 6
-    n_lines = max((len(i.lines) for i in items), default=0)
+    chars = max(8, cell // 6)
+    wrapped = [[_wrap(line, chars) for line in item.lines] for item in items]
+    n_lines = max((sum(len(rows) for rows in lines) for lines in wrapped), default=0)
     rows = -(-len(items) // columns)
     top = line_h + 2 * pad if title else 0
     width, height = columns * (cell + pad) + pad, top + rows * (cell + n_lines * line_h + 2 * pad) + pad
@@ -41,15 +49,17 @@ def gallery(items: list[GalleryItem], path: str | Path, *, columns: int = 4, cel
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((pad, pad), title, fill="black", font=font)
-    chars = max(8, cell // 6)
     for k, item in enumerate(items):
         x = pad + (k % columns) * (cell + pad)
         y = top + pad + (k // columns) * (cell + n_lines * line_h + 2 * pad)
         canvas.paste(item.image.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
-        for j, line in enumerate(item.lines):
+        row = 0
+        for j, rows in enumerate(wrapped[k]):
             mark = item.marks[j] if j < len(item.marks) else None
             colour = {True: (0, 120, 0), False: (190, 0, 0), None: (0, 0, 0)}[mark]
-            draw.text((x, y + cell + 2 + j * line_h), _wrap(line, chars), fill=colour, font=font)
+            for text in rows:
+                draw.text((x, y + cell + 2 + row * line_h), text, fill=colour, font=font)
+                row += 1
     import io
 
     buffer = io.BytesIO()

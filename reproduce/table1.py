@@ -142,10 +142,11 @@ def _gallery(ctx, path: Path) -> Path:
         hits = ctx.world.caption_attribute_hits(captions.get(s.id, ""), s.id)
         lines, marks = [f"truth: {color} {shape}", f"caption: {captions.get(s.id, '')}"], [None, all(hits)]
         for q in by_image.get(str(s.id), [])[:2]:
-            lines.append(f"{q.text} -> {answers.get(q.id, '')}")
+            lines.append(f"Q: {q.text} A: {answers.get(q.id, '')}")
             marks.append(answers.get(q.id, "").strip().lower() == str(q.references[0]).lower())
         items.append(GalleryItem(Image.open(root / s.image), lines, marks))
-    return gallery(items, path, columns=4, cell=176, title="mini LaVIT, zero-shot on held-out easy-vqa test images")
+    title = "mini LaVIT, zero-shot on held-out easy-vqa test images (green: right, red: wrong)"
+    return gallery(items, path, columns=4, cell=200, title=title)
 
 
 MINI = Profile(

@@ -77,6 +77,19 @@ class Task(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class StatelessStage:
+    """The Task hooks most stages leave as they are: no schedule, no state outside the model's state_dict."""
+
+    def on_step_start(self, step: int, model: nn.Module) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
 def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:
     """Multiplier of the peak LR at `step` (0-based): linear warm-up, then cosine (or constant) down to min_lr_ratio."""
     if optim.warmup_steps > 0 and step < optim.warmup_steps:

@@ -35,7 +35,7 @@ from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from harness.errors import InputError
 from train.stages.common import require_shards, synthetic_image_shards
-from train.trainer import StepOutput
+from train.trainer import StatelessStage, StepOutput
 
 BYTE_VOCAB = 259  # build_byte_text_tokenizer: <unk>, <s>, </s>, then 256 bytes
 PAD_ID = 0  # padding positions are masked out; the id itself is never read
@@ -148,7 +148,7 @@ def collate(pairs: list[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tens
     return {"pixel_values": torch.stack([p for p, _ in pairs]), "input_ids": ids, "attention_mask": mask, "same_caption": same}
 
 
-class EncoderPretrainTask:
+class EncoderPretrainTask(StatelessStage):
     unit = "img"
 
     def __init__(self, cfg: EncoderPretrainStageConfig, output_dir: Path):
@@ -218,12 +218,3 @@ class EncoderPretrainTask:
 
     def throughput_amount(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["pixel_values"].shape[0])
-
-    def on_step_start(self, step: int, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

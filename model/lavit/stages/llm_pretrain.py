@@ -33,7 +33,7 @@ from train.data import Batched, JsonlText, Mapped, Mixture, PackedSequence, Pack
 from train.distributed import DistInfo
 from harness.errors import InputError
 from train.stages.common import require_path, require_shards, synthetic_text_sources
-from train.trainer import StepOutput
+from train.trainer import StatelessStage, StepOutput
 
 IGNORE_INDEX = -100
 
@@ -112,7 +112,7 @@ class CausalLMModule(nn.Module):
         return StepOutput(loss_sum=loss_sum, metric_counts=counts)
 
 
-class LlmPretrainTask:
+class LlmPretrainTask(StatelessStage):
     unit = "tok"
 
     def __init__(self, cfg: LlmPretrainStageConfig, output_dir: Path):
@@ -193,12 +193,3 @@ class LlmPretrainTask:
 
     def throughput_amount(self, rows: list[PackedSequence]) -> int:
         return sum(row.length for row in rows)
-
-    def on_step_start(self, step: int, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

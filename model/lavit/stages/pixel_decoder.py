@@ -22,7 +22,7 @@ from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
 from train.stages.common import RANDOM_INIT, latest_checkpoint_dir, require_path, require_shards, require_upstream, synthetic_image_shards
-from train.trainer import StepOutput
+from train.trainer import StatelessStage, StepOutput
 
 
 def to_unit_range(image, size: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ class PixelDecoderTrainModule(nn.Module):
         return StepOutput(loss_sum=loss * b, metric_sums={"kept_tokens": float(sum(c.numel() for c in out.codes))})
 
 
-class PixelDecoderTask:
+class PixelDecoderTask(StatelessStage):
     unit = "img"
 
     def __init__(self, cfg: PixelDecoderStageConfig, output_dir: Path):
@@ -128,12 +128,3 @@ class PixelDecoderTask:
 
     def throughput_amount(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["images"].shape[0])
-
-    def on_step_start(self, step: int, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

@@ -55,7 +55,7 @@ from train.stages.common import (
     synthetic_image_shards,
     synthetic_text_sources,
 )
-from train.trainer import StepOutput
+from train.trainer import StatelessStage, StepOutput
 
 IGNORE_INDEX = -100
 
@@ -240,7 +240,7 @@ class UnifiedTrainModule(nn.Module):
         )
 
 
-class UnifiedTask:
+class UnifiedTask(StatelessStage):
     unit = "tok"
 
     def __init__(self, cfg: UnifiedStageConfig, output_dir: Path):
@@ -397,15 +397,6 @@ class UnifiedTask:
 
     def throughput_amount(self, rows: list[PackedSequence]) -> int:
         return sum(row.length for row in rows)
-
-    def on_step_start(self, step: int, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
