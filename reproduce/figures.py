@@ -100,7 +100,7 @@ def histogram(values: dict[str, list[int]], path: str | Path, *, title: str = ""
     for j, name in enumerate(values):
         for k, share in shares[name].items():
             x0 = left + (k - lo) * slot + slot * 0.1 + j * bar
-            y0 = upper + plot_h - share / top * plot_h
+            y0 = min(upper + plot_h - share / top * plot_h, upper + plot_h - 1)  # a tiny share: a one-pixel bar
             draw.rectangle([x0, y0, x0 + bar - 1, upper + plot_h - 1], fill=colours[j % len(colours)])
     for k in range(lo, hi + 1):
         if bins <= 20 or (k - lo) % max(1, bins // 10) == 0:
@@ -112,8 +112,8 @@ def histogram(values: dict[str, list[int]], path: str | Path, *, title: str = ""
     for j, name in enumerate(values):
         mean = sum(values[name]) / max(1, len(values[name]))
         y = upper + 4 + 14 * j
-        draw.rectangle([left + plot_w - 170, y, left + plot_w - 160, y + 10], fill=colours[j % len(colours)])
-        draw.text((left + plot_w - 155, y), f"{name}: mean {mean:.2f} (n={len(values[name])})", fill="black", font=font)
+        draw.rectangle([left + plot_w - 210, y, left + plot_w - 200, y + 10], fill=colours[j % len(colours)])
+        draw.text((left + plot_w - 195, y), f"{name}: mean {mean:.2f} (n={len(values[name])})", fill="black", font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())

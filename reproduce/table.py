@@ -166,7 +166,7 @@ def register_table(spec: TableSpec) -> TableSpec:
 
 
 # The scripts that declare tables; importing one registers its table (no torch import at declaration time).
-TABLE_MODULES = ("reproduce.table1", "reproduce.table9")
+TABLE_MODULES = ("reproduce.table1", "reproduce.table3", "reproduce.table5", "reproduce.table7", "reproduce.table9")
 
 
 def tables() -> dict[str, TableSpec]:
