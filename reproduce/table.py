@@ -505,6 +505,8 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
     args = build_parser(spec).parse_args(argv)
     start = time.perf_counter()
     profile = spec.profiles[args.profile]
+    if args.update_band and profile.mode != "claim":
+        raise InputError(f"--update-band: profile {args.profile!r} is checked against the paper's numbers, it has no regression band")
     runs_dir = Path(args.runs_dir).resolve()
     ctx = Context(spec, args.profile, profile, runs_dir, Path(args.results_dir), None, args.checkpoint, args.cluster, args.device,
                   slurm={"gpus_per_node": args.gpus_per_node, "partition": args.partition, "timeout_min": args.time})
@@ -520,8 +522,6 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
         check_data(_tasks(profile), ctx.data_root)  # before any model is built
     if any(isinstance(r, Released) for r in profile.rows.values()) and not args.checkpoint:
         raise InputError(f"profile {args.profile!r} evaluates a released checkpoint: pass --checkpoint DIR")
-    if args.update_band and profile.mode != "claim":
-        raise InputError(f"--update-band: profile {args.profile!r} is checked against the paper's numbers, it has no regression band")
     band_file = band_path(spec, args.profile)
     if args.check and profile.mode == "claim" and not args.update_band:
         from reproduce.compare import read_band

@@ -28,7 +28,7 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.mini_chain import ABLATION_COLUMNS, MINI_CHAIN, PAPER_ABLATION_COLUMNS, mini_chain, paper_chain
+from reproduce.mini_chain import ABLATION_BAND, ABLATION_COLUMNS, MINI_CHAIN, PAPER_ABLATION_COLUMNS, mini_chain, paper_chain
 from reproduce.table import Profile, TableSpec, Trained, main, register_table
 
 QUANTIZED = ("model.ablation.understanding_input=quantized",)
@@ -41,6 +41,7 @@ def _profiles(key: str, switched: str, shared: str, switch: tuple[str, ...], des
         columns=ABLATION_COLUMNS,
         reference=f"mini/{key}",
         eval_limit=1000,
+        band_rules=ABLATION_BAND,
         describe=f"Mini world, zero-shot on held-out test images; {describe} (the rest shared with Table 1).",
     )
     paper = Profile(
@@ -68,8 +69,10 @@ TABLE_7B = register_table(TableSpec(
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Both halves, in order; the worse exit code."""
-    return max(main(TABLE_7A, argv), main(TABLE_7B, argv))
+    """Both halves, in order, on the same command line; the worse exit code. Bad input (exit 2) stops at the first
+    half: the second would only repeat its error line."""
+    first = main(TABLE_7A, argv)
+    return first if first == 2 else max(first, main(TABLE_7B, argv))
 
 
 if __name__ == "__main__":

@@ -293,3 +293,15 @@ def _switched(config) -> bool:
     ablation = config.model.ablation
     return (ablation.visual_objective != "classification" or ablation.understanding_input != "continuous"
             or ablation.freeze_llm or config.model.tokenizer.fixed_length)
+
+
+def test_two_table_scripts_report_bad_input_once(tmp_path, capsys):
+    from reproduce import table3, table7
+
+    base = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert table3.run(["--profile", "paper", *base]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: profile 'paper' evaluates on the benchmarks: pass --data-root DIR"]
+    assert table7.run(["--profile", "paper", "--data-root", str(tmp_path), "--update-band", *base]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --update-band: profile 'paper' is checked against the paper's numbers, it has no regression band"]
+    assert not (tmp_path / "res").exists() and not (tmp_path / "runs").exists()
