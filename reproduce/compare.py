@@ -7,7 +7,12 @@ Two kinds of verdict:
   `reference only` (baselines from other papers, settings, numbers that are not targets).
 * **claim** (small-scale profiles, where absolute numbers are not comparable): the directions the paper
   states ("Dynamic uses fewer tokens than Fixed and scores higher on all three columns") must hold on the
-  measured numbers. Verdicts per claim: `holds`, `fails`, `not measured`.
+  measured numbers. Verdicts per claim: `holds`, `fails`, `not measured`. A claim with `gate: false` (a paper's
+  claim restated at small scale) is reported but its `fails` does not fail `--check`; `not measured` always does.
+
+At small scale, what does gate CI is a **regression band** (`make_band` / `compare_band`): the cells of a previous
+run of the same profile, each with a tolerance, stored apart from the paper references (`results/mini/<table>.band.json`)
+and labelled as such; a cell outside its band, or not produced, fails `--check`.
 
 A measured table is a `pandas.DataFrame` indexed by the reference table's row labels with its column
 labels (any subset of both). Outputs: `results/<paper>_table<N>.csv` (one line per cell and one per
