@@ -10,7 +10,9 @@ setup:
 reproduce: setup
 	.venv/bin/python reproduce/table1.py
 	.venv/bin/python reproduce/table3.py
+	.venv/bin/python reproduce/table6.py
 	.venv/bin/python reproduce/table7.py
+	.venv/bin/python reproduce/table8.py
 	.venv/bin/python reproduce/table5.py
 	.venv/bin/python -m reproduce.report
 

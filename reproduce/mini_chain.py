@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reproduce.compare import BandRule
-from reproduce.table import Column, StageRun
+from reproduce.table import Column, Profile, StageRun, Trained
 
 SHARDS = "[{data}/shards/train-*.tar]"
 TEXT = '{"shapes": ["{data}/text/shapes.jsonl"], "qa": ["{data}/text/qa.jsonl"], "facts": ["{data}/text/facts.jsonl"], "filler": ["{data}/text/filler.jsonl"]}'
@@ -156,3 +156,43 @@ PAPER_STAGE_2 = StageRun(
 def paper_chain(tokenizer: tuple[str, ...] = (), unified: tuple[str, ...] = ()) -> tuple[StageRun, ...]:
     """Stage 1a -> stage 2 at paper scale with an ablation switch (the `paper` presets; needs a GPU cluster)."""
     return (_with(PAPER_STAGE_1A, tokenizer), _with(PAPER_STAGE_2, unified))
+
+
+# ---------------------------------------------------------------------------------------------
+# A two-row ablation table (Tables 6, 7a, 7b, 8): one switched row against Table 1's model.
+
+
+def ablation_profiles(
+    key: str,
+    switched: str,
+    shared: str,
+    describe: str,
+    tokenizer: tuple[str, ...] = (),
+    unified: tuple[str, ...] = (),
+    seeds: tuple[int, ...] = (0,),
+) -> dict[str, Profile]:
+    """The `mini` and `paper` profiles of a table whose row `switched` is the chain with the `--set` overrides
+    `tokenizer` (stage 1a) and `unified` (stage 2), and whose row `shared` is the unchanged chain (at mini scale
+    Table 1's model itself, the same run directories). `describe` says what the switch is. `seeds`: stage-2 seeds
+    of both mini rows (the cells are their means; the spread is reported beside)."""
+    mini = Profile(
+        rows={
+            switched: Trained("lavit", mini_chain(tokenizer, unified), seeds=seeds),
+            shared: Trained("lavit", MINI_CHAIN, seeds=seeds),
+        },
+        columns=ABLATION_COLUMNS,
+        reference=f"mini/{key}",
+        eval_limit=1000,
+        band_rules=ABLATION_BAND,
+        describe=f"Mini world, zero-shot on held-out test images; {describe} (the rest shared with Table 1).",
+    )
+    paper = Profile(
+        rows={switched: Trained("lavit", paper_chain(tokenizer, unified)), shared: Trained("lavit", paper_chain())},
+        columns=PAPER_ABLATION_COLUMNS,
+        reference=key,
+        mode="numeric",
+        preset="paper",
+        data="data-root",
+        describe="The paper's ablation setting (Appendix B.2), zero-shot.",
+    )
+    return {"mini": mini, "paper": paper}

@@ -74,10 +74,24 @@ class StageRun:
 
 @dataclass(frozen=True)
 class Trained:
-    """A row measured by training a chain of stages and evaluating its last stage."""
+    """A row measured by training a chain of stages and evaluating its last stage.
+
+    `seeds`: training seeds (`loop.seed`) of the chain's last stage. With more than one, the last stage is trained
+    once per seed, the row's cells are the mean over the seeds and the per-seed values and their spread are
+    reported beside the table: what a claim needs where the difference between two rows is small. Seed 0 is the
+    stages' default and adds no override, so a row's seed-0 runs are the very runs of a row without seeds."""
 
     family: str
     chain: tuple[StageRun, ...]
+    seeds: tuple[int, ...] = (0,)
+
+    def with_seed(self, seed: int) -> "Trained":
+        """The same row trained with `seed` in its last stage (one seed)."""
+        if seed == 0:
+            return Trained(self.family, self.chain)
+        *head, last = self.chain
+        last = StageRun(last.stage, last.overrides + (f"loop.seed={seed}",), last.inputs, last.name, last.preset)
+        return Trained(self.family, (*head, last))
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,8 @@ class Context:
     cluster: str
     device: str
     world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
-    eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its evaluation output (OUT/<task>/...)
+    eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its (seed-0) evaluation output (OUT/<task>/...)
+    seed_cells: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # row label -> seed -> cells (rows with seeds)
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,7 +181,15 @@ def register_table(spec: TableSpec) -> TableSpec:
 
 
 # The scripts that declare tables; importing one registers its table (no torch import at declaration time).
-TABLE_MODULES = ("reproduce.table1", "reproduce.table3", "reproduce.table5", "reproduce.table7", "reproduce.table9")
+TABLE_MODULES = (
+    "reproduce.table1",
+    "reproduce.table3",
+    "reproduce.table5",
+    "reproduce.table6",
+    "reproduce.table7",
+    "reproduce.table8",
+    "reproduce.table9",
+)
 
 
 def tables() -> dict[str, TableSpec]:
@@ -307,9 +330,13 @@ def _train_slurm(stages: list[PlannedStage], ctx: Context) -> None:
         _log(f"job {job.job_id} finished -> {out}")
 
 
-def train_rows(ctx: Context) -> dict[str, Path]:
-    """Train (or reuse) every chain of the profile; returns row label -> run directory of its last stage."""
-    chains = {label: plan_chain(row, ctx) for label, row in ctx.profile.rows.items() if isinstance(row, Trained)}
+def train_rows(ctx: Context) -> dict[tuple[str, int], Path]:
+    """Train (or reuse) every chain of the profile, once per seed of its row; returns (row label, seed) -> run
+    directory of the chain's last stage."""
+    chains = {
+        (label, seed): plan_chain(row.with_seed(seed), ctx)
+        for label, row in ctx.profile.rows.items() if isinstance(row, Trained) for seed in row.seeds
+    }
     unique: dict[Path, PlannedStage] = {}
     depth: dict[Path, int] = {}
     for chain in chains.values():
@@ -385,9 +412,16 @@ def measure(ctx: Context) -> pd.DataFrame:
     measured: dict[str, dict[str, float]] = {}
     for label, row in profile.rows.items():
         if isinstance(row, Trained):
-            _log(f"evaluate {label!r} ({trained[label].name})")
-            eval_dir = ctx.eval_dirs[label] = trained[label] / "eval"
-            measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir, trained[label])
+            per_seed = {}
+            for seed in row.seeds:
+                run_dir = trained[label, seed]
+                _log(f"evaluate {label!r} ({run_dir.name}{f', seed {seed}' if len(row.seeds) > 1 else ''})")
+                eval_dir = run_dir / "eval"
+                ctx.eval_dirs.setdefault(label, eval_dir)  # the first seed's: what figures read
+                per_seed[seed] = _cells(evaluate_row(row.family, run_dir, eval_dir, ctx), profile, label, ctx, eval_dir, run_dir)
+            measured[label] = {c: sum(cells[c] for cells in per_seed.values()) / len(per_seed) for c in per_seed[row.seeds[0]]}
+            if len(row.seeds) > 1:
+                ctx.seed_cells[label] = per_seed
         elif isinstance(row, Released):
             if not ctx.checkpoint:
                 raise InputError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
@@ -448,6 +482,25 @@ def write_outputs(spec: TableSpec, profile_name: str, comparison, measured: pd.D
          "measured": json.loads(measured.to_json(orient="index")), "provenance": provenance()},
     )
     return csv_path, md_path
+
+
+def seed_frame(ctx: Context) -> pd.DataFrame:
+    """Rows trained with several seeds: each cell per seed, its mean (the table's value) and spread (max - min)."""
+    records = []
+    for label, per_seed in ctx.seed_cells.items():
+        for column in next(iter(per_seed.values())):
+            values = {seed: cells[column] for seed, cells in per_seed.items()}
+            records.append({"row": label, "column": column, **{f"seed {s}": v for s, v in values.items()},
+                            "mean": sum(values.values()) / len(values), "spread": max(values.values()) - min(values.values())})
+    return pd.DataFrame.from_records(records)
+
+
+def seed_markdown(ctx: Context) -> str:
+    frame = seed_frame(ctx)
+    if frame.empty:
+        return ""
+    return ("\n## Seeds (training seed of the last stage; the table shows the mean, spread = max - min)\n\n"
+            + frame.round(4).to_markdown(index=False) + "\n")
 
 
 def _reference_markdown(ref) -> str:
@@ -543,8 +596,11 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
             band_check = compare_band(read_band(band_file), measured)
             band_section = "\n" + band_markdown(band_check, _relative(band_file))
     seconds = time.perf_counter() - start
-    csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds, band_section)
+    seeds_section = seed_markdown(ctx)
+    csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds, seeds_section + band_section)
     print_table(comparison, measured, profile)
+    if seeds_section:
+        print(seeds_section)
     if band_check is not None:
         outside = band_check[band_check["verdict"] != "inside"]
         print(f"regression band {_relative(band_file)}: {len(band_check) - len(outside)}/{len(band_check)} cells inside")

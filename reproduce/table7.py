@@ -28,43 +28,24 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.mini_chain import ABLATION_BAND, ABLATION_COLUMNS, MINI_CHAIN, PAPER_ABLATION_COLUMNS, mini_chain, paper_chain
-from reproduce.table import Profile, TableSpec, Trained, main, register_table
+from reproduce.mini_chain import ablation_profiles
+from reproduce.table import TableSpec, main, register_table
 
 QUANTIZED = ("model.ablation.understanding_input=quantized",)
 FROZEN = ("model.ablation.freeze_llm=true",)
 
 
-def _profiles(key: str, switched: str, shared: str, switch: tuple[str, ...], describe: str) -> dict[str, Profile]:
-    mini = Profile(
-        rows={switched: Trained("lavit", mini_chain(unified=switch)), shared: Trained("lavit", MINI_CHAIN)},
-        columns=ABLATION_COLUMNS,
-        reference=f"mini/{key}",
-        eval_limit=1000,
-        band_rules=ABLATION_BAND,
-        describe=f"Mini world, zero-shot on held-out test images; {describe} (the rest shared with Table 1).",
-    )
-    paper = Profile(
-        rows={switched: Trained("lavit", paper_chain(unified=switch)), shared: Trained("lavit", paper_chain())},
-        columns=PAPER_ABLATION_COLUMNS,
-        reference=key,
-        mode="numeric",
-        preset="paper",
-        data="data-root",
-        describe="The paper's ablation setting (Appendix B.2), zero-shot.",
-    )
-    return {"mini": mini, "paper": paper}
-
-
 TABLE_7A = register_table(TableSpec(
     key="lavit_table7a",
     script="reproduce/table7.py",
-    profiles=_profiles("lavit_table7a", "Quantized", "Continuous", QUANTIZED, "stage 2 with quantized or continuous visual input for [image; text]"),
+    profiles=ablation_profiles(
+        "lavit_table7a", "Quantized", "Continuous", "stage 2 with quantized or continuous visual input for [image; text]", unified=QUANTIZED
+    ),
 ))
 TABLE_7B = register_table(TableSpec(
     key="lavit_table7b",
     script="reproduce/table7.py",
-    profiles=_profiles("lavit_table7b", "Frozen LLM", "Unlock LLM", FROZEN, "stage 2 with the LLM frozen or trained"),
+    profiles=ablation_profiles("lavit_table7b", "Frozen LLM", "Unlock LLM", "stage 2 with the LLM frozen or trained", unified=FROZEN),
 ))
 
 

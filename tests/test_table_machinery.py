@@ -244,12 +244,16 @@ def _plans(spec: T.TableSpec, profile: str, tmp_path: Path) -> dict[str, list[T.
 def test_ablation_tables_share_table1_runs_and_switch_one_thing(tmp_path):
     from reproduce.table1 import TABLE as TABLE1
     from reproduce.table3 import TABLE_3A, TABLE_3B
+    from reproduce.table6 import TABLE_6
     from reproduce.table7 import TABLE_7A, TABLE_7B
+    from reproduce.table8 import TABLE_8
 
     table1 = [s.directory for s in _plans(TABLE1, "mini", tmp_path)["Ours (mini LaVIT)"]]
     switched = {}
     for spec, shared, other in ((TABLE_3A, "Classification", "Regression"), (TABLE_3B, "Dynamic", "Fixed"),
-                                (TABLE_7A, "Continuous", "Quantized"), (TABLE_7B, "Unlock LLM", "Frozen LLM")):
+                                (TABLE_7A, "Continuous", "Quantized"), (TABLE_7B, "Unlock LLM", "Frozen LLM"),
+                                (TABLE_6, "Causal Attention", "Bi-directional Attention"),
+                                (TABLE_8, "w/ Token Merger", "w/o Token Merger")):
         plans = _plans(spec, "mini", tmp_path)
         assert [s.directory for s in plans[shared]] == table1  # the very runs of Table 1
         assert [s.directory for s in plans[other]][:2] == table1[:2]  # encoder_pretrain and llm_pretrain shared
@@ -259,17 +263,31 @@ def test_ablation_tables_share_table1_runs_and_switch_one_thing(tmp_path):
     assert switched["Fixed"][2].config.tokenizer.fixed_length and switched["Fixed"][3].config.model.tokenizer.fixed_length
     assert switched["Quantized"][3].config.model.ablation.understanding_input == "quantized"
     assert switched["Frozen LLM"][3].config.model.ablation.freeze_llm
-    assert len({s[3].directory for s in switched.values()} | {table1[3]}) == 5
+    # Tables 6 and 8 switch the tokenizer: stage 1a is retrained and stage 2 builds the same tokenizer
+    bidirectional = switched["Bi-directional Attention"]
+    assert bidirectional[2].config.tokenizer.merger_attention == "bidirectional" != table1_merger(tmp_path, TABLE1)
+    assert bidirectional[3].config.model.tokenizer.merger_attention == "bidirectional"
+    no_merger = switched["w/o Token Merger"]
+    assert not no_merger[2].config.tokenizer.use_merger and not no_merger[3].config.model.tokenizer.use_merger
+    stage_1a = {s[2].directory for s in switched.values()} | {table1[2]}
+    assert len(stage_1a) == 4  # Table 1's, Fixed's, Bi-directional's, w/o merger's
+    assert len({s[3].directory for s in switched.values()} | {table1[3]}) == 7
+
+
+def table1_merger(tmp_path, table1) -> str:
+    return _plans(table1, "mini", tmp_path)["Ours (mini LaVIT)"][2].config.tokenizer.merger_attention
 
 
 def test_paper_profiles_plan_with_the_paper_presets_without_running(tmp_path):
     from harness.config import get_preset
     from reproduce.table3 import TABLE_3A, TABLE_3B
+    from reproduce.table6 import TABLE_6
     from reproduce.table7 import TABLE_7A, TABLE_7B
+    from reproduce.table8 import TABLE_8
 
     paper_unified = get_preset("train/unified", "paper")
     shared = None
-    for spec in (TABLE_3A, TABLE_3B, TABLE_7A, TABLE_7B):
+    for spec in (TABLE_3A, TABLE_3B, TABLE_6, TABLE_7A, TABLE_7B, TABLE_8):
         profile = spec.profiles["paper"]
         assert profile.mode == "numeric" and profile.reference == spec.key and profile.data == "data-root"
         plans = _plans(spec, "paper", tmp_path)
@@ -286,13 +304,14 @@ def test_paper_profiles_plan_with_the_paper_presets_without_running(tmp_path):
         baseline = [p for p in plans.values() if not _switched(p[-1].config)]
         assert len(baseline) == 1
         shared = shared or baseline[0][-1].directory
-        assert baseline[0][-1].directory == shared  # one paper-scale baseline run serves all four tables
+        assert baseline[0][-1].directory == shared  # one paper-scale baseline run serves all six tables
 
 
 def _switched(config) -> bool:
     ablation = config.model.ablation
     return (ablation.visual_objective != "classification" or ablation.understanding_input != "continuous"
-            or ablation.freeze_llm or config.model.tokenizer.fixed_length)
+            or ablation.freeze_llm or config.model.tokenizer.fixed_length
+            or config.model.tokenizer.merger_attention != "causal" or not config.model.tokenizer.use_merger)
 
 
 def test_two_table_scripts_report_bad_input_once(tmp_path, capsys):
@@ -305,3 +324,25 @@ def test_two_table_scripts_report_bad_input_once(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --update-band: profile 'paper' is checked against the paper's numbers, it has no regression band"]
     assert not (tmp_path / "res").exists() and not (tmp_path / "runs").exists()
+
+
+def test_seeded_rows_share_seed_zero_runs_and_report_mean_and_spread(tmp_path):
+    from reproduce.table1 import TABLE as TABLE1
+    from reproduce.table6 import TABLE_6
+
+    table1 = [s.directory for s in _plans(TABLE1, "mini", tmp_path)["Ours (mini LaVIT)"]]
+    spec = TABLE_6
+    row = spec.profiles["mini"].rows["Causal Attention"]
+    assert row.seeds == (0, 1)
+    ctx = T.Context(spec, "mini", spec.profiles["mini"], tmp_path / "runs", tmp_path, tmp_path / "data", None, "local", "cpu")
+    seed0 = [s.directory for s in T.plan_chain(row.with_seed(0), ctx)]
+    seed1 = T.plan_chain(row.with_seed(1), ctx)
+    assert seed0 == table1  # seed 0 adds no override: Table 1's runs
+    assert [s.directory for s in seed1][:3] == table1[:3] and seed1[3].directory != table1[3]  # only stage 2 re-seeded
+    assert seed1[3].config.loop.seed == 1
+
+    ctx.seed_cells["Causal Attention"] = {0: {"CIDEr": 260.0, "VQA": 37.0}, 1: {"CIDEr": 280.0, "VQA": 38.0}}
+    frame = T.seed_frame(ctx).set_index("column")
+    assert frame.loc["CIDEr", "mean"] == 270.0 and frame.loc["CIDEr", "spread"] == 20.0
+    assert frame.loc["VQA", "seed 0"] == 37.0 and frame.loc["VQA", "seed 1"] == 38.0
+    assert "Seeds" in T.seed_markdown(ctx)
