@@ -8,6 +8,8 @@
   not match gets one `CheckpointLayoutError` naming the file and exactly which keys are missing, which are
   unexpected and which have the wrong shape (both shapes), the first few of each with counts.
 - `strip_prefix`: files are accepted with or without their module prefix (``encoder.``).
+- `weight_shapes` / `sharded_weight_shapes`: the keys, shapes and dtypes of weight files as meta tensors (for the
+  strict check before anything is loaded); the streaming loaders then read one file at a time.
 """
 
 from __future__ import annotations
@@ -62,6 +64,39 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointLayoutError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
     return state
+
+
+def weight_shapes(path: str | Path) -> dict[str, torch.Tensor]:
+    """{name: meta tensor with the file's shape and dtype} of one weight file, without keeping its data in memory
+    (safetensors: the header only; torch files: memory-mapped, then dropped)."""
+    path = resolve_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                                        "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                                        "BOOL": "bool"}.get(sl.get_dtype(), "float32"))  # fmt: skip
+                out[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+        return out
+    return {k: torch.empty_like(v, device="meta") for k, v in read_state_dict(path).items()}
+
+
+def sharded_weight_shapes(folder: str | Path) -> dict[str, torch.Tensor]:
+    """`weight_shapes` of every shard of `sharded_weight_files(folder)` merged (a key in two shards is an error)."""
+    shapes: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for path in sharded_weight_files(folder):
+        shard = weight_shapes(path)
+        twice = [k for k in shard if k in shapes]
+        if twice:
+            raise CheckpointLayoutError(f"{path}: keys also in {origin[twice[0]]}: {_describe(sorted(twice))}")
+        shapes.update(shard)
+        origin.update(dict.fromkeys(shard, path))
+    return shapes
 
 
 def sharded_weight_files(folder: str | Path) -> list[Path]:

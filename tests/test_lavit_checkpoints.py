@@ -158,6 +158,21 @@ def test_run_directory_loads_the_checkpoint_strictly(unified_run):
     assert load_for_eval(run / "checkpoints" / "step_00000002").model_id == loaded.model_id
 
 
+def test_run_directory_in_bf16_keeps_rotary_and_selector_float32(unified_run):
+    run, tok_file = unified_run
+    model = load_for_eval(run, dtype="bfloat16").adapter.model
+    assert model.language_model.lm_head.weight.dtype == torch.bfloat16
+    llm = model.lavit_config.llm
+    dim = llm.hidden_size // llm.num_heads
+    exact = 1.0 / (llm.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    rotary = model.language_model.model.rotary_emb
+    assert rotary.inv_freq.dtype == torch.float32 and torch.equal(rotary.inv_freq, exact)
+    saved = load_file(str(tok_file))
+    for name, param in model.visual_tokenizer.token_predictor.named_parameters():
+        assert param.dtype == torch.float32 and torch.equal(param, saved[f"tokenizer.token_predictor.{name}"]), name
+    assert model.visual_tokenizer.encoder.pos_embed.dtype == torch.bfloat16
+
+
 def test_run_llm_scores_equal_a_plain_llama_with_the_checkpoint_weights(unified_run):
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model

@@ -192,6 +192,7 @@ def run_text_tokenizer(spec: str, where: Path):
 def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     from model.families import get_family
     from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
+    from model.lavit.precision import convert_state, float32_prefixes, place, rebuild_rotary
     from model.lavit.stages.common import load_tokenizer_checkpoint
     from model.lavit.tokenizer import build_tokenizer
     from train.checkpoint import MANIFEST, read_checkpoint_weights
@@ -229,15 +230,17 @@ def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     for k in saved_excluded:
         del state[k]
     check_state_dict(file, state, expected, what="the LaVIT model of the run's config")
-    model.load_state_dict({k[len(RUN_PREFIX) :]: v for k, v in state.items()}, strict=False, assign=True)
-    # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them.
-    model.language_model.model.rotary_emb = type(model.language_model.model.rotary_emb)(model.language_model.config)
+    # Each tensor goes to `device` in its final dtype as it is assigned (float32 parts stay float32:
+    # `model.lavit.precision`); the frozen tokenizer built above is placed the same way.
+    state = {k[len(RUN_PREFIX) :]: state.pop(k) for k in list(state)}
+    model.load_state_dict(convert_state(state, device, dtype, float32_prefixes(model)), strict=False, assign=True)
+    del state
+    # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the device, in float32.
+    rebuild_rotary(model.language_model, device)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:
         raise CheckpointLayoutError(f"{file}: tensors never loaded: {leftovers[:8]} ({len(leftovers)} total)")
-    model.to(device=device, dtype=dtype)
-    if model.visual_tokenizer.token_predictor is not None:
-        model.visual_tokenizer.token_predictor.float()  # the selector runs in float32 whatever the model dtype
+    place(model, device, dtype)
     model.set_stage2_trainable()
     step = json.loads((checkpoint / MANIFEST).read_text())["step"]
     return model.eval(), text_tokenizer, config, step

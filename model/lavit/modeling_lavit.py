@@ -82,7 +82,10 @@ def llama_config(config: LavitConfig) -> LlamaConfig:
         tie_word_embeddings=llm.tie_word_embeddings,
         bos_token_id=llm.bos_token_id,
         eos_token_id=llm.eos_token_id,
-        pad_token_id=llm.eos_token_id,
+        # No pad id: an nn.Embedding padding_idx would be </s> (the released pad), whose row would then be zeroed at
+        # init and never get a gradient, although </s> is a real input (it ends every document). Pads are handled
+        # by `collate` (</s> embeddings under attention mask 0) and `generate` gets its pad id explicitly.
+        pad_token_id=None,
         attn_implementation=llm.attn_implementation,
     )
 

@@ -42,10 +42,10 @@ from model.lavit.official_tokenizer import write_official_layout as write_offici
 from model.weights import (
     CheckpointLayoutError,
     check_state_dict,
-    read_sharded_state_dict,
     read_state_dict,
     resolve_file,
     sharded_weight_files,
+    sharded_weight_shapes,
 )
 
 LANGUAGE_MODEL = "language_model"
@@ -124,9 +124,13 @@ def load_official_lavit(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> LoadedLavit:
-    """Build LaVIT from a released checkpoint directory (strict). `config` defaults to the `lavit-7b` preset."""
+    """Build LaVIT from a released checkpoint directory (strict). `config` defaults to the `lavit-7b` preset.
+
+    Built on the meta device; every weight file is read one at a time and its tensors go straight to `device` in
+    `dtype`, except the float32 parts (selector, rotary frequencies: `model.lavit.precision`)."""
     from harness.config import get_preset
     from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
+    from model.lavit.precision import convert_state, float32_prefixes, place, rebuild_rotary
 
     root = _require_dir(Path(directory))
     config = config or get_preset("lavit", "lavit-7b")
@@ -143,55 +147,68 @@ def load_official_lavit(
     with torch.device("meta"):
         model = LavitForCausalLM(LavitHFConfig.from_lavit_config(config))
 
+    # Weights are streamed: each file is checked, then its tensors go straight to `device` in their final dtype
+    # (float32 for the selector, `model.lavit.precision`) before the next file is read. No full copy of the model
+    # in float32 (or the files' dtype) is ever made on the CPU.
     # 1) Visual tokenizer (EVA encoder, selector, merger, quantizer, vit_proj, decoder).
     tokenizer_cfg = config.tokenizer
-    model.visual_tokenizer = load_official_visual_tokenizer(root, tokenizer_cfg, dtype=torch.float32, device="cpu")
+    model.visual_tokenizer = load_official_visual_tokenizer(root, tokenizer_cfg, dtype=dtype, device=device)
     report.files += [
         str(resolve_file(root / VISUAL_TOKENIZER / n))
         for n in ("eva_vitg_psz14.bin", "tokenizer_encoder.bin", "tokenizer_decoder.bin")
     ]
 
     # 2) Understanding merger: the tokenizer's weights first, then visual_weight.bin overrides all of them.
-    tok_state = model.visual_tokenizer.state_dict()
-    understanding = {k: tok_state[k].clone() for k in _expected(model.understanding_encoder)}
+    expected = _expected(model.understanding_encoder)
     visual_path = resolve_file(lm_dir / VISUAL_WEIGHT_FILE)
     visual_state = read_state_dict(visual_path)
     report.ignored_keys += check_state_dict(
-        visual_path, visual_state, _expected(model.understanding_encoder), tolerated_suffixes=TOLERATED_SUFFIXES,
-        what="LaVIT's understanding merger",
+        visual_path, visual_state, expected, tolerated_suffixes=TOLERATED_SUFFIXES, what="LaVIT's understanding merger"
     )
-    understanding.update(visual_state)
+    tok_state = model.visual_tokenizer.state_dict()
+    understanding = {k: tok_state[k].clone() for k in expected if k not in visual_state}
+    understanding.update(convert_state(visual_state, device, dtype, float32_prefixes(model.understanding_encoder)))
+    del visual_state
     model.understanding_encoder.load_state_dict(understanding, strict=True, assign=True)
     report.files.append(str(visual_path))
 
-    # 3) LLM shards.
+    # 3) LLM shards: every shard's keys and shapes are checked first (headers / memory maps, nothing kept), then
+    # the shards are read one at a time.
+    llm = model.language_model
     files = sharded_weight_files(lm_dir)
-    llm_state = read_sharded_state_dict(lm_dir)
-    expected = _expected(model.language_model)
-    if model.language_model.config.tie_word_embeddings:
+    expected = _expected(llm)
+    if llm.config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
-    report.ignored_keys += check_state_dict(
-        lm_dir / "(LLM weights)", llm_state, expected, tolerated_suffixes=TOLERATED_SUFFIXES, what="LaVIT's LLM"
-    )
-    model.language_model.load_state_dict(llm_state, strict=False, assign=True)
-    if model.language_model.config.tie_word_embeddings:
-        model.language_model.tie_weights()
+    ignored = check_state_dict(
+        lm_dir / "(LLM weights)", sharded_weight_shapes(lm_dir), expected, tolerated_suffixes=TOLERATED_SUFFIXES,
+        what="LaVIT's LLM",
+    )  # fmt: skip
+    report.ignored_keys += ignored
+    llm_prefixes = float32_prefixes(llm)
+    for file in files:
+        shard = read_state_dict(file)
+        for k in ignored:
+            shard.pop(k, None)
+        llm.load_state_dict(convert_state(shard, device, dtype, llm_prefixes), strict=False, assign=True)
+        del shard
+    if llm.config.tie_word_embeddings:
+        llm.tie_weights()
     report.files += [str(f) for f in files]
 
     # 4) Pixel decoder.
     if pd_dir is not None:
-        report.files += _load_pixel_decoder(model.pixel_decoder, pd_dir, config)
+        report.files += _load_pixel_decoder(model.pixel_decoder, pd_dir, config, device, dtype)
     if model.regression_head is not None:  # not in the release (Table 3a ablation): fresh init
-        model.regression_head.to_empty(device="cpu")
+        model.regression_head.to_empty(device=device)
         torch.nn.init.normal_(model.regression_head.weight, std=config.llm.initializer_range)
         torch.nn.init.zeros_(model.regression_head.bias)
 
-    # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the target device.
-    model.language_model.model.rotary_emb = type(model.language_model.model.rotary_emb)(model.language_model.config)
+    # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the target device, in float32.
+    rebuild_rotary(llm, device)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:
         raise CheckpointLayoutError(f"{root}: tensors never loaded: {leftovers[:8]} ({len(leftovers)} total)")
-    model.to(device=device, dtype=dtype)
+    place(model, device, dtype)  # a no-op for what was streamed; casts the regression head if there is one
     model.set_stage2_trainable()
     return LoadedLavit(model=model.eval(), text_tokenizer=text_tokenizer, report=report)
 
@@ -203,8 +220,9 @@ def _diffusers_weights(folder: Path) -> Path:
     raise FileNotFoundError(f"no diffusion_pytorch_model.(safetensors|bin) in {folder}")
 
 
-def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig) -> list[str]:
+def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig, device, dtype: torch.dtype) -> list[str]:
     from model.lavit.pixel_decoder import scheduler_config
+    from model.lavit.precision import convert_state
 
     files = []
     for name in ("unet", "vae"):
@@ -213,7 +231,8 @@ def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig) -> list[str]
         state = read_state_dict(path)
         module = getattr(decoder, name)
         check_state_dict(path, state, _expected(module), tolerated_suffixes=TOLERATED_SUFFIXES, what=f"the {name}")
-        module.load_state_dict(state, strict=True, assign=True)
+        module.load_state_dict(convert_state(state, device, dtype), strict=True, assign=True)
+        del state
         files.append(str(path))
     sched = _require_dir(folder / "scheduler") / "scheduler_config.json"
     if not sched.is_file():
@@ -236,7 +255,7 @@ def _load_pixel_decoder(decoder, folder: Path, config: LavitConfig) -> list[str]
         raise CheckpointLayoutError(
             f"{uncond_path}: expected a tensor {tuple(decoder.uncond_embeddings.shape)}, got {got}"
         )
-    decoder.uncond_embeddings = torch.nn.Parameter(uncond.float(), requires_grad=False)
+    decoder.uncond_embeddings = torch.nn.Parameter(uncond.to(device=device, dtype=dtype), requires_grad=False)
     files.append(str(uncond_path))
     return files
 

@@ -53,12 +53,14 @@ def load_official_visual_tokenizer(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> DynamicVisualTokenizer:
-    """Build the tokenizer on the meta device and fill it from the released files (strict key and shape checks).
+    """Build the tokenizer on the meta device and fill it from the released files (strict key and shape checks),
+    each tensor put straight on `device` in `dtype` (the selector stays float32: `model.lavit.precision`).
 
     ``load_decoder=False`` skips ``tokenizer_decoder.bin`` (the decoder then keeps a fresh random init).
     ``extra_weight_files`` are applied last; their keys must be tokenizer keys (e.g. ``visual_weight.bin``).
     """
     from harness.config import get_preset
+    from model.lavit.precision import convert_state, float32_prefixes, place
     from model.lavit.tokenizer import DynamicVisualTokenizer
 
     cfg = cfg or get_preset("lavit_tokenizer", "paper")
@@ -72,41 +74,46 @@ def load_official_visual_tokenizer(
     decoder_keys = {k for k in expected if k.startswith("decoder.")}
     middle_keys = set(expected) - encoder_keys - decoder_keys
 
+    # Every file is checked, then its tensors are put on `device` in their final dtype (the selector's float32,
+    # `model.lavit.precision`) before the next file is read: no copy of the whole tokenizer in another dtype.
+    prefixes = float32_prefixes(tok)
     merged: dict[str, torch.Tensor] = {}
     # 1) EVA encoder.
     path = resolve_file(folder / EVA_FILE)
     eva = {f"encoder.{k}": v for k, v in strip_prefix(read_state_dict(path), "encoder.").items()}
     check_state_dict(path, eva, expected, required=encoder_keys, what=WHAT)
-    merged.update(eva)
+    merged.update(convert_state(eva, device, dtype, prefixes))
+    del eva
     # 2) Tokenizer encoder side (selector, merger, quantizer, task layer, vit_proj; encoder.* optional).
     path = resolve_file(folder / TOKENIZER_ENCODER_FILE)
     state = read_state_dict(path)
     allowed = {k: s for k, s in expected.items() if k in middle_keys or k in encoder_keys}
     check_state_dict(path, state, allowed, required=middle_keys, what=WHAT)
-    merged.update(state)
+    merged.update(convert_state(state, device, dtype, prefixes))
     # 3) Decoder.
     if load_decoder:
         path = resolve_file(folder / TOKENIZER_DECODER_FILE)
         dec = {f"decoder.{k}": v for k, v in strip_prefix(read_state_dict(path), "decoder.").items()}
         check_state_dict(path, dec, expected, required=decoder_keys, what=WHAT)
-        merged.update(dec)
+        merged.update(convert_state(dec, device, dtype, prefixes))
+        del dec
     # 4) Extra files (subset of the tokenizer keys).
     for extra in extra_weight_files:
         path = resolve_file(extra)
         state = read_state_dict(path)
         check_state_dict(path, state, expected, required=(), what=WHAT)
-        merged.update(state)
+        merged.update(convert_state(state, device, dtype, prefixes))
+    del state
 
     if load_decoder:
         tok.load_state_dict(merged, strict=True, assign=True)
     else:
         result = tok.load_state_dict(merged, strict=False, assign=True)
         assert not result.unexpected_keys and set(result.missing_keys) == decoder_keys, result
-        tok.decoder.to_empty(device="cpu")
+        tok.decoder.to_empty(device=device)
         tok.decoder.apply(tok._init_weights)  # fresh decoder, as a newly built tokenizer would have
-    tok.to(device=device, dtype=dtype)
-    if tok.token_predictor is not None:
-        tok.token_predictor.float()  # the released code runs the selector in float32 whatever the model dtype
+        place(tok.decoder, device, dtype)
+    del merged
     if cfg.freeze_encoder:
         tok.encoder.requires_grad_(False)
     if cfg.codebook_use_ema:

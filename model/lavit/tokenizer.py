@@ -82,7 +82,9 @@ class DynamicVisualTokenizer(PreTrainedModel):
     base_model_prefix = "visual_tokenizer"
     main_input_name = "pixel_values"
     _no_split_modules = ["EvaBlock", "MergerBlock", "DecoderBlock"]
-    _keep_in_fp32_modules = ["token_predictor"]  # the released code always runs the selector in float32
+    # The released code always runs the selector in float32. transformers honours this only inside from_pretrained;
+    # our loaders and `model.lavit.precision.place` keep it float32 themselves.
+    _keep_in_fp32_modules = ["token_predictor"]
 
     def __init__(self, config: DynamicVisualTokenizerConfig | VisualTokenizerConfig):
         if isinstance(config, VisualTokenizerConfig):
