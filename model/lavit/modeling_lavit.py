@@ -260,14 +260,16 @@ class LavitForCausalLM(PreTrainedModel):
             if not need_part_features:
                 part = None
         merged = self.understanding_encoder(features, keep.to(features.dtype))  # (b, n, d)
-        kept_features = tok.gather_kept(merged, keep)  # list of (k_i, d)
+        flat, lengths = tok.gather_kept_flat(merged, keep)  # (sum k_i, d): one call per layer for the whole batch
+        kept_features = list(flat.split(lengths))  # list of (k_i, d)
         if self.lavit_config.ablation.understanding_input == "quantized":
             # Table 7a "Quantized": the image enters as its visual-code ids, i.e. the LLM's own embedding rows
             # 32002 + k. These rows are what [text; image] training learns for the same codes, so no new module is
             # added and an image is read in exactly the representation the LLM generates it in.
-            llm_embeds = [self.embed_ids(self.vocab.code_to_id(c.to(self.llm_device))) for c in codes]
+            ids = self.vocab.code_to_id(torch.cat(codes).to(self.llm_device)) if codes else None
+            llm_embeds = list(self.embed_ids(ids).split(lengths)) if codes else []
         else:
-            llm_embeds = [self.understanding_encoder.vit_proj(f) for f in kept_features]  # list of (k_i, h)
+            llm_embeds = list(self.understanding_encoder.vit_proj(flat).split(lengths))  # list of (k_i, h)
         return EncodedImages(
             keep_mask=keep > 0.5, kept_features=kept_features, llm_embeds=llm_embeds, codes=codes, part_features=part
         )
