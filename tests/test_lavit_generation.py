@@ -100,6 +100,31 @@ def test_cached_and_naive_sampling_emit_identical_tokens(model, cfg_scale):
     assert all(len(t) >= 4 for t in cached)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_deferred_stop_checks_do_not_change_the_tokens(model, use_cache):
+    """The host reads "all finished?" every check_every steps only; rows finishing at different steps (and the
+    whole batch finishing early) give the same tokens as checking every step."""
+    v = model.vocab
+    head = model.language_model.lm_head
+    bias = torch.zeros(v.size)
+    bias[v.img_end_id] = 1.0  # [/IMG] likely but not certain: rows end at different steps
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    prompts = PROMPTS + [torch.tensor([80, 81]), torch.tensor([82, 83, 84])]
+    try:
+        sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=1.5, min_new_tokens=2, max_new_tokens=24)
+        runs = {
+            n: [t.tolist() for t in sample_image_tokens(
+                model, prompts, sampling, generator=[torch.Generator().manual_seed(i) for i in range(4)],
+                use_cache=use_cache, check_every=n)]
+            for n in (1, 3, 8)
+        }  # fmt: skip
+    finally:
+        head.bias = None
+    assert runs[1] == runs[3] == runs[8]
+    lengths = [len(t) for t in runs[1]]
+    assert len(set(lengths)) > 1 and max(lengths) < 24, lengths  # the case the check is about did happen
+
+
 def test_image_sampling_emits_only_visual_ids_and_stops_at_end_token(model):
     v = model.vocab
     head = model.language_model.lm_head
