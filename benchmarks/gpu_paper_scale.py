@@ -15,8 +15,8 @@ H100/H200-class GPU. Prints one line per measurement, `name: value unit (ratio t
    a fraction of the bf16 dense peak (goal >= 0.60); the rest of the pipeline's time relative to EVA's (goal <= 0.25).
 3. stage 2: LLM forward + backward on batch 8 with 32 text tokens and the dynamic (--dynamic-tokens) or fixed (256)
    visual tokens: MFU = 6 N T (+ attention) / time / peak (goal >= 0.55), and the fixed / dynamic step-time ratio.
-4. sampling: `sample_image_tokens` with CFG (4 prompts = 8 rows, KV cache, top-k 50): ms per decoding step against
-   the weight-read bound (LLM bytes / HBM bandwidth) (goal <= 2x).
+4. sampling: `sample_image_tokens` with CFG (4 prompts = 8 rows, KV cache, top-k 50), with the dynamic and with the
+   static cache: ms per decoding step against the weight-read bound (LLM bytes / HBM bandwidth) (goal <= 2x).
 
 Peak FLOP/s and bandwidth default to a table of known GPUs (by name); pass --peak-tflops / --bandwidth-tbs for others.
 Without CUDA it prints one line `error: ...` and exits with code 2.
@@ -140,7 +140,7 @@ def measure_stage2(model, batch: int, text_tokens: int, visual_tokens: int, devi
     return {"seconds": seconds, "length": length, "tflops": llm_step_flops(cfg, params, batch, length) / seconds / 1e12}
 
 
-def measure_sampling(model, prompts: int, tokens: int, device, repeats: int) -> dict:
+def measure_sampling(model, prompts: int, tokens: int, device, repeats: int, static_cache: bool = False) -> dict:
     import torch
 
     from model.lavit.generation import ImageSampling, sample_image_tokens
@@ -152,7 +152,7 @@ def measure_sampling(model, prompts: int, tokens: int, device, repeats: int) -> 
     def run():
         generator.manual_seed(0)
         with torch.no_grad():
-            sample_image_tokens(model, prompt_ids, sampling, generator=generator)
+            sample_image_tokens(model, prompt_ids, sampling, generator=generator, static_cache=static_cache)
 
     seconds = timed(run, device, repeats)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
@@ -228,12 +228,14 @@ def main(argv=None) -> int:
     print(f"stage 2: fixed / dynamic step time {ratio:.2f} (paper 30 h / 18 h = 1.67)", flush=True)
     torch.cuda.empty_cache()
 
-    sampling = measure_sampling(model, args.prompts, args.sampling_tokens, device, args.repeats)
-    bound_ms = 1e3 * sampling["weight_bytes"] / (bandwidth * 1e12)
-    sampling["bound_ms"] = bound_ms
-    results["sampling"] = sampling
-    print(f"sampling ({2 * args.prompts} rows): {sampling['ms_per_step']:.1f} ms/step; weight-read bound "
-          f"{bound_ms:.1f} ms ({sampling['ms_per_step'] / bound_ms:.1f}x the bound, goal <= 2x)", flush=True)  # fmt: skip
+    results["sampling"] = {}
+    for label, static in (("dynamic cache", False), ("static cache", True)):
+        sampling = measure_sampling(model, args.prompts, args.sampling_tokens, device, args.repeats, static)
+        bound_ms = 1e3 * sampling["weight_bytes"] / (bandwidth * 1e12)
+        sampling["bound_ms"] = bound_ms
+        results["sampling"][label] = sampling
+        print(f"sampling ({2 * args.prompts} rows, {label}): {sampling['ms_per_step']:.1f} ms/step; weight-read bound "
+              f"{bound_ms:.1f} ms ({sampling['ms_per_step'] / bound_ms:.1f}x the bound, goal <= 2x)", flush=True)  # fmt: skip
 
     if args.out:
         from harness.io import atomic_write_text

@@ -48,8 +48,9 @@ def test_measurements_run_on_the_tiny_preset_on_cpu():
     s2 = bench.measure_stage2(model, 2, 4, 6, "cpu", repeats=1)
     assert s2["length"] == 12 and s2["tflops"] > 0
     assert all(p.grad is None for p in model.parameters())  # the step leaves no gradients behind
-    sampling = bench.measure_sampling(model, 1, 3, "cpu", repeats=1)
-    assert sampling["ms_per_step"] > 0 and sampling["weight_bytes"] > 0
+    for static in (False, True):
+        sampling = bench.measure_sampling(model, 1, 3, "cpu", repeats=1, static_cache=static)
+        assert sampling["ms_per_step"] > 0 and sampling["weight_bytes"] > 0
     check = bench.correctness("cpu")  # CPU against itself: exact
     assert check == {"max_logit_diff": 0.0, "codes_identical": True}
 

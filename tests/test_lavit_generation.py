@@ -96,12 +96,13 @@ def test_cached_and_naive_sampling_emit_identical_tokens(model, cfg_scale):
     sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=cfg_scale, min_new_tokens=4, max_new_tokens=16)
     cached = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), use_cache=True)
     naive = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), use_cache=False)
-    assert [t.tolist() for t in cached] == [t.tolist() for t in naive]
+    static = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), static_cache=True)
+    assert [t.tolist() for t in cached] == [t.tolist() for t in naive] == [t.tolist() for t in static]
     assert all(len(t) >= 4 for t in cached)
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_deferred_stop_checks_do_not_change_the_tokens(model, use_cache):
+@pytest.mark.parametrize("use_cache,static", [(True, False), (True, True), (False, False)])
+def test_deferred_stop_checks_do_not_change_the_tokens(model, use_cache, static):
     """The host reads "all finished?" every check_every steps only; rows finishing at different steps (and the
     whole batch finishing early) give the same tokens as checking every step."""
     v = model.vocab
@@ -115,7 +116,7 @@ def test_deferred_stop_checks_do_not_change_the_tokens(model, use_cache):
         runs = {
             n: [t.tolist() for t in sample_image_tokens(
                 model, prompts, sampling, generator=[torch.Generator().manual_seed(i) for i in range(4)],
-                use_cache=use_cache, check_every=n)]
+                use_cache=use_cache, check_every=n, static_cache=static)]
             for n in (1, 3, 8)
         }  # fmt: skip
     finally:

@@ -104,6 +104,7 @@ def sample_image_tokens(
     generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
     check_every: int | None = None,
+    static_cache: bool = False,
 ) -> list[torch.Tensor]:
     """Sample one image's visual ids (32002 + k, [/IMG] excluded) per prompt.
 
@@ -116,6 +117,8 @@ def sample_image_tokens(
     CPU, 8 on accelerators, where each read is a device synchronisation that stalls the queue). The tokens do not
     depend on it (a finished row keeps emitting [/IMG], cut off at the end); only the generators may advance by up
     to check_every - 1 extra draws after the last row finished.
+    static_cache (with use_cache): a transformers `StaticCache` of the final length and one fixed-size attention
+    mask, so that every decoding step has the same shapes (the precondition of a captured step); same tokens.
     """
     vocab = model.vocab
     device = model.llm_device
@@ -153,18 +156,32 @@ def sample_image_tokens(
     def step_logits(hidden: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(hidden, head_weight, head_bias).float()  # (r, 1 + K)
 
-    def last_hidden(inputs_embeds, attention_mask, position_ids, cache=None) -> torch.Tensor:
+    def last_hidden(inputs_embeds, attention_mask, position_ids, cache=None, cache_position=None) -> torch.Tensor:
         out = model.language_model.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=cache is not None,
+            cache_position=cache_position,
         )
         return out.last_hidden_state[:, -1]  # (r, h)
 
     cache = None
-    if use_cache:
+    if use_cache and static_cache:
+        # Every step has the same shapes (one fixed-size mask, a cache of max length written at cache_position):
+        # what CUDA graphs / torch.compile need to capture a step once and replay it.
+        from transformers import StaticCache
+
+        total = length + sampling.max_new_tokens
+        cache = StaticCache(config=llama_config(model.lavit_config), max_cache_len=total)
+        full_mask = torch.zeros(mask.shape[0], total, dtype=mask.dtype, device=device)
+        full_mask[:, :length] = mask
+        cache_position = torch.arange(length, device=device)
+        logits = step_logits(last_hidden(embeds, full_mask, positions_from_mask(mask), cache, cache_position))
+        positions = positions_from_mask(mask)[:, -1:]  # (r, 1)
+        cache_position = cache_position[-1:]
+    elif use_cache:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=llama_config(model.lavit_config))
@@ -197,9 +214,14 @@ def sample_image_tokens(
             break
         if use_cache:
             step_ids = token.repeat(2)[:, None] if use_cfg else token[:, None]  # (r, 1): both streams get the token
-            mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
             positions = positions + 1
-            logits = step_logits(last_hidden(model.embed_ids(step_ids), mask, positions, cache))
+            if static_cache:
+                cache_position = cache_position + 1
+                full_mask[:, length + step] = 1
+                logits = step_logits(last_hidden(model.embed_ids(step_ids), full_mask, positions, cache, cache_position))
+            else:
+                mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+                logits = step_logits(last_hidden(model.embed_ids(step_ids), mask, positions, cache))
     lengths = torch.where(lengths < 0, torch.full_like(lengths, steps), lengths).tolist()
     return [generated[i, : lengths[i]].clone() for i in range(b)]
 
