@@ -171,6 +171,13 @@ def test_run_directory_in_bf16_keeps_rotary_and_selector_float32(unified_run):
     for name, param in model.visual_tokenizer.token_predictor.named_parameters():
         assert param.dtype == torch.float32 and torch.equal(param, saved[f"tokenizer.token_predictor.{name}"]), name
     assert model.visual_tokenizer.encoder.pos_embed.dtype == torch.bfloat16
+    # Streamed tensor by tensor into bf16 = the float32 load cast afterwards (`precision.place`).
+    from model.lavit.precision import place
+
+    cast = place(load_for_eval(run).adapter.model, "cpu", torch.bfloat16).state_dict()
+    streamed = model.state_dict()
+    assert streamed.keys() == cast.keys()
+    assert all(streamed[k].dtype == cast[k].dtype and torch.equal(streamed[k], cast[k]) for k in cast)
 
 
 def test_run_llm_scores_equal_a_plain_llama_with_the_checkpoint_weights(unified_run):

@@ -32,7 +32,7 @@ import torch
 
 from model.families import LoadedModel
 from model.lavit.configuration import LavitConfig
-from model.weights import CheckpointLayoutError, check_state_dict
+from model.weights import CheckpointLayoutError, check_state_dict, weight_shapes
 
 RUN_CONFIG = "config.yaml"  # written by train.stages.run_stage
 CHECKPOINTS = "checkpoints"
@@ -192,7 +192,7 @@ def run_text_tokenizer(spec: str, where: Path):
 def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     from model.families import get_family
     from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
-    from model.lavit.precision import convert_state, float32_prefixes, place, rebuild_rotary
+    from model.lavit.precision import convert_state, float32_prefixes, place, rebuild_rotary, tensor_dtype
     from model.lavit.stages.common import load_tokenizer_checkpoint
     from model.lavit.tokenizer import build_tokenizer
     from train.checkpoint import MANIFEST, read_checkpoint_weights
@@ -220,21 +220,34 @@ def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(stage_cfg.tokenizer_checkpoint))
     model.visual_tokenizer = tokenizer
     # 2) Everything else from the run's checkpoint, strictly.
-    state, file = read_checkpoint_weights(checkpoint)  # model.safetensors, or a sharded checkpoint's shards merged
     expected = {
         RUN_PREFIX + k: v.shape
         for k, v in model.state_dict().items()
         if not (RUN_PREFIX + k).startswith(exclude)
     }
-    saved_excluded = [k for k in state if k.startswith(exclude)]  # not expected, but harmless if a run kept them
-    for k in saved_excluded:
-        del state[k]
-    check_state_dict(file, state, expected, what="the LaVIT model of the run's config")
-    # Each tensor goes to `device` in its final dtype as it is assigned (float32 parts stay float32:
-    # `model.lavit.precision`); the frozen tokenizer built above is placed the same way.
-    state = {k[len(RUN_PREFIX) :]: state.pop(k) for k in list(state)}
-    model.load_state_dict(convert_state(state, device, dtype, float32_prefixes(model)), strict=False, assign=True)
-    del state
+    prefixes = float32_prefixes(model)
+    file = checkpoint / MODEL_FILE
+    if file.is_file():
+        # Streamed: the keys and shapes come from the header, then each tensor is read and put on `device` in its
+        # final dtype (float32 parts stay float32: `model.lavit.precision`) one at a time: no CPU copy of the model.
+        from safetensors import safe_open
+
+        shapes = {k: v for k, v in weight_shapes(file).items() if not k.startswith(exclude)}  # excluded: harmless
+        check_state_dict(file, shapes, expected, what="the LaVIT model of the run's config")
+        with safe_open(str(file), framework="pt") as f:
+            for key in shapes:
+                name = key[len(RUN_PREFIX) :]
+                tensor = f.get_tensor(key)
+                placed = tensor.to(device=device, dtype=tensor_dtype(dtype, name, prefixes, tensor))
+                model.load_state_dict({name: placed}, strict=False, assign=True)
+    else:  # an earlier checkpoint of a sharded run: its DCP shards merged in memory
+        state, file = read_checkpoint_weights(checkpoint)
+        for k in [k for k in state if k.startswith(exclude)]:  # not expected, but harmless if a run kept them
+            del state[k]
+        check_state_dict(file, state, expected, what="the LaVIT model of the run's config")
+        state = {k[len(RUN_PREFIX) :]: state.pop(k) for k in list(state)}
+        model.load_state_dict(convert_state(state, device, dtype, prefixes), strict=False, assign=True)
+        del state
     # Non-persistent buffers (rotary inv_freq) were created on meta: rebuild them on the device, in float32.
     rebuild_rotary(model.language_model, device)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
