@@ -152,7 +152,23 @@ class UnifiedTrainModule(nn.Module):
                 pieces.append((item, start, end))
             yield row, pieces
 
+    def _step_ids(self, rows: list[PackedSequence]) -> torch.Tensor:
+        """Every id this step's sequences embed: texts, visual codes, [IMG], [/IMG], </s> (pads, appended EOS)."""
+        v = self.lavit.vocab
+        parts = [torch.tensor([v.img_start_id, v.img_end_id, self.lavit.lavit_config.llm.eos_token_id])]
+        for row in rows:
+            for doc, _, _ in row.segments:
+                parts.append(torch.as_tensor(doc.text_ids, dtype=torch.long))
+                if doc.codes is not None:
+                    parts.append(v.code_to_id(doc.codes.reshape(-1).long().cpu()))
+        return torch.cat(parts)
+
     def forward(self, rows: list[PackedSequence]) -> StepOutput:
+        embeds_of, targets_of, tie = self._encode_understanding_images(rows)
+        with self.lavit.shared_embedding(self._step_ids(rows)):  # one embedding call (and gradient) per step
+            return self._forward(rows, embeds_of, targets_of, tie)
+
+    def _forward(self, rows, embeds_of, targets_of, tie) -> StepOutput:
         lavit = self.lavit
         device = lavit.llm_device
         eos = lavit.lavit_config.llm.eos_token_id
@@ -160,7 +176,6 @@ class UnifiedTrainModule(nn.Module):
         L = self.seq_len
         embeds, labels, doc_ids, positions, reg_targets, reg_masks = [], [], [], [], [], []
         counts = {"docs": 0.0, "image_docs": 0.0, "image_tokens": 0.0, "pad_tokens": 0.0}
-        embeds_of, targets_of, tie = self._encode_understanding_images(rows)
         width = lavit.visual_tokenizer.cfg.encoder_width
         for row, pieces in self._items(rows, embeds_of, targets_of):
             row_embeds, row_labels, row_docs, row_pos, row_reg, row_reg_mask = [], [], [], [], [], []
