@@ -23,6 +23,9 @@ import torch
 from harness.errors import InputError
 
 SHOW_KEYS = 8  # how many keys of each kind an error message lists
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip  (header dtype names)
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # safetensors first, as transformers
 
 
@@ -77,9 +80,7 @@ def weight_shapes(path: str | Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             for k in f.keys():
                 sl = f.get_slice(k)
-                dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
-                                        "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                                        "BOOL": "bool"}.get(sl.get_dtype(), "float32"))  # fmt: skip
+                dtype = SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.float32)  # only shapes are checked
                 out[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
         return out
     return {k: torch.empty_like(v, device="meta") for k, v in read_state_dict(path).items()}

@@ -10,8 +10,8 @@
 
 `place(model, device, dtype)` replaces `model.to(device, dtype)` for LaVIT models: tensors of a float32 module are
 moved to the device without a dtype change (never rounded), the rest are cast. `tensor_dtype(model, key, dtype)` gives
-the dtype a state-dict key must be loaded in, so the streaming loaders (`model.weights.assign_streamed`) put each
-tensor straight into its final dtype.
+the dtype a state-dict key must be loaded in, so the streaming loaders (`convert_state`, used by `official.py`,
+`official_tokenizer.py` and `checkpoints.py`) put each tensor straight into its final dtype.
 """
 
 from __future__ import annotations
