@@ -39,7 +39,10 @@ target and how close a paper-scale run must come. Default tolerances, by metric,
 `checks[].is` is one of: better / worse (by the column's `higher_is_better`), higher / lower,
 higher_or_equal / lower_or_equal. `than` is a row label or {value: number}. Optional `margin`, in the
 column's units: "higher" means a > b + margin, so a positive margin demands a clear gap and a negative one
-states an approximate claim ("on par", "a small gap": a > b - |margin|). Claims may carry a `note`.
+states an approximate claim ("on par", "a small gap": a > b - |margin|). Claims may carry a `note`, and
+`gate: false` (default true): the claim is reported (holds / fails, with both numbers) but a failing verdict
+does not fail `--check` -- for a paper's claim restated at mini scale, where it may honestly not hold (a
+"not measured" verdict still fails: the pipeline did not produce the numbers).
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class Claim:
     statement: str
     where: str
     checks: tuple[Check, ...]
+    gate: bool = True  # False: reported (holds / fails) but never fails `--check` (a paper claim at mini scale)
 
 
 @dataclass
@@ -174,7 +178,7 @@ def _as_bool(value: Any, where: str) -> bool:
 def _parse_claims(raw: list[dict], columns: list[str], rows: list[str], path: Path) -> list[Claim]:
     claims = []
     for item in raw or []:
-        unknown = set(item) - {"id", "statement", "where", "checks", "note"}
+        unknown = set(item) - {"id", "statement", "where", "checks", "note", "gate"}
         if unknown:
             raise ReferenceError(f"{path}: claim {item.get('id', '?')!r} has unknown keys {sorted(unknown)}")
         for key in ("id", "statement", "checks"):
@@ -215,7 +219,10 @@ def _parse_claims(raw: list[dict], columns: list[str], rows: list[str], path: Pa
                     margin=float(check.get("margin", 0.0)),
                 )
             )
-        claims.append(Claim(id=item["id"], statement=item["statement"], where=item.get("where", ""), checks=tuple(checks)))
+        gate = item.get("gate", True)
+        if not isinstance(gate, bool):
+            raise ReferenceError(f"{path}: claim {item['id']!r}: 'gate' must be true or false, got {gate!r}")
+        claims.append(Claim(id=item["id"], statement=item["statement"], where=item.get("where", ""), checks=tuple(checks), gate=gate))
     return claims
 
 

@@ -53,6 +53,9 @@ def measured_status(key: str, results_dir: Path) -> dict[str, str]:
     fails = int((claims["verdict"] == "fails").sum())
     if mode == "claim":
         result = f"claims {holds}/{len(claims)} hold, {fails} fail"
+        if "gate" in claims.columns:  # paper claims restated at mini scale: reported, not gated
+            reported = int((claims["gate"].astype(str) == "False").sum())
+            result += f" ({reported} reported, not gated)" if reported else ""
     else:
         result = f"{matched}/{len(targets)} numbers match ({measured} measured)"
     return {"profile": profile, "last result": result}

@@ -24,7 +24,11 @@ and `main(TABLE)` does, for the chosen profile:
 4. compares the measured frame with the reference (`reproduce/compare.py`: numeric verdicts for `paper`, the
    claim verdicts of `results/mini/<table>.yaml` for `mini`), writes `results/<table>.csv/.md` (no timestamps:
    a rerun with the same numbers leaves `git status` clean; provenance goes to `results/provenance/`, ignored by
-   git), prints the final table and, with `--check`, exits 1 when a verdict fails.
+   git), prints the final table and, with `--check`, exits 1 when a verdict fails;
+5. for claim profiles, compares every cell with the regression band `results/mini/<table>.band.json` (a previous
+   run's cells with tolerances, written by `--update-band`; not the paper's numbers). `--check` fails on a gating
+   claim that fails, on anything not measured, and on a cell outside its band. A paper claim restated at mini
+   scale carries `gate: false`: reported (holds / fails, with both numbers), never a CI failure by itself.
 """
 
 from __future__ import annotations
@@ -97,11 +101,13 @@ Row = Union[Trained, Released, Computed]
 @dataclass(frozen=True)
 class Column:
     label: str  # the column's label in the reference table
-    task: str  # evaluation task (eval/tasks.py)
+    task: str  # evaluation task (eval/tasks.py); "" = not an evaluation: `derive` reads the row's run instead
     metric: str  # metric name in the task's results
     scale: float = 1.0  # applied to the metric (e.g. 100 for a 0-1 accuracy printed as a percentage)
     # A value computed from the task's saved predictions instead of a registered metric: fn(ctx, task_dir) where
-    # task_dir holds the runner's predictions.jsonl (e.g. "the caption names the right shape").
+    # task_dir holds the runner's predictions.jsonl (e.g. "the caption names the right shape"). With task="":
+    # fn(ctx, run_dir), run_dir = the last stage's run directory of a Trained row (the checkpoint of a Released
+    # one), e.g. a number from the training run's metrics.jsonl.
     derive: Callable[["Context", Path], float] | None = None
 
 
@@ -117,6 +123,9 @@ class Profile:
     eval_batch_size: int = 16
     describe: str = ""  # one paragraph printed above the table
     figure: Callable[["Context", Path], Path] | None = None  # fn(ctx, png_path): a picture of the results (after measuring)
+    # Claim-mode profiles: `--check` also gates on a regression band (results/mini/<table>.band.json, a previous run's
+    # cells, written by --update-band). Per column: the band's width (default BandRule(): 10% of the value, at least 1).
+    band_rules: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,7 +166,7 @@ def register_table(spec: TableSpec) -> TableSpec:
 
 
 # The scripts that declare tables; importing one registers its table (no torch import at declaration time).
-TABLE_MODULES = ("reproduce.table1", "reproduce.table9")
+TABLE_MODULES = ("reproduce.table1", "reproduce.table3", "reproduce.table5", "reproduce.table7", "reproduce.table9")
 
 
 def tables() -> dict[str, TableSpec]:
@@ -329,7 +338,7 @@ def train_rows(ctx: Context) -> dict[str, Path]:
 
 
 def _tasks(profile: Profile) -> list[str]:
-    return list(dict.fromkeys(c.task for c in profile.columns))
+    return list(dict.fromkeys(c.task for c in profile.columns if c.task))
 
 
 def check_data(tasks: list[str], data_root: Path) -> None:
@@ -349,9 +358,14 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
     )
 
 
-def _cells(results: pd.DataFrame, profile: Profile, label: str, ctx: Context, eval_dir: Path) -> dict[str, float]:
+def _cells(results: pd.DataFrame, profile: Profile, label: str, ctx: Context, eval_dir: Path, run_dir: Path) -> dict[str, float]:
     cells = {}
     for column in profile.columns:
+        if not column.task:
+            if column.derive is None:
+                raise ValueError(f"column {column.label!r} has neither a task nor a derive function")
+            cells[column.label] = float(column.derive(ctx, run_dir)) * column.scale
+            continue
         if column.derive is not None:
             cells[column.label] = float(column.derive(ctx, eval_dir / column.task)) * column.scale
             continue
@@ -372,14 +386,14 @@ def measure(ctx: Context) -> pd.DataFrame:
         if isinstance(row, Trained):
             _log(f"evaluate {label!r} ({trained[label].name})")
             eval_dir = ctx.eval_dirs[label] = trained[label] / "eval"
-            measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir)
+            measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir, trained[label])
         elif isinstance(row, Released):
             if not ctx.checkpoint:
                 raise InputError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
             out = ctx.runs_dir / "released" / hashlib.sha256(str(Path(ctx.checkpoint).resolve()).encode()).hexdigest()[:12]
             _log(f"evaluate {label!r} from {ctx.checkpoint}")
             ctx.eval_dirs[label] = out
-            measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out)
+            measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out, Path(ctx.checkpoint))
         else:
             measured[label] = row.fn(ctx)
     return pd.DataFrame.from_dict(measured, orient="index")
@@ -397,13 +411,22 @@ def reference_for(key: str):
     return get_reference(key)
 
 
-def write_outputs(spec: TableSpec, profile_name: str, comparison, measured: pd.DataFrame, results_dir: Path, seconds: float) -> tuple[Path, Path]:
+def band_path(spec: TableSpec, profile_name: str) -> Path:
+    """Where a profile's regression band lives: next to the mini claims, apart from the paper references."""
+    suffix = "" if profile_name == "mini" else f".{profile_name}"
+    return MINI_REFERENCE_DIR / f"{spec.key}{suffix}.band.json"
+
+
+def write_outputs(spec: TableSpec, profile_name: str, comparison, measured: pd.DataFrame, results_dir: Path, seconds: float,
+                  band_section: str = "") -> tuple[Path, Path]:
     """results/<key>.csv/.md (stable across reruns) and results/provenance/<key>.json (timestamps, versions)."""
     from harness.io import atomic_write_json, provenance
     from reproduce.compare import comparison_frame, to_markdown
 
     frames = [comparison_frame(comparison).assign(section=profile_name)]
     md = [to_markdown(comparison)]
+    if band_section:
+        md.append(band_section)
     if profile_name != "paper" or comparison.reference.key != spec.key:
         from reproduce.compare import compare
 
@@ -440,7 +463,8 @@ def print_table(comparison, measured: pd.DataFrame, profile: Profile) -> None:
     if len(comparison.claims):
         print()
         for c in comparison.claims.itertuples(index=False):
-            print(f"claim {c.claim}: {c.verdict.upper()}\n    {c.details}")
+            gate = "" if c.gate else " (reported, not gated)"
+            print(f"claim {c.claim}: {c.verdict.upper()}{gate}\n    {c.details}")
     print(f"\n{comparison.summary()}")
 
 
@@ -460,7 +484,12 @@ def build_parser(spec: TableSpec) -> argparse.ArgumentParser:
     parser.add_argument("--partition", help="slurm: partition")
     parser.add_argument("--gpus-per-node", type=int, default=0, help="slurm: GPUs per node (0: CPU nodes)")
     parser.add_argument("--time", type=int, default=60, metavar="MIN", help="slurm: time limit per job")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a verdict fails")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a verdict fails: a gating claim or a cell not measured, a numeric mismatch, or (claim "
+                             "profiles) a cell outside the regression band of results/mini/<table>.band.json")
+    parser.add_argument("--update-band", action="store_true",
+                        help="claim profiles: (re)write results/mini/<table>.band.json from this run's cells (a regression band, "
+                             "not paper numbers; commit it)")
     return parser
 
 
@@ -476,6 +505,8 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
     args = build_parser(spec).parse_args(argv)
     start = time.perf_counter()
     profile = spec.profiles[args.profile]
+    if args.update_band and profile.mode != "claim":
+        raise InputError(f"--update-band: profile {args.profile!r} is checked against the paper's numbers, it has no regression band")
     runs_dir = Path(args.runs_dir).resolve()
     ctx = Context(spec, args.profile, profile, runs_dir, Path(args.results_dir), None, args.checkpoint, args.cluster, args.device,
                   slurm={"gpus_per_node": args.gpus_per_node, "partition": args.partition, "timeout_min": args.time})
@@ -491,17 +522,47 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
         check_data(_tasks(profile), ctx.data_root)  # before any model is built
     if any(isinstance(r, Released) for r in profile.rows.values()) and not args.checkpoint:
         raise InputError(f"profile {args.profile!r} evaluates a released checkpoint: pass --checkpoint DIR")
+    band_file = band_path(spec, args.profile)
+    if args.check and profile.mode == "claim" and not args.update_band:
+        from reproduce.compare import read_band
+
+        read_band(band_file)  # a missing band fails before anything is trained
     measured = measure(ctx)
-    from reproduce.compare import compare
+    from reproduce.compare import band_markdown, compare, compare_band, make_band, read_band
 
     comparison = compare(reference_for(profile.reference), measured, mode=profile.mode, profile=args.profile)
+    band_check, band_section = None, ""
+    if profile.mode == "claim":
+        if args.update_band:
+            from harness.io import atomic_write_json
+
+            atomic_write_json(band_file, make_band(measured, spec.key, args.profile, profile.band_rules))
+            print(f"wrote the regression band {band_file}")
+        if band_file.is_file():
+            band_check = compare_band(read_band(band_file), measured)
+            band_section = "\n" + band_markdown(band_check, _relative(band_file))
     seconds = time.perf_counter() - start
-    csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds)
+    csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds, band_section)
     print_table(comparison, measured, profile)
+    if band_check is not None:
+        outside = band_check[band_check["verdict"] != "inside"]
+        print(f"regression band {_relative(band_file)}: {len(band_check) - len(outside)}/{len(band_check)} cells inside")
     print(f"wrote {csv_path} and {md_path} ({seconds:.0f} s)")
     if profile.figure is not None:
         print(f"wrote {profile.figure(ctx, ctx.results_dir / f'{spec.key}.png')}")
+    failed = False
     if args.check and not comparison.passed:
         print(f"CHECK FAILED:\n{comparison.failures.to_string(index=False)}", file=sys.stderr)
-        return 1
-    return 0
+        failed = True
+    if args.check and band_check is not None and (band_check["verdict"] != "inside").any():
+        print(f"CHECK FAILED: cells outside the regression band {_relative(band_file)} (a previous mini run, not the paper):\n"
+              f"{band_check[band_check['verdict'] != 'inside'].to_string(index=False)}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(CHECKOUT))
+    except ValueError:
+        return str(path)

@@ -25,76 +25,11 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.table import Column, Computed, Profile, Released, StageRun, TableSpec, Trained, main, register_table
+from reproduce.mini_chain import MINI_CHAIN, caption_hits, vqa_by_type
+from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table
 
 # ---------------------------------------------------------------------------------------------
 # The mini profile: one LaVIT trained from nothing on the mini world.
-
-SHARDS = "[{data}/shards/train-*.tar]"
-TEXT = '{"shapes": ["{data}/text/shapes.jsonl"], "qa": ["{data}/text/qa.jsonl"], "facts": ["{data}/text/facts.jsonl"], "filler": ["{data}/text/filler.jsonl"]}'
-TEXT_WEIGHTS = '{"shapes": 0.3, "qa": 0.3, "facts": 0.2, "filler": 0.2}'
-
-# The mini world's own text tokenizer (byte-level BPE trained on its training texts, harness/miniworld.py) and the
-# matching text vocabulary of the LLM (text ids, then [IMG], [/IMG] and the visual codes: the paper's layout).
-TOKENIZER = ("text_tokenizer={data}/tokenizer", "model.llm.text_vocab_size=512")
-
-MINI_CHAIN = (
-    StageRun(
-        "encoder_pretrain",
-        overrides=(
-            "synthetic.enabled=false", f"data.shards={SHARDS}", 'data.meta_filter={"kind": "caption"}',
-            "loop.steps=600", "loop.global_batch_size=32", "loop.micro_batch_size=32",
-        ),
-    ),
-    StageRun(
-        "llm_pretrain",
-        overrides=("synthetic.enabled=false", f"data.text_sources={TEXT}", f"data.text_weights={TEXT_WEIGHTS}", *TOKENIZER, "loop.steps=150"),
-    ),
-    StageRun(
-        "tokenizer",
-        overrides=("synthetic.enabled=false", f"data.shards={SHARDS}", "loop.steps=600", "vq_start_step=300", "kmeans_images=512"),
-        inputs=(("encoder_path", "encoder_pretrain"),),
-    ),
-    StageRun(
-        "unified",
-        overrides=(
-            "synthetic.enabled=false",
-            f"data.understanding_shards={SHARDS}",
-            f"data.generation_shards={SHARDS}",
-            'data.image_text_filter={"kind": "caption"}',  # LaVIT's image-text data are captions
-            f"data.text_sources={TEXT}",
-            f"data.text_weights={TEXT_WEIGHTS}",
-            *TOKENIZER,
-            "loop.steps=1500",
-            "loop.global_batch_size=8",
-            "loop.micro_batch_size=8",
-            "data.text_to_image_text=[1.0, 2.0]",
-        ),
-        inputs=(("tokenizer_checkpoint", "tokenizer"), ("llm_path", "llm_pretrain")),
-    ),
-)
-
-
-def _caption_hits(attribute: str):
-    """Share of the saved captions that name the image's shape (or colour)."""
-
-    def derive(ctx, task_dir: Path) -> float:
-        from harness.miniworld import caption_hit_rate
-
-        return caption_hit_rate(ctx.world, task_dir / "predictions.jsonl", attribute)
-
-    return derive
-
-
-def _vqa_by_type(answer_type: str):
-    """VQA accuracy on the questions of one answer type, from the saved predictions."""
-
-    def derive(ctx, task_dir: Path) -> float:
-        from harness.miniworld import vqa_accuracy
-
-        return vqa_accuracy(ctx.world, ctx.data_root, ctx.profile.eval_limit, predictions_path=task_dir / "predictions.jsonl", answer_type=answer_type)
-
-    return derive
 
 
 def _answer_prior(ctx) -> dict[str, float]:
@@ -157,11 +92,11 @@ MINI = Profile(
     },
     columns=(
         Column("Caption CIDEr", "mini_caption", "CIDEr"),
-        Column("Shape named", "mini_caption", "", scale=100, derive=_caption_hits("shape")),
-        Column("Colour named", "mini_caption", "", scale=100, derive=_caption_hits("color")),
+        Column("Shape named", "mini_caption", "", scale=100, derive=caption_hits("shape")),
+        Column("Colour named", "mini_caption", "", scale=100, derive=caption_hits("color")),
         Column("VQA accuracy", "mini_vqa", "vqa_accuracy"),
-        Column("VQA yes/no", "mini_vqa", "", derive=_vqa_by_type("yes/no")),
-        Column("VQA colour/shape", "mini_vqa", "", derive=_vqa_by_type("other")),
+        Column("VQA yes/no", "mini_vqa", "", derive=vqa_by_type("yes/no")),
+        Column("VQA colour/shape", "mini_vqa", "", derive=vqa_by_type("other")),
     ),
     reference="mini/lavit_table1",
     mode="claim",

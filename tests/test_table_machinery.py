@@ -82,7 +82,7 @@ def _argv(tmp_path, *extra):
 
 def test_chains_share_runs_finished_runs_are_reused_and_results_are_stable(spec, fake_eval, tmp_path, capsys):
     spec, _ = spec
-    assert T._main(spec, _argv(tmp_path, "--check")) == 0
+    assert T._main(spec, _argv(tmp_path, "--check", "--update-band")) == 0
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     # One tokenizer run shared by both rows, one unified run per learning rate.
     assert [r.split("-")[0] for r in runs] == ["tokenizer", "unified", "unified"]
@@ -119,13 +119,13 @@ def test_hash_follows_the_config_and_upstream(spec, tmp_path):
 def test_a_failing_claim_fails_check_and_an_unfinished_run_resumes(spec, fake_eval, tmp_path):
     spec, baseline = spec
     baseline["value"] = 100.0  # the baseline now beats every row
-    assert T._main(spec, _argv(tmp_path)) == 0  # without --check the table is written and reported
+    assert T._main(spec, _argv(tmp_path, "--update-band")) == 0  # without --check the table is written and reported
     assert T._main(spec, _argv(tmp_path, "--check")) == 1
     # A run killed before it finished (no run.json) is resumed by the next table run, not restarted.
     run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("unified"))
     (run / "run.json").unlink()
     baseline["value"] = 0.0
-    assert T._main(spec, _argv(tmp_path, "--check")) == 0
+    assert T._main(spec, _argv(tmp_path, "--check", "--update-band")) == 0
     assert json.loads((run / "run.json").read_text())["resumed_from_step"] == 2
 
 
@@ -134,3 +134,174 @@ def test_bad_input_is_one_line(spec, fake_eval, tmp_path, capsys):
     spec.profiles["mini"].rows["A"] = T.Trained("lavit", (T.StageRun("unified", inputs=(("tokenizer_checkpoint", "nope"),)),))
     assert T.main(spec, _argv(tmp_path)) == 2
     assert "names no earlier stage" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Reported (not gated) claims and the regression band.
+
+REPORTED_REF = MINI_REF + """
+  - id: b_beats_a
+    statement: "B beats A (a paper claim restated at mini scale: reported, not gated)"
+    where: "test"
+    gate: false
+    checks:
+      - {row: B, than: A, columns: [Score], is: better}
+"""
+
+
+def _computed_spec(tmp_path, monkeypatch, values: dict[str, float], reference: str = REPORTED_REF) -> T.TableSpec:
+    """A table of Computed rows only (nothing trains): its cells are whatever `values` holds when measured."""
+    (tmp_path / "mini").mkdir(exist_ok=True)
+    (tmp_path / "mini" / "lavit_table0.yaml").write_text(reference)
+    monkeypatch.setattr(T, "MINI_REFERENCE_DIR", tmp_path / "mini")
+    monkeypatch.setattr(T, "check_data", lambda tasks, root: None)
+    rows = {name: T.Computed(lambda ctx, name=name: {"Score": values[name]}) for name in ("A", "B", "Baseline")}
+    profile = T.Profile(rows=rows, columns=(T.Column("Score", "toy_task", "score"),), reference="mini/lavit_table0",
+                        data="data-root", band_rules={"Score": __import__("reproduce.compare", fromlist=["BandRule"]).BandRule(0.0, 0.5)})
+    return T.TableSpec(key="lavit_table1", script="reproduce/test_table.py", profiles={"mini": profile})
+
+
+def test_a_claim_with_gate_false_is_reported_but_does_not_fail_check(tmp_path, monkeypatch, capsys):
+    values = {"A": 2.0, "B": 1.0, "Baseline": 0.0}  # a_beats_baseline holds (gates); b_beats_a fails (reported)
+    spec = _computed_spec(tmp_path, monkeypatch, values)
+    assert T._main(spec, _argv(tmp_path, "--check", "--update-band")) == 0
+    out = capsys.readouterr().out
+    assert "claim b_beats_a: FAILS (reported, not gated)" in out and "Score: B 1 better than A 2: NO" in out
+    frame = pd.read_csv(tmp_path / "results" / "lavit_table1.csv")
+    claims = frame[(frame["kind"] == "claim") & (frame["section"] == "mini")].set_index("claim")
+    assert claims.loc["b_beats_a", "verdict"] == "fails" and not bool(claims.loc["b_beats_a", "gate"])
+    assert "**fails** (reported, not gated)" in (tmp_path / "results" / "lavit_table1.md").read_text()
+    # The same failure in a gating claim fails --check.
+    values["Baseline"] = 5.0
+    assert T._main(spec, _argv(tmp_path, "--check", "--update-band")) == 1
+    # A claim that is not measured fails --check even when it does not gate: the pipeline did not produce it.
+    del values["B"]
+    spec.profiles["mini"].rows["B"] = T.Computed(lambda ctx: {})
+    values["Baseline"] = 0.0
+    assert T._main(spec, _argv(tmp_path, "--update-band")) == 0
+    assert T._main(spec, _argv(tmp_path, "--check")) == 1
+    assert "not measured" in capsys.readouterr().err
+
+
+def test_the_regression_band_gates_check(tmp_path, monkeypatch, capsys):
+    from reproduce.compare import BAND_NOTE
+
+    values = {"A": 2.0, "B": 1.0, "Baseline": 0.0}
+    spec = _computed_spec(tmp_path, monkeypatch, values)
+    band_file = tmp_path / "mini" / "lavit_table1.band.json"
+    # No band yet: --check refuses before measuring, naming the file and the way to write it.
+    with pytest.raises(T.InputError, match="lavit_table1.band.json not found: run the table script once with --update-band"):
+        T._main(spec, _argv(tmp_path, "--check"))
+    assert T._main(spec, _argv(tmp_path, "--update-band")) == 0
+    band = json.loads(band_file.read_text())
+    assert band["note"] == BAND_NOTE and "NOT the paper's numbers" in band["note"]
+    assert band["cells"] == {r: {"Score": {"value": v, "tolerance": 0.5}} for r, v in values.items()}
+    assert T._main(spec, _argv(tmp_path, "--check")) == 0
+    values["A"] = 2.4  # inside the band (0.5): still passes; the claim still holds
+    assert T._main(spec, _argv(tmp_path, "--check")) == 0
+    values["A"] = 2.6  # outside: fails, although every gating claim holds
+    assert T._main(spec, _argv(tmp_path, "--check")) == 1
+    err = capsys.readouterr().err
+    assert "outside the regression band" in err and "outside" in err
+    md = (tmp_path / "results" / "lavit_table1.md").read_text()
+    assert "Regression band" in md and "| A | Score | 2 | 0.5 | 2.6 | outside |" in md
+    # A band from another run is malformed input, named.
+    band_file.write_text('{"cells": {"A": {"Score": {"value": "x"}}}}')
+    with pytest.raises(T.InputError, match="malformed"):
+        T._main(spec, _argv(tmp_path, "--check"))
+
+
+def test_band_compare_names_cells_not_measured_and_not_banded():
+    from reproduce.compare import BandRule, compare_band, make_band
+
+    measured = pd.DataFrame({"X": [10.0, float("nan")], "Y": [200.0, 3.0]}, index=["r1", "r2"])
+    band = make_band(measured, "t", "mini", {"Y": BandRule(relative=0.05, floor=1.0)})
+    assert band["cells"] == {"r1": {"X": {"value": 10.0, "tolerance": 1.0}, "Y": {"value": 200.0, "tolerance": 10.0}},
+                             "r2": {"Y": {"value": 3.0, "tolerance": 1.0}}}
+    later = pd.DataFrame({"X": [10.9, 7.0], "Y": [float("nan"), 3.0]}, index=["r1", "r2"])
+    verdicts = {(r.row, r.column): r.verdict for r in compare_band(band, later).itertuples()}
+    assert verdicts == {("r1", "X"): "inside", ("r1", "Y"): "not measured", ("r2", "Y"): "inside", ("r2", "X"): "not in band"}
+
+
+def test_gate_must_be_a_boolean(tmp_path):
+    from reproduce.reference import ReferenceError, load_reference
+
+    path = tmp_path / "lavit_table0.yaml"
+    path.write_text(REPORTED_REF.replace("gate: false", "gate: maybe"))
+    with pytest.raises(ReferenceError, match="'gate' must be true or false"):
+        load_reference(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablation tables: declared rows resolve to runs (nothing trains here).
+
+
+def _plans(spec: T.TableSpec, profile: str, tmp_path: Path) -> dict[str, list[T.PlannedStage]]:
+    ctx = T.Context(spec, profile, spec.profiles[profile], tmp_path / "runs", tmp_path, tmp_path / "data", None, "local", "cpu")
+    return {label: T.plan_chain(row, ctx) for label, row in spec.profiles[profile].rows.items() if isinstance(row, T.Trained)}
+
+
+def test_ablation_tables_share_table1_runs_and_switch_one_thing(tmp_path):
+    from reproduce.table1 import TABLE as TABLE1
+    from reproduce.table3 import TABLE_3A, TABLE_3B
+    from reproduce.table7 import TABLE_7A, TABLE_7B
+
+    table1 = [s.directory for s in _plans(TABLE1, "mini", tmp_path)["Ours (mini LaVIT)"]]
+    switched = {}
+    for spec, shared, other in ((TABLE_3A, "Classification", "Regression"), (TABLE_3B, "Dynamic", "Fixed"),
+                                (TABLE_7A, "Continuous", "Quantized"), (TABLE_7B, "Unlock LLM", "Frozen LLM")):
+        plans = _plans(spec, "mini", tmp_path)
+        assert [s.directory for s in plans[shared]] == table1  # the very runs of Table 1
+        assert [s.directory for s in plans[other]][:2] == table1[:2]  # encoder_pretrain and llm_pretrain shared
+        switched[other] = plans[other]
+    assert switched["Regression"][2].directory == table1[2] != switched["Fixed"][2].directory  # 3b retrains stage 1a
+    assert switched["Regression"][3].config.model.ablation.visual_objective == "regression"
+    assert switched["Fixed"][2].config.tokenizer.fixed_length and switched["Fixed"][3].config.model.tokenizer.fixed_length
+    assert switched["Quantized"][3].config.model.ablation.understanding_input == "quantized"
+    assert switched["Frozen LLM"][3].config.model.ablation.freeze_llm
+    assert len({s[3].directory for s in switched.values()} | {table1[3]}) == 5
+
+
+def test_paper_profiles_plan_with_the_paper_presets_without_running(tmp_path):
+    from harness.config import get_preset
+    from reproduce.table3 import TABLE_3A, TABLE_3B
+    from reproduce.table7 import TABLE_7A, TABLE_7B
+
+    paper_unified = get_preset("train/unified", "paper")
+    shared = None
+    for spec in (TABLE_3A, TABLE_3B, TABLE_7A, TABLE_7B):
+        profile = spec.profiles["paper"]
+        assert profile.mode == "numeric" and profile.reference == spec.key and profile.data == "data-root"
+        plans = _plans(spec, "paper", tmp_path)
+        assert set(plans) == set(T.reference_for(spec.key).rows)  # every printed row is declared
+        for label, chain in plans.items():
+            assert [s.run.stage for s in chain] == ["tokenizer", "unified"]
+            unified = chain[-1].config
+            assert (unified.loop.steps, unified.loop.global_batch_size, unified.seq_len) == (
+                paper_unified.loop.steps, paper_unified.loop.global_batch_size, paper_unified.seq_len)
+            assert unified.tokenizer_checkpoint == str(chain[0].directory)
+            assert unified.llm_path == str(tmp_path / "data" / "weights" / "llama-7b")
+            assert set(unified.data.text_sources) == set(paper_unified.data.text_weights)  # Table 5's subsets
+            assert not any(s.done for s in chain) and not (tmp_path / "runs").exists()  # nothing ran
+        baseline = [p for p in plans.values() if not _switched(p[-1].config)]
+        assert len(baseline) == 1
+        shared = shared or baseline[0][-1].directory
+        assert baseline[0][-1].directory == shared  # one paper-scale baseline run serves all four tables
+
+
+def _switched(config) -> bool:
+    ablation = config.model.ablation
+    return (ablation.visual_objective != "classification" or ablation.understanding_input != "continuous"
+            or ablation.freeze_llm or config.model.tokenizer.fixed_length)
+
+
+def test_two_table_scripts_report_bad_input_once(tmp_path, capsys):
+    from reproduce import table3, table7
+
+    base = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")]
+    assert table3.run(["--profile", "paper", *base]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: profile 'paper' evaluates on the benchmarks: pass --data-root DIR"]
+    assert table7.run(["--profile", "paper", "--data-root", str(tmp_path), "--update-band", *base]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --update-band: profile 'paper' is checked against the paper's numbers, it has no regression band"]
+    assert not (tmp_path / "res").exists() and not (tmp_path / "runs").exists()

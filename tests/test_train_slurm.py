@@ -43,12 +43,13 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted tokenizer job (\d+)", submitted.stdout).group(1)
 
-    wait_for(lambda: (out / "checkpoints" / "step_00000004" / "manifest.json").exists(), 90, "the first checkpoint")
+    wait_for(lambda: (out / "checkpoints" / "step_00000004" / "manifest.json").exists(), 180, "the first checkpoint")
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
     # SLURM holds a requeued batch job back for a while (BeginTime); let it start again at once.
     wait_for(lambda: job_state(job_id) == "PENDING", 60, "the requeued job to be pending")
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
-    wait_for(lambda: job_state(job_id) is None and (out / "run.json").exists(), 120, "the requeued job to finish", interval=0.5)
+    # Generous: on a loaded 2-core machine the requeued job restarts Python and torch before it resumes.
+    wait_for(lambda: job_state(job_id) is None and (out / "run.json").exists(), 360, "the requeued job to finish", interval=0.5)
 
     run = json.loads((out / "run.json").read_text())
     assert run["finished"] and run["last_step"] == steps

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.lavit.stages.config import UnifiedStageConfig
+from model.lavit.stages.config import UnifiedDataConfig, UnifiedStageConfig
 from train.data import Batched, ImageTextShards, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece, Strided
 from train.distributed import DistInfo
 from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
@@ -349,15 +349,7 @@ class UnifiedTask(StatelessStage):
         by_sequence = data.partition == "sequence"
         seed = cfg.loop.seed
         common = dict(rank=0, world_size=1, partition="sample") if by_sequence else dict(rank=info.rank, world_size=info.world_size, partition=data.partition)
-        text_weights = {n: w for n, w in data.text_weights.items() if w > 0}
-        missing = set(text_weights) - set(text_sources)
-        if missing:
-            raise ValueError(f"data.text_weights names sources without files in data.text_sources: {sorted(missing)}")
-        text = Mixture(
-            {n: JsonlText(text_sources[n], seed=seed + 11 + i, text_key=data.text_key, **common) for i, n in enumerate(sorted(text_weights))},
-            text_weights,
-            seed=seed + 3,
-        )
+        text = text_mixture(data, text_sources, seed, **common)
         image_streams, image_weights = {}, {}
         if data.understanding_weight > 0:
             if not und:
@@ -503,6 +495,20 @@ def sample_generator(seed: int, key: str) -> torch.Generator:
     import zlib
 
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
+
+
+def text_mixture(data: UnifiedDataConfig, text_sources: dict[str, list[str]], seed: int, **stream_options) -> Mixture:
+    """The text-only stream of stage 2: the JSONL sources drawn by `data.text_weights` (the paper preset: Table 5's
+    RedPajama proportions). `reproduce/table5.py` draws from this very function."""
+    text_weights = {n: w for n, w in data.text_weights.items() if w > 0}
+    missing = set(text_weights) - set(text_sources)
+    if missing:
+        raise ValueError(f"data.text_weights names sources without files in data.text_sources: {sorted(missing)}")
+    return Mixture(
+        {n: JsonlText(text_sources[n], seed=seed + 11 + i, text_key=data.text_key, **stream_options) for i, n in enumerate(sorted(text_weights))},
+        text_weights,
+        seed=seed + 3,
+    )
 
 
 @torch.no_grad()
