@@ -284,11 +284,8 @@ class MiniWorld:
     prior_default: str  # most frequent train answer overall (a question type never seen in train)
     train_distribution: dict[str, dict[str, float]]  # "shape"/"color" -> value -> share
 
-    def answer_prior(self) -> dict[str, str]:
-        """Question type -> the answer a blind baseline gives (the most frequent train answer of that type)."""
-        return dict(self.prior)
-
     def prior_answer(self, question: str) -> str:
+        """The answer a blind baseline gives: the most frequent train answer of the question's type."""
         return self.prior.get(question_type(question), self.prior_default)
 
     def caption_attribute_hits(self, prediction: str, image_id: int | str, split: str = "test") -> tuple[bool, bool]:

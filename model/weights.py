@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -88,16 +88,7 @@ def weight_shapes(path: str | Path) -> dict[str, torch.Tensor]:
 
 def sharded_weight_shapes(folder: str | Path) -> dict[str, torch.Tensor]:
     """`weight_shapes` of every shard of `sharded_weight_files(folder)` merged (a key in two shards is an error)."""
-    shapes: dict[str, torch.Tensor] = {}
-    origin: dict[str, Path] = {}
-    for path in sharded_weight_files(folder):
-        shard = weight_shapes(path)
-        twice = [k for k in shard if k in shapes]
-        if twice:
-            raise CheckpointLayoutError(f"{path}: keys also in {origin[twice[0]]}: {_describe(sorted(twice))}")
-        shapes.update(shard)
-        origin.update(dict.fromkeys(shard, path))
-    return shapes
+    return _merge_shards(folder, weight_shapes)
 
 
 def sharded_weight_files(folder: str | Path) -> list[Path]:
@@ -129,16 +120,21 @@ def sharded_weight_files(folder: str | Path) -> list[Path]:
 
 def read_sharded_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """All shards of `sharded_weight_files(folder)` merged; a key found in two shards is an error naming both."""
-    state: dict[str, torch.Tensor] = {}
+    return _merge_shards(folder, read_state_dict)
+
+
+def _merge_shards(folder: str | Path, read: Callable[[Path], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`read(shard)` of every shard, merged; a key found in two shards is an error naming both files."""
+    merged: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for path in sharded_weight_files(folder):
-        shard = read_state_dict(path)
-        twice = [k for k in shard if k in state]
+        shard = read(path)
+        twice = [k for k in shard if k in merged]
         if twice:
             raise CheckpointLayoutError(f"{path}: keys also in {origin[twice[0]]}: {_describe(sorted(twice))}")
-        state.update(shard)
+        merged.update(shard)
         origin.update(dict.fromkeys(shard, path))
-    return state
+    return merged
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

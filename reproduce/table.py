@@ -222,8 +222,10 @@ def _stable_config(config: Any, replacements: dict[str, str]) -> str:
     return text
 
 
-# Config keys that change how a run reports, not what it computes: left out of the run's identity.
-_NOT_IDENTITY = ("loop.progress", "loop.log_every", "loop.tensorboard", "loop.max_steps_this_run", "loop.keep_checkpoints")
+# Config keys that change how a run reports, not what it computes: set to these fixed values before hashing, so
+# they are left out of the run's identity.
+_REPORTING_ONLY = {"loop.progress": False, "loop.log_every": 1, "loop.tensorboard": False, "loop.max_steps_this_run": 0,
+                   "loop.keep_checkpoints": 2}  # fmt: skip
 
 
 def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
@@ -258,10 +260,9 @@ def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
 
 
 def _identity_defaults(config: Any) -> dict[str, Any]:
-    """Reporting-only keys set to fixed values so they do not change the hash."""
-    fixed = {"loop.progress": False, "loop.log_every": 1, "loop.tensorboard": False, "loop.max_steps_this_run": 0, "loop.keep_checkpoints": 2}
+    """The reporting-only keys this config has, at their fixed values (as --set strings)."""
     out = {}
-    for key, value in fixed.items():
+    for key, value in _REPORTING_ONLY.items():
         head, _, leaf = key.partition(".")
         if hasattr(getattr(config, head, None), leaf):
             out[key] = json.dumps(value)

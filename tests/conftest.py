@@ -13,3 +13,16 @@ import torch  # noqa: E402
 
 torch.manual_seed(0)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two, and immune to oversubscription on a shared machine.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

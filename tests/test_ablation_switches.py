@@ -36,12 +36,7 @@ UNIFIED_COMMON = ("loop.steps=3", "loop.checkpoint_every=3", "data.text_to_image
 LLM_SIDE = (*UNIFIED_COMMON, "tokenizer_checkpoint=random-init")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster and immune to a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(stage: str, out: Path, *overrides: str) -> dict:

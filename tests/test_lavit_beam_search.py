@@ -17,12 +17,7 @@ from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 X, Y, EOS, Z, W = 0, 1, 2, 3, 4  # a 5-token toy vocabulary; EOS = 2 as in LLaMA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def table_step(table: dict[tuple[int, ...], dict[int, float]], default: dict[int, float], batch: int, num_beams: int):

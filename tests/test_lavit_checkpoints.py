@@ -40,12 +40,7 @@ VQA = {"num_beams": 3, "min_new_tokens": 1, "max_new_tokens": 4, "length_penalty
 PAIRS = [("The cat", " sat on the mat"), ("Question: 2+2?\nAnswer:", " 4"), ("a", " b c")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int) -> list[Image.Image]:

@@ -25,13 +25,7 @@ def build(config: LavitConfig | None = None, seed: int = 0) -> LavitForCausalLM:
     return LavitForCausalLM(LavitHFConfig.from_lavit_config(config or tiny_llm_only())).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two, and immune to oversubscription on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

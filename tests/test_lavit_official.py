@@ -19,12 +19,7 @@ from model.lavit.vocabulary import build_byte_text_tokenizer
 from model.weights import CheckpointLayoutError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ from model.lavit.precision import place
 from model.lavit.vocabulary import build_byte_text_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config():

@@ -38,7 +38,9 @@ def test_mini_job_runs_as_two_slurm_tasks(slurm_cluster, tmp_path):
 
 def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
     out = tmp_path / "run"
-    steps = 150  # long enough that the requeue lands mid-run (SLURM lets the job run KillWait s after SIGTERM)
+    # Long enough that the requeue lands mid-run on a quiet machine too (a mini step takes ~30 ms; SLURM lets the job
+    # run KillWait s after SIGTERM, and 150 steps could finish before the requeue took effect).
+    steps = 1200
     submitted = launch(out, "--tasks-per-node", "1", "--set", f"loop.steps={steps}", "--set", "loop.checkpoint_every=2", wait=False)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted tokenizer job (\d+)", submitted.stdout).group(1)
