@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -36,8 +37,8 @@ def test_refuses_without_cuda_with_one_error_line():
     assert done.stdout == ""
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_measurements_run_on_the_tiny_preset_on_cpu():
-    torch.set_num_threads(1)
     bench = load_bench()
     import model.lavit.configuration  # noqa: F401
 

@@ -25,7 +25,7 @@ from model.lavit.token_merger import (
 from model.lavit.tokenizer import build_tokenizer
 from model.lavit.tokenizer_config import tiny
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # restored after the module: later tests keep theirs
 
 
 def set_fused(module, fused: bool):

@@ -3,6 +3,7 @@ and every gradient equal those of the per-piece `embed_ids` calls, and the embed
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.lavit.configuration import lavit_tiny
@@ -10,7 +11,7 @@ from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.stages.unified import Doc, UnifiedTrainModule
 from train.data import PackedSequence
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # restored after the module: later tests keep theirs
 
 
 def tiny_model():

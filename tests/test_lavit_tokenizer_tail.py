@@ -5,6 +5,7 @@ a float32 near-tie; the straight-through gradient to the keep mask is the same t
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from model.lavit.tokenizer import build_tokenizer
 from model.lavit.tokenizer_config import tiny
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # restored after the module: later tests keep theirs
 TOKENIZER = build_tokenizer(tiny()).eval()
 N, D = TOKENIZER.cfg.num_patches, TOKENIZER.cfg.encoder_width
 
