@@ -88,12 +88,36 @@ def supervised_targets(segments: list[tuple[Doc, int, int]]) -> int:
 
 
 class UnifiedTrainModule(nn.Module):
-    """LaVIT + sequence assembly; forward(list of PackedSequence) -> summed CE over supervised tokens."""
+    """LaVIT + sequence assembly; forward(list of PackedSequence) -> summed CE over supervised tokens.
+
+    The documents of a packed sequence attend within themselves only: through a block-diagonal FlexAttention kernel
+    (`model/lavit/packed_attention.py`) on CUDA, through a dense (b, 1, L, L) mask elsewhere (FlexAttention
+    has no backward on CPU). `block_diagonal` forces one or the other (the tests compare them).
+    """
+
+    block_diagonal: bool | None = None  # None: the block-diagonal kernel on CUDA
 
     def __init__(self, lavit: nn.Module, seq_len: int):
         super().__init__()
         self.lavit = lavit
         self.seq_len = seq_len
+
+    def _document_mask(self, docs: torch.Tensor):
+        """docs (b, L) -> the attention mask of "same document, not in the future" in the form the LLM runs."""
+        use_block = self.block_diagonal if self.block_diagonal is not None else docs.device.type == "cuda"
+        if use_block:
+            from model.lavit.packed_attention import document_block_mask, enable_block_diagonal
+
+            if enable_block_diagonal(self.lavit.language_model):
+                return document_block_mask(docs)
+            if self.block_diagonal:
+                raise ValueError(
+                    "block_diagonal=True needs the LLM on attn_implementation 'sdpa', not "
+                    f"{self.lavit.language_model.config._attn_implementation!r}"
+                )
+        L = docs.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=docs.device).tril()
+        return ((docs[:, :, None] == docs[:, None, :]) & causal)[:, None]  # (b, 1, L, L)
 
     @property
     def regression(self) -> bool:
@@ -216,9 +240,8 @@ class UnifiedTrainModule(nn.Module):
         inputs = torch.stack(embeds)  # (b, L, h)
         labels_t = torch.stack(labels)  # (b, L)
         docs = torch.stack(doc_ids)  # (b, L)
-        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-        mask = (docs[:, :, None] == docs[:, None, :]) & causal  # (b, L, L): same document, not in the future
-        out = lavit(inputs_embeds=inputs, attention_mask=mask[:, None], position_ids=torch.stack(positions))
+        mask = self._document_mask(docs)  # same document, not in the future
+        out = lavit(inputs_embeds=inputs, attention_mask=mask, position_ids=torch.stack(positions))
         logits = out.logits[:, :-1].float()  # (b, L-1, V): position t predicts label t+1
         targets = labels_t[:, 1:].masked_fill(docs[:, 1:] != docs[:, :-1], IGNORE_INDEX)  # no cross-document targets
         token_loss = F.cross_entropy(
