@@ -15,8 +15,10 @@ H100/H200-class GPU. Prints one line per measurement, `name: value unit (ratio t
    a fraction of the bf16 dense peak (goal >= 0.60); the rest of the pipeline's time relative to EVA's (goal <= 0.25).
 3. stage 2: LLM forward + backward on batch 8 with 32 text tokens and the dynamic (--dynamic-tokens) or fixed (256)
    visual tokens: MFU = 6 N T (+ attention) / time / peak (goal >= 0.55), and the fixed / dynamic step-time ratio.
-4. sampling: `sample_image_tokens` with CFG (4 prompts = 8 rows, KV cache, top-k 50), with the dynamic and with the
-   static cache: ms per decoding step against the weight-read bound (LLM bytes / HBM bandwidth) (goal <= 2x).
+4. sampling: `sample_image_tokens` with CFG (4 prompts = 8 rows, KV cache, top-k 50), with the dynamic cache, the
+   static cache, and the static cache with the decoding step captured (`--captures`: "cudagraphs" = torch.compile
+   mode reduce-overhead, "compile" = inductor alone): ms per decoding step against the weight-read bound (LLM
+   bytes / HBM bandwidth) (goal <= 2x).
 
 Peak FLOP/s and bandwidth default to a table of known GPUs (by name); pass --peak-tflops / --bandwidth-tbs for others.
 Without CUDA it prints one line `error: ...` and exits with code 2.
@@ -46,6 +48,8 @@ def parse_args(argv):
     parser.add_argument("--sampling-tokens", type=int, default=64, help="visual tokens sampled per prompt")
     parser.add_argument("--prompts", type=int, default=4, help="prompts (x2 rows with CFG)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--captures", default="none,cudagraphs",
+                        help="static-cache sampling step modes to time: none, compile, cudagraphs (comma-separated)")
     parser.add_argument("--out", help="also write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -140,7 +144,10 @@ def measure_stage2(model, batch: int, text_tokens: int, visual_tokens: int, devi
     return {"seconds": seconds, "length": length, "tflops": llm_step_flops(cfg, params, batch, length) / seconds / 1e12}
 
 
-def measure_sampling(model, prompts: int, tokens: int, device, repeats: int, static_cache: bool = False) -> dict:
+def measure_sampling(
+    model, prompts: int, tokens: int, device, repeats: int, static_cache: bool = False, capture: str = "none",
+    compile_backend: str = "inductor",
+) -> dict:
     import torch
 
     from model.lavit.generation import ImageSampling, sample_image_tokens
@@ -152,7 +159,8 @@ def measure_sampling(model, prompts: int, tokens: int, device, repeats: int, sta
     def run():
         generator.manual_seed(0)
         with torch.no_grad():
-            sample_image_tokens(model, prompt_ids, sampling, generator=generator, static_cache=static_cache)
+            sample_image_tokens(model, prompt_ids, sampling, generator=generator, static_cache=static_cache,
+                                capture=capture, compile_backend=compile_backend)  # fmt: skip
 
     seconds = timed(run, device, repeats)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
@@ -190,6 +198,11 @@ def main(argv=None) -> int:
 
     if not torch.cuda.is_available():
         raise InputError("benchmarks/gpu_paper_scale.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from model.lavit.generation import CAPTURES
+
+    unknown = [c for c in args.captures.split(",") if c and c not in CAPTURES]
+    if unknown:
+        raise InputError(f"--captures: unknown mode {unknown[0]!r}; expected some of {', '.join(CAPTURES)}")
     import model.lavit.configuration  # noqa: F401  (registers presets)
     from harness.config import get_preset
 
@@ -229,8 +242,11 @@ def main(argv=None) -> int:
     torch.cuda.empty_cache()
 
     results["sampling"] = {}
-    for label, static in (("dynamic cache", False), ("static cache", True)):
-        sampling = measure_sampling(model, args.prompts, args.sampling_tokens, device, args.repeats, static)
+    modes = [("dynamic cache", False, "none")]
+    captures = [c for c in args.captures.split(",") if c]
+    modes += [(f"static cache, step {c}" if c != "none" else "static cache", True, c) for c in captures]
+    for label, static, capture in modes:  # the first (warm-up) run of a captured mode includes its compilation
+        sampling = measure_sampling(model, args.prompts, args.sampling_tokens, device, args.repeats, static, capture)
         bound_ms = 1e3 * sampling["weight_bytes"] / (bandwidth * 1e12)
         sampling["bound_ms"] = bound_ms
         results["sampling"][label] = sampling

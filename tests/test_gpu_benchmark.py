@@ -49,8 +49,9 @@ def test_measurements_run_on_the_tiny_preset_on_cpu():
     s2 = bench.measure_stage2(model, 2, 4, 6, "cpu", repeats=1)
     assert s2["length"] == 12 and s2["tflops"] > 0
     assert all(p.grad is None for p in model.parameters())  # the step leaves no gradients behind
-    for static in (False, True):
-        sampling = bench.measure_sampling(model, 1, 3, "cpu", repeats=1, static_cache=static)
+    for static, capture in ((False, "none"), (True, "none"), (True, "compile")):
+        sampling = bench.measure_sampling(model, 1, 3, "cpu", repeats=1, static_cache=static, capture=capture,
+                                          compile_backend="aot_eager")  # fmt: skip
         assert sampling["ms_per_step"] > 0 and sampling["weight_bytes"] > 0
     check = bench.correctness("cpu")  # CPU against itself: exact
     assert check == {"max_logit_diff": 0.0, "codes_identical": True}

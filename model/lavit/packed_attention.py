@@ -61,7 +61,9 @@ def block_diagonal_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: q (b, h, L, d), k/v (b, h_kv, L, d) -> ((b, L, h, d), None)."""
     if not isinstance(attention_mask, BlockMask):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if dropout > 0:
         raise ValueError("block-diagonal attention has no dropout (LLaMA's attention_dropout is 0)")
     gqa = query.shape[1] != key.shape[1]
