@@ -166,9 +166,10 @@ def _static_cache(model: LavitForCausalLM, rows: int, total: int, reuse: bool):
     if not reuse:
         return StaticCache(config=llama_config(model.lavit_config), max_cache_len=total)
     per_model = _static_caches.setdefault(model, {})
-    if (rows, total) not in per_model:
-        per_model[(rows, total)] = StaticCache(config=llama_config(model.lavit_config), max_cache_len=total)
-    cache = per_model[(rows, total)]
+    key = (rows, total, model.llm_device, model.language_model.lm_head.weight.dtype)  # the cache takes both lazily
+    if key not in per_model:
+        per_model[key] = StaticCache(config=llama_config(model.lavit_config), max_cache_len=total)
+    cache = per_model[key]
     cache.reset()
     return cache
 
