@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.manual_seed(0)
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+SESSION_THREADS = min(2, os.cpu_count() or 1)
+torch.set_num_threads(SESSION_THREADS)
 
 
 import pytest  # noqa: E402
@@ -26,3 +27,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def thread_count_restored(request):
+    """Every module leaves the session's thread count as it found it (a module-level `torch.set_num_threads` leaks
+    into every later module: the resume tests compare this process against a subprocess computing the same steps,
+    and CPU float reductions depend on the thread count)."""
+    yield
+    threads = torch.get_num_threads()
+    assert threads == SESSION_THREADS, (
+        f"torch's thread count is {threads} after {request.module.__name__}, not the session's {SESSION_THREADS}: "
+        "a test module changed it without restoring it (at import, or in a test; the one_thread fixture restores)"
+    )

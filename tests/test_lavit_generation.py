@@ -90,8 +90,71 @@ def test_cached_and_naive_sampling_emit_identical_tokens(model, cfg_scale):
     sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=cfg_scale, min_new_tokens=4, max_new_tokens=16)
     cached = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), use_cache=True)
     naive = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), use_cache=False)
-    assert [t.tolist() for t in cached] == [t.tolist() for t in naive]
+    static = sample_image_tokens(model, PROMPTS, sampling, generator=torch.Generator().manual_seed(5), static_cache=True)
+    assert [t.tolist() for t in cached] == [t.tolist() for t in naive] == [t.tolist() for t in static]
     assert all(len(t) >= 4 for t in cached)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_compiled_decoding_step_emits_the_straightforward_samplers_tokens(model, cfg_scale):
+    """capture="compile": the static-cache step (forward, head, Eq. 7, top-k sampling) traced by torch.compile as
+    ONE graph (fullgraph: a host read inside the step would fail the trace) gives the naive sampler's tokens; a
+    second call reuses the compiled step. The "aot_eager" backend keeps the test quick (the same trace as inductor,
+    run with eager kernels); inductor on CPU gave the same tokens here too but compiles for ~30 s."""
+    from torch._dynamo.utils import counters
+
+    sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=cfg_scale, min_new_tokens=4, max_new_tokens=16)
+    gens = lambda: [torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)]  # noqa: E731
+    naive = sample_image_tokens(model, PROMPTS, sampling, generator=gens(), use_cache=False)
+    compiled = [
+        sample_image_tokens(model, PROMPTS, sampling, generator=gens(), static_cache=True, capture="compile",
+                            compile_backend="aot_eager")
+        for _ in range(2)
+    ]  # fmt: skip
+    frames = counters["frames"]["ok"]
+    again = sample_image_tokens(
+        model, PROMPTS, sampling, generator=gens(), static_cache=True, capture="compile", compile_backend="aot_eager"
+    )
+    assert counters["frames"]["ok"] == frames  # no recompilation: the same cache object, the same guards
+    expected = [t.tolist() for t in naive]
+    runs = [[t.tolist() for t in tokens] for tokens in (*compiled, again)]
+    assert runs[0] == runs[1] == runs[2] == expected
+    assert all(len(t) >= 4 for t in naive)
+
+
+def test_capture_settings_are_checked(model):
+    sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=1.5, min_new_tokens=1, max_new_tokens=4)
+    with pytest.raises(ValueError, match="capture='graphs'"):
+        sample_image_tokens(model, PROMPTS, sampling, static_cache=True, capture="graphs")
+    with pytest.raises(ValueError, match="static_cache=True"):
+        sample_image_tokens(model, PROMPTS, sampling, capture="compile")
+    with pytest.raises(ValueError, match="needs the model on CUDA, not cpu"):
+        sample_image_tokens(model, PROMPTS, sampling, static_cache=True, capture="cudagraphs")
+
+
+@pytest.mark.parametrize("use_cache,static", [(True, False), (True, True), (False, False)])
+def test_deferred_stop_checks_do_not_change_the_tokens(model, use_cache, static):
+    """The host reads "all finished?" every check_every steps only; rows finishing at different steps (and the
+    whole batch finishing early) give the same tokens as checking every step."""
+    v = model.vocab
+    head = model.language_model.lm_head
+    bias = torch.zeros(v.size)
+    bias[v.img_end_id] = 1.0  # [/IMG] likely but not certain: rows end at different steps
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    prompts = PROMPTS + [torch.tensor([80, 81]), torch.tensor([82, 83, 84])]
+    try:
+        sampling = ImageSampling(top_k=20, temperature=1.0, cfg_scale=1.5, min_new_tokens=2, max_new_tokens=24)
+        runs = {
+            n: [t.tolist() for t in sample_image_tokens(
+                model, prompts, sampling, generator=[torch.Generator().manual_seed(i) for i in range(4)],
+                use_cache=use_cache, check_every=n, static_cache=static)]
+            for n in (1, 3, 8)
+        }  # fmt: skip
+    finally:
+        head.bias = None
+    assert runs[1] == runs[3] == runs[8]
+    lengths = [len(t) for t in runs[1]]
+    assert len(set(lengths)) > 1 and max(lengths) < 24, lengths  # the case the check is about did happen
 
 
 def test_image_sampling_emits_only_visual_ids_and_stops_at_end_token(model):

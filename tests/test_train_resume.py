@@ -38,7 +38,10 @@ def _kill_after_checkpoint(stage: str, out: Path, step: int) -> None:
     command = [sys.executable, "-m", "train", stage, "--config", "mini", "--output-dir", str(out)]
     for override in OVERRIDES[stage]:
         command += ["--set", override]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The killed run computes steps 1..4 of the compared run, so it must compute them as this process does: CPU
+    # float reductions (matmul, sum) depend on the number of intra-op threads, so pass ours on.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marker = out / "checkpoints" / f"step_{step:08d}" / "manifest.json"
     deadline = time.monotonic() + 180
     while not marker.exists():

@@ -40,6 +40,11 @@ class Mlp(nn.Module):
 
 
 class EvaAttention(nn.Module):
+    """Plain softmax attention, run through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on
+    GPUs); `fused = False` is the explicit reference path (tests compare the two)."""
+
+    fused = True
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -57,10 +62,13 @@ class EvaAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias)
         qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, b, h, n, hd)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (b, h, n, n); EVA scales q before the product
-        attn = attn.softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)  # (b, n, c)
-        return self.proj(out)
+        if self.fused:
+            # EVA scales q before the product; SDPA's scale gives the same scores up to float rounding.
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (b, h, n, hd)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (b, h, n, n); EVA scales q before the product
+            out = attn.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))  # (b, n, c)
 
 
 class EvaBlock(nn.Module):

@@ -27,6 +27,7 @@ a fixed seed they emit identical tokens.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,83 @@ def _sample_top_k(scores: torch.Tensor, top_k: int, temperature: float, uniforms
     return indices.gather(-1, pick).squeeze(-1)
 
 
+def _choose_tokens(
+    logits: torch.Tensor, uniforms: torch.Tensor, end_allowed: torch.Tensor, b: int, sampling: "ImageSampling"
+) -> torch.Tensor:
+    """Head logits (r, 1 + K) over [/IMG] + visual ids -> one sampled id per prompt (b,), all on the device: slice
+    log-softmax, Eq. 7 mixing of the B conditional and B unconditional rows, [/IMG] forbidden unless `end_allowed`
+    (a 0-dim bool tensor, so that a captured step does not depend on the step number), temperature, top-k, inverse
+    CDF of one uniform per row. Returns ids relative to the slice (0 = [/IMG])."""
+    logp = torch.log_softmax(logits, dim=-1)
+    scores = cfg_log_probs(logp[:b], logp[b:], sampling.cfg_scale) if sampling.cfg_scale != 1.0 else logp  # (b, 1+K)
+    scores[:, 0] = scores[:, 0].masked_fill(~end_allowed, float("-inf"))
+    return _sample_top_k(scores, sampling.top_k, sampling.temperature, uniforms)
+
+
+def _static_decode_step(
+    model: LavitForCausalLM,
+    cache,
+    token_ids: torch.Tensor,
+    positions: torch.Tensor,
+    cache_position: torch.Tensor,
+    step_mask: torch.Tensor,
+    uniforms: torch.Tensor,
+    end_allowed: torch.Tensor,
+    sampling: "ImageSampling",
+) -> torch.Tensor:
+    """One decoding step on the static cache with fixed shapes and no host read: the step that `capture` compiles
+    or records as a CUDA graph. token_ids (r, 1) the previous token of every row, positions (r, 1), cache_position
+    (1,), step_mask (r, 1, 1, T) bool (True = attend; a 4-D mask goes to SDPA as is), uniforms (b,) -> the next
+    token of each prompt, relative to the head slice (0 = [/IMG])."""
+    vocab = model.vocab
+    hidden = model.language_model.model(
+        inputs_embeds=model.embed_ids(token_ids),
+        attention_mask=step_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        cache_position=cache_position,
+    ).last_hidden_state[:, -1]  # (r, h)
+    head = model.language_model.lm_head
+    bias = head.bias[vocab.img_end_id : vocab.size] if head.bias is not None else None
+    logits = torch.nn.functional.linear(hidden, head.weight[vocab.img_end_id : vocab.size], bias).float()
+    return _choose_tokens(logits, uniforms, end_allowed, uniforms.shape[0], sampling)
+
+
+CAPTURES = ("none", "compile", "cudagraphs")
+_compiled_steps: dict[tuple[str, str], Any] = {}
+_static_caches: "weakref.WeakKeyDictionary[LavitForCausalLM, dict]" = weakref.WeakKeyDictionary()
+
+
+def _decode_step_function(capture: str, backend: str):
+    """The decoding step as run: eager, `torch.compile`d as one graph (`fullgraph=True`: a host read inside the step
+    would be an error, not a silent graph break), or compiled with CUDA graphs (mode "reduce-overhead": each step is
+    one graph replay). Compiled once per process, mode and backend."""
+    if capture == "none":
+        return _static_decode_step
+    key = (capture, backend)
+    if key not in _compiled_steps:
+        options = {"mode": "reduce-overhead"} if capture == "cudagraphs" else {"backend": backend}
+        _compiled_steps[key] = torch.compile(_static_decode_step, fullgraph=True, dynamic=False, **options)
+    return _compiled_steps[key]
+
+
+def _static_cache(model: LavitForCausalLM, rows: int, total: int, reuse: bool):
+    """A StaticCache for `rows` rows of `total` positions; with `reuse`, the same object (reset) for the same model
+    and sizes, so that a compiled step (whose guards hold on the cache object) is not recompiled on every call."""
+    from transformers import StaticCache
+
+    if not reuse:
+        return StaticCache(config=llama_config(model.lavit_config), max_cache_len=total)
+    per_model = _static_caches.setdefault(model, {})
+    key = (rows, total, model.llm_device, model.language_model.lm_head.weight.dtype)  # the cache takes both lazily
+    if key not in per_model:
+        per_model[key] = StaticCache(config=llama_config(model.lavit_config), max_cache_len=total)
+    cache = per_model[key]
+    cache.reset()
+    return cache
+
+
 @torch.no_grad()
 def sample_image_tokens(
     model: LavitForCausalLM,
@@ -103,6 +181,10 @@ def sample_image_tokens(
     sampling: ImageSampling,
     generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
+    check_every: int | None = None,
+    static_cache: bool = False,
+    capture: str = "none",
+    compile_backend: str = "inductor",
 ) -> list[torch.Tensor]:
     """Sample one image's visual ids (32002 + k, [/IMG] excluded) per prompt.
 
@@ -111,11 +193,31 @@ def sample_image_tokens(
     `multimodal_synthesis`; see `LavitEvalAdapter.multimodal_prompt_ids`).
     generator: one for the batch, or one per prompt (then a prompt's tokens depend on its own generator only, not
     on which other prompts share the batch).
+    check_every: read "has every row finished?" back to the host only every this many steps (default: 1 on the
+    CPU, 8 on accelerators, where each read is a device synchronisation that stalls the queue). The tokens do not
+    depend on it (a finished row keeps emitting [/IMG], cut off at the end); only the generators may advance by up
+    to check_every - 1 extra draws after the last row finished.
+    static_cache (with use_cache): a transformers `StaticCache` of the final length and one fixed-size attention
+    mask, so that every decoding step has the same shapes (the precondition of a captured step); same tokens.
+    Each step after the first is `_static_decode_step`: forward, head, Eq. 7 and top-k sampling on the device.
+    capture (with static_cache): "none" runs that step eagerly; "compile" runs it `torch.compile`d as one graph
+    (`compile_backend`, e.g. "aot_eager" for a quick trace on CPU); "cudagraphs" (CUDA only) replays it as a CUDA
+    graph (torch.compile mode "reduce-overhead"). The cache is then kept per model and size and reset per call.
     """
+    if capture not in CAPTURES:
+        raise ValueError(f"capture={capture!r}; expected one of {CAPTURES}")
+    if capture != "none" and not (use_cache and static_cache):
+        raise ValueError(f"capture={capture!r} needs use_cache=True and static_cache=True (fixed shapes)")
     vocab = model.vocab
     device = model.llm_device
     b = len(prompt_ids)
     use_cfg = sampling.cfg_scale != 1.0
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 8
+    if check_every < 1:
+        raise ValueError(f"check_every={check_every}; expected >= 1")
+    if capture == "cudagraphs" and device.type != "cuda":
+        raise ValueError(f"capture='cudagraphs' needs the model on CUDA, not {device.type}")
     start = torch.tensor([vocab.img_start_id], device=device)
 
     # Rows: B conditional (prompt [IMG]) then, with CFG, B unconditional ([IMG] only), left-padded to one length.
@@ -139,58 +241,83 @@ def sample_image_tokens(
     head_weight = model.language_model.lm_head.weight[head_slice]  # (1 + K, h)
     head_bias = model.language_model.lm_head.bias
     head_bias = head_bias[head_slice] if head_bias is not None else None
-    end_index = 0  # [/IMG] is the first row of the slice
 
     def step_logits(hidden: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(hidden, head_weight, head_bias).float()  # (r, 1 + K)
 
-    def last_hidden(inputs_embeds, attention_mask, position_ids, cache=None) -> torch.Tensor:
+    def last_hidden(inputs_embeds, attention_mask, position_ids, cache=None, cache_position=None) -> torch.Tensor:
         out = model.language_model.model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=cache is not None,
+            cache_position=cache_position,
         )
         return out.last_hidden_state[:, -1]  # (r, h)
 
     cache = None
-    if use_cache:
+    if use_cache and static_cache:
+        # Every step has the same shapes (one fixed-size mask, a cache of max length written at cache_position):
+        # what CUDA graphs / torch.compile need to capture a step once and replay it.
+        total = length + sampling.max_new_tokens
+        cache = _static_cache(model, mask.shape[0], total, reuse=capture != "none")
+        full_mask = torch.zeros(mask.shape[0], total, dtype=mask.dtype, device=device)
+        full_mask[:, :length] = mask
+        cache_position = torch.arange(length, device=device)
+        logits = step_logits(last_hidden(embeds, full_mask, positions_from_mask(mask), cache, cache_position))
+        positions = positions_from_mask(mask)[:, -1:]  # (r, 1)
+        cache_position = cache_position[-1:]
+        step_mask = full_mask.bool()[:, None, None, :]  # (r, 1, 1, T): updated in place, one column per step
+        decode_step = _decode_step_function(capture, compile_backend)
+    elif use_cache:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=llama_config(model.lavit_config))
         logits = step_logits(last_hidden(embeds, mask, positions_from_mask(mask), cache))  # (r, 1 + k)
         positions = positions_from_mask(mask)[:, -1:]  # (r, 1)
-    generated = torch.empty(b, 0, dtype=torch.long, device=device)
+    end_flags = (torch.tensor(False, device=device), torch.tensor(True, device=device))  # made once: no copy per step
+    generated = torch.full((b, sampling.max_new_tokens), vocab.img_end_id, dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     lengths = torch.full((b,), -1, dtype=torch.long, device=device)
+    steps = 0
     for step in range(sampling.max_new_tokens):
         if not use_cache:
             # Naive reference: recompute every position of every row for this one token.
-            new = generated.repeat(2, 1) if use_cfg else generated
+            new = generated[:, :step].repeat(2, 1) if use_cfg else generated[:, :step]
             full_embeds = torch.cat([embeds, model.embed_ids(new)], dim=1)
             full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
             logits = step_logits(last_hidden(full_embeds, full_mask, positions_from_mask(full_mask)))
-        logp = torch.log_softmax(logits, dim=-1)
-        scores = cfg_log_probs(logp[:b], logp[b:], sampling.cfg_scale) if use_cfg else logp  # (b, 1 + k)
-        if step < sampling.min_new_tokens:
-            scores[:, end_index] = float("-inf")
         uniforms = draw_uniforms(generator, b, device)  # (b,)
-        token = _sample_top_k(scores, sampling.top_k, sampling.temperature, uniforms) + vocab.img_end_id  # (b,) ids
+        end_allowed = end_flags[step >= sampling.min_new_tokens]
+        if use_cache and static_cache and step > 0:  # forward + head + sampling in one (capturable) step
+            if capture == "cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are consumed
+            step_ids = token.repeat(2)[:, None] if use_cfg else token[:, None]  # (r, 1): both streams get the token
+            positions = positions + 1
+            cache_position = cache_position + 1
+            step_mask[:, 0, 0, length + step - 1] = True
+            chosen = decode_step(
+                model, cache, step_ids, positions, cache_position, step_mask, uniforms, end_allowed, sampling
+            )
+        else:
+            chosen = _choose_tokens(logits, uniforms, end_allowed, b, sampling)
+        token = chosen + vocab.img_end_id  # (b,) ids
         token = torch.where(finished, torch.full_like(token, vocab.img_end_id), token)
         newly_done = (token == vocab.img_end_id) & ~finished
         lengths = torch.where(newly_done, torch.full_like(lengths, step), lengths)
         finished |= newly_done
-        generated = torch.cat([generated, token[:, None]], dim=1)
-        if bool(finished.all()):
+        generated[:, step] = token
+        steps = step + 1
+        if steps % check_every == 0 and bool(finished.all()):  # the loop's only host read
             break
-        if use_cache:
+        if use_cache and not static_cache:
             step_ids = token.repeat(2)[:, None] if use_cfg else token[:, None]  # (r, 1): both streams get the token
-            mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
             positions = positions + 1
+            mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
             logits = step_logits(last_hidden(model.embed_ids(step_ids), mask, positions, cache))
-    lengths = torch.where(lengths < 0, torch.full_like(lengths, generated.shape[1]), lengths)
-    return [generated[i, : int(lengths[i])] for i in range(b)]
+    lengths = torch.where(lengths < 0, torch.full_like(lengths, steps), lengths).tolist()
+    return [generated[i, : lengths[i]].clone() for i in range(b)]
 
 
 def image_step_distribution(scores: torch.Tensor, vocab) -> torch.Tensor:

@@ -34,6 +34,7 @@ Per slot the loss is the mean over D of the squared error ("mse") or 1 - cosine 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -227,7 +228,28 @@ class LavitForCausalLM(PreTrainedModel):
         return self.language_model.get_input_embeddings().weight.device
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        shared = getattr(self, "_shared_embedding", None)
+        if shared is not None:  # rows of the one embedding call of `shared_embedding`
+            unique, table = shared
+            ids = ids.to(unique.device)
+            index = torch.searchsorted(unique, ids).clamp(max=unique.numel() - 1)
+            torch._assert_async((unique[index] == ids).all(), "embed_ids: an id outside shared_embedding's ids")
+            return table[index]
         return self.language_model.get_input_embeddings()(ids)
+
+    @contextmanager
+    def shared_embedding(self, ids: torch.Tensor):
+        """Within this context `embed_ids(x)`, for any x drawn from `ids`, reads rows of one embedding call over
+        unique(ids). Building a training batch calls `embed_ids` once per sequence piece; each of those calls would
+        otherwise give the embedding matrix its own dense (V, H) gradient in backward (~400 MB in bf16 at 7B scale),
+        while the rows gathered from one shared call back-propagate through a (unique ids, H) table into one.
+        Values and gradients are those of the separate calls (up to float summation order)."""
+        unique = torch.unique(ids.to(self.llm_device).long())  # sorted
+        self._shared_embedding = (unique, self.language_model.get_input_embeddings()(unique))
+        try:
+            yield
+        finally:
+            self._shared_embedding = None
 
     def encode_images(
         self,
@@ -260,14 +282,16 @@ class LavitForCausalLM(PreTrainedModel):
             if not need_part_features:
                 part = None
         merged = self.understanding_encoder(features, keep.to(features.dtype))  # (b, n, d)
-        kept_features = tok.gather_kept(merged, keep)  # list of (k_i, d)
+        flat, lengths = tok.gather_kept_flat(merged, keep)  # (sum k_i, d): one call per layer for the whole batch
+        kept_features = list(flat.split(lengths))  # list of (k_i, d)
         if self.lavit_config.ablation.understanding_input == "quantized":
             # Table 7a "Quantized": the image enters as its visual-code ids, i.e. the LLM's own embedding rows
             # 32002 + k. These rows are what [text; image] training learns for the same codes, so no new module is
             # added and an image is read in exactly the representation the LLM generates it in.
-            llm_embeds = [self.embed_ids(self.vocab.code_to_id(c.to(self.llm_device))) for c in codes]
+            ids = self.vocab.code_to_id(torch.cat(codes).to(self.llm_device)) if codes else None
+            llm_embeds = list(self.embed_ids(ids).split(lengths)) if codes else []
         else:
-            llm_embeds = [self.understanding_encoder.vit_proj(f) for f in kept_features]  # list of (k_i, h)
+            llm_embeds = list(self.understanding_encoder.vit_proj(flat).split(lengths))  # list of (k_i, h)
         return EncodedImages(
             keep_mask=keep > 0.5, kept_features=kept_features, llm_embeds=llm_embeds, codes=codes, part_features=part
         )

@@ -13,7 +13,9 @@ Both attentions use the released masked softmax (``masked_softmax``) rather than
 ``(exp(s - max) * A + eps/N) / (sum exp(s - max) * A + eps)`` with the max over *all* positions. Masked keys keep
 a weight of (eps/N) / (sum + eps); a row with nothing allowed becomes uniform; with every token kept the
 cross-attention is a uniform average over all N values. The mask enters multiplicatively, so a straight-through
-Gumbel mask passes gradients to the selector.
+Gumbel mask passes gradients to the selector. The attentions evaluate this formula as `masked_attention` (the same
+arithmetic rearranged so that the eps/N term and the normalisation apply after the value product: fewer (N, N)
+tensors, one fusable chain); `fused = False` runs the released order, and the tests hold the two together.
 """
 
 from __future__ import annotations
@@ -39,6 +41,28 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor, eps: float = 1e-
     return probs.to(scores.dtype)
 
 
+def masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, eps: float = 1e-6
+) -> torch.Tensor:
+    """`masked_softmax(q @ k^T * scale, allowed, eps) @ v` rearranged so that only one (Q, K) tensor is made.
+
+    With w = exp(s - max_all s) * A and W = sum_K w (float32, as released):
+
+        ((w + eps/K) / (W + eps)) @ v  =  (w @ v + (eps/K) * sum_K v) / (W + eps)
+
+    so the eps/K term becomes one (1, D) row and the normalisation a per-row division after the second product.
+    Between the two products there is only an elementwise chain and two row reductions (max, sum), which a
+    compiler fuses into one kernel (`torch.compile`); eager PyTorch makes 3 (Q, K) tensors instead of ~7.
+    q (..., Q, D), k and v (..., K, D), allowed broadcastable to (..., Q, K) -> (..., Q, D) in v's dtype.
+    """
+    n = k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * scale  # scaled after the product (released code)
+    w = (scores - scores.amax(dim=-1, keepdim=True)).float().exp() * allowed.float()
+    total = w.sum(dim=-1, keepdim=True)  # (..., Q, 1)
+    numerator = w.to(v.dtype) @ v + (eps / n) * v.sum(dim=-2, keepdim=True)
+    return (numerator.float() / (total + eps)).to(v.dtype)
+
+
 def self_attention_policy(keep: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """keep (B, N) 0/1 -> allowed (B, 1, N, N): i attends j iff (keep_j or j = i) [and j <= i when causal]."""
     n = keep.shape[-1]
@@ -57,6 +81,8 @@ def cross_attention_policy(keep: torch.Tensor) -> torch.Tensor:
 class TokenCausalAttention(nn.Module):
     """Self-attention among the merger's tokens with the selection (and causal) policy."""
 
+    fused = True  # `masked_attention`; False: the released form (`masked_softmax` then the product)
+
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
@@ -69,13 +95,18 @@ class TokenCausalAttention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (b, h, n, hd)
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (b, h, n, n); scaled after the product (released code)
-        probs = masked_softmax(scores, allowed, self.eps)
-        return self.proj((probs @ v).transpose(1, 2).reshape(b, n, c))
+        if self.fused:
+            out = masked_attention(q, k, v, allowed, self.scale, self.eps)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * self.scale  # (b, h, n, n); scaled after the product (released)
+            out = masked_softmax(scores, allowed, self.eps) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
 class TokenCrossAttention(nn.Module):
     """Eq. 2: queries from the merger state, keys/values from ``ln_vision`` of the raw features, dropped tokens only."""
+
+    fused = True  # `masked_attention`; False: the released form (`masked_softmax` then the product)
 
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
         super().__init__()
@@ -93,8 +124,11 @@ class TokenCrossAttention(nn.Module):
         q = self.query(x).reshape(b, n, h, hd).transpose(1, 2)  # (b, h, n, hd)
         k = self.key(context).reshape(b, -1, h, hd).transpose(1, 2)
         v = self.value(context).reshape(b, -1, h, hd).transpose(1, 2)
-        probs = masked_softmax((q @ k.transpose(-2, -1)) * self.scale, allowed, self.eps)  # (b, h, n, n)
-        return self.proj((probs @ v).transpose(1, 2).reshape(b, n, c))
+        if self.fused:
+            out = masked_attention(q, k, v, allowed, self.scale, self.eps)
+        else:
+            out = masked_softmax((q @ k.transpose(-2, -1)) * self.scale, allowed, self.eps) @ v  # (b, h, n, hd)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
 class MergerBlock(nn.Module):

@@ -222,32 +222,61 @@ class DynamicVisualTokenizer(PreTrainedModel):
         return self.causal_encoder(features, keep)
 
     @staticmethod
-    def gather_kept(values: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
-        """(B, N, C) and M (B, N) -> B tensors (K_i, C) of the kept positions in raster order.
+    def gather_kept_flat(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(B, N, C) and M (B, N) -> the kept rows of all images concatenated (sum K_i, C), image by image in raster
+        order, and the K_i.
 
-        Each kept row is multiplied by its mask value (exactly 1 in the forward pass), so a straight-through mask
-        passes gradients to the selector through the kept tokens too.
+        One host read per batch (the K_i, which per-image outputs need); the gather is one index_select with
+        `nonzero_static` of the known total, so it adds no device synchronisation. Each kept row is multiplied by
+        its mask value (exactly 1 in the forward pass), so a straight-through mask passes gradients to the selector
+        through the kept tokens too.
         """
-        out = []
-        for row, weights in zip(values, keep):
-            index = (weights > 0.5).nonzero(as_tuple=True)[0]  # ascending = raster order
-            out.append(row[index] * weights[index, None].to(row.dtype))
-        return out
+        mask = keep > 0.5
+        lengths = mask.sum(dim=1).tolist()
+        index = torch.nonzero_static(mask.reshape(-1), size=sum(lengths)).squeeze(1)  # ascending = raster order
+        rows = values.reshape(-1, values.shape[-1]).index_select(0, index)
+        weights = keep.reshape(-1).index_select(0, index)
+        return rows * weights[:, None].to(rows.dtype), lengths
+
+    @staticmethod
+    def gather_kept(values: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N, C) and M (B, N) -> B tensors (K_i, C) of the kept positions in raster order (`gather_kept_flat`)."""
+        flat, lengths = DynamicVisualTokenizer.gather_kept_flat(values, keep)
+        return list(flat.split(lengths))
+
+    # The tail (quantizer, vit_proj) runs once on all kept tokens of the batch concatenated, then splits per image:
+    # one kernel per layer instead of one per image.
+    @staticmethod
+    def _concat(kept_features: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        return torch.cat(list(kept_features)), [int(f.shape[0]) for f in kept_features]
 
     # -- stage 4: quantizer --------------------------------------------------------------------------------------
+    def encode_for_quantizer_flat(self, flat: torch.Tensor) -> torch.Tensor:
+        """(M, D) part features -> encode_task_layer outputs (M, code_dim) (before L2 normalisation)."""
+        layer = self.encode_task_layer
+        return layer(flat.to(layer[0].weight.dtype))
+
     def encode_for_quantizer(self, kept_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Visual part features -> encode_task_layer outputs (K_i, code_dim) (before L2 normalisation)."""
-        layer = self.encode_task_layer
-        return [layer(f.to(layer[0].weight.dtype)) for f in kept_features]
+        if not kept_features:
+            return []
+        flat, lengths = self._concat(kept_features)
+        return list(self.encode_for_quantizer_flat(flat).split(lengths))
 
     def quantize_features(self, kept_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Visual part features -> codes (Eq. 3), one LongTensor (K_i,) per image."""
-        return [self.quantize.nearest_codes(z) for z in self.encode_for_quantizer(kept_features)]
+        if not kept_features:
+            return []
+        flat, lengths = self._concat(kept_features)
+        return list(self.quantize.nearest_codes(self.encode_for_quantizer_flat(flat)).split(lengths))
 
     # -- stage 5: LLM projection ---------------------------------------------------------------------------------
     def project_to_llm(self, kept_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Visual part features -> vit_proj outputs (K_i, llm_hidden): LaVIT's continuous image inputs."""
-        return [self.vit_proj(f.to(self.vit_proj.weight.dtype)) for f in kept_features]
+        if not kept_features:
+            return []
+        flat, lengths = self._concat(kept_features)
+        return list(self.vit_proj(flat.to(self.vit_proj.weight.dtype)).split(lengths))
 
     # -- stage 6: decoder ----------------------------------------------------------------------------------------
     def code_embeddings(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -279,16 +308,18 @@ class DynamicVisualTokenizer(PreTrainedModel):
         else:
             keep = self.select(log_probs, selection, generator)
         merged = self.merge(features, keep)
-        kept = self.gather_kept(merged, keep)
-        codes = self.quantize_features(kept) if quantize else None
+        flat, lengths = self.gather_kept_flat(merged, keep)  # (sum K_i, D): the tail runs once for the batch
+        codes = None
+        if quantize:
+            codes = list(self.quantize.nearest_codes(self.encode_for_quantizer_flat(flat)).split(lengths))
         return TokenizerOutput(
             encoder_features=features,
             selector_log_probs=log_probs,
             keep_mask=keep > 0.5,
             merged=merged,
-            kept_features=kept,
+            kept_features=list(flat.split(lengths)),
             codes=codes,
-            llm_embeds=self.project_to_llm(kept),
+            llm_embeds=list(self.vit_proj(flat.to(self.vit_proj.weight.dtype)).split(lengths)),
             keep_weights=keep,
         )
 
@@ -319,10 +350,8 @@ class DynamicVisualTokenizer(PreTrainedModel):
             keep = self._forced_mask(keep_mask, features.shape[:2], features.device)
         else:
             keep = self.select(self.selector_log_probs(features), selection, generator)
-        kept = self.gather_kept(self.merge(features, keep), keep)
-        encoded = self.encode_for_quantizer(kept)
-        lengths = [int(z.shape[0]) for z in encoded]
-        flat = torch.cat(encoded, dim=0)  # (sum K_i, code_dim)
+        kept, lengths = self.gather_kept_flat(self.merge(features, keep), keep)
+        flat = self.encode_for_quantizer_flat(kept)  # (sum K_i, code_dim)
         if quantize:
             q = self.quantize(flat)
             decoder_inputs, commitment = q.quantized, q.commitment_loss
@@ -358,8 +387,7 @@ class DynamicVisualTokenizer(PreTrainedModel):
         first, quantizer-free training stage to VQ). Returns the number of vectors used."""
         features = self.encode_features(pixel_values)
         keep = self.select(self.selector_log_probs(features), selection, generator)
-        encoded = self.encode_for_quantizer(self.gather_kept(self.merge(features, keep), keep))
-        vectors = torch.cat(encoded, dim=0)
+        vectors = self.encode_for_quantizer_flat(self.gather_kept_flat(self.merge(features, keep), keep)[0])
         self.quantize.kmeans_init(vectors, iters=iters, generator=None)
         return int(vectors.shape[0])
 

@@ -88,12 +88,36 @@ def supervised_targets(segments: list[tuple[Doc, int, int]]) -> int:
 
 
 class UnifiedTrainModule(nn.Module):
-    """LaVIT + sequence assembly; forward(list of PackedSequence) -> summed CE over supervised tokens."""
+    """LaVIT + sequence assembly; forward(list of PackedSequence) -> summed CE over supervised tokens.
+
+    The documents of a packed sequence attend within themselves only: through a block-diagonal FlexAttention kernel
+    (`model/lavit/packed_attention.py`) on CUDA, through a dense (b, 1, L, L) mask elsewhere (FlexAttention
+    has no backward on CPU). `block_diagonal` forces one or the other (the tests compare them).
+    """
+
+    block_diagonal: bool | None = None  # None: the block-diagonal kernel on CUDA
 
     def __init__(self, lavit: nn.Module, seq_len: int):
         super().__init__()
         self.lavit = lavit
         self.seq_len = seq_len
+
+    def _document_mask(self, docs: torch.Tensor):
+        """docs (b, L) -> the attention mask of "same document, not in the future" in the form the LLM runs."""
+        use_block = self.block_diagonal if self.block_diagonal is not None else docs.device.type == "cuda"
+        if use_block:
+            from model.lavit.packed_attention import document_block_mask, enable_block_diagonal
+
+            if enable_block_diagonal(self.lavit.language_model):
+                return document_block_mask(docs)
+            if self.block_diagonal:
+                raise ValueError(
+                    "block_diagonal=True needs the LLM on attn_implementation 'sdpa', not "
+                    f"{self.lavit.language_model.config._attn_implementation!r}"
+                )
+        L = docs.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=docs.device).tril()
+        return ((docs[:, :, None] == docs[:, None, :]) & causal)[:, None]  # (b, 1, L, L)
 
     @property
     def regression(self) -> bool:
@@ -152,7 +176,23 @@ class UnifiedTrainModule(nn.Module):
                 pieces.append((item, start, end))
             yield row, pieces
 
+    def _step_ids(self, rows: list[PackedSequence]) -> torch.Tensor:
+        """Every id this step's sequences embed: texts, visual codes, [IMG], [/IMG], </s> (pads, appended EOS)."""
+        v = self.lavit.vocab
+        parts = [torch.tensor([v.img_start_id, v.img_end_id, self.lavit.lavit_config.llm.eos_token_id])]
+        for row in rows:
+            for doc, _, _ in row.segments:
+                parts.append(torch.as_tensor(doc.text_ids, dtype=torch.long))
+                if doc.codes is not None:
+                    parts.append(v.code_to_id(doc.codes.reshape(-1).long().cpu()))
+        return torch.cat(parts)
+
     def forward(self, rows: list[PackedSequence]) -> StepOutput:
+        embeds_of, targets_of, tie = self._encode_understanding_images(rows)
+        with self.lavit.shared_embedding(self._step_ids(rows)):  # one embedding call (and gradient) per step
+            return self._forward(rows, embeds_of, targets_of, tie)
+
+    def _forward(self, rows, embeds_of, targets_of, tie) -> StepOutput:
         lavit = self.lavit
         device = lavit.llm_device
         eos = lavit.lavit_config.llm.eos_token_id
@@ -160,7 +200,6 @@ class UnifiedTrainModule(nn.Module):
         L = self.seq_len
         embeds, labels, doc_ids, positions, reg_targets, reg_masks = [], [], [], [], [], []
         counts = {"docs": 0.0, "image_docs": 0.0, "image_tokens": 0.0, "pad_tokens": 0.0}
-        embeds_of, targets_of, tie = self._encode_understanding_images(rows)
         width = lavit.visual_tokenizer.cfg.encoder_width
         for row, pieces in self._items(rows, embeds_of, targets_of):
             row_embeds, row_labels, row_docs, row_pos, row_reg, row_reg_mask = [], [], [], [], [], []
@@ -201,9 +240,8 @@ class UnifiedTrainModule(nn.Module):
         inputs = torch.stack(embeds)  # (b, L, h)
         labels_t = torch.stack(labels)  # (b, L)
         docs = torch.stack(doc_ids)  # (b, L)
-        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-        mask = (docs[:, :, None] == docs[:, None, :]) & causal  # (b, L, L): same document, not in the future
-        out = lavit(inputs_embeds=inputs, attention_mask=mask[:, None], position_ids=torch.stack(positions))
+        mask = self._document_mask(docs)  # same document, not in the future
+        out = lavit(inputs_embeds=inputs, attention_mask=mask, position_ids=torch.stack(positions))
         logits = out.logits[:, :-1].float()  # (b, L-1, V): position t predicts label t+1
         targets = labels_t[:, 1:].masked_fill(docs[:, 1:] != docs[:, :-1], IGNORE_INDEX)  # no cross-document targets
         token_loss = F.cross_entropy(
