@@ -263,9 +263,10 @@ def evaluate_tasks(
     """Evaluate `checkpoint` (a family's released or run directory) on `tasks`; returns every result row.
 
     `loaded` (a `model.families.LoadedModel`) skips loading; `checkpoint` is then only recorded. `judge` (an
-    `eval.judge.Judge`) scores the GPT-4-judged benchmarks; without one their row says "needs a judge" (value null). Rows carry the
-    runner's columns (task, metric, value, n_*, variant, task_version, model_id, dataset_hash, config, provenance)
-    plus family, checkpoint, split, limit, headline (the metric the paper reports) and reused.
+    `eval.judge.Judge`) scores the GPT-4-judged benchmarks; without one their row says "needs a judge" (value null).
+    Rows carry the runner's columns (task, metric, value, n_*, variant, task_version, model_id, dataset_hash, config,
+    provenance) plus family, checkpoint, split, limit, headline (the metric the paper reports) and reused (judged
+    tasks: also judge, the judge's model_id or None; a row without a judge has status "needs a judge: ...").
     """
     import pandas as pd
 

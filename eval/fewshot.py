@@ -134,8 +134,10 @@ def karpathy_pool(data_root: Path, annotations: str, splits: tuple[str, ...]) ->
     images = _field(read_json(path, "Karpathy split"), "images", path, "the top level")
     for i, image in enumerate(images):
         if _field(image, "split", path, f"images[{i}]") in splits:
-            relative = "/".join(p for p in (image.get("filepath", ""), _field(image, "filename", path, f"images[{i}]")) if p)
-            captions = tuple(str(_field(s, "raw", path, f"images[{i}].sentences")) for s in _field(image, "sentences", path, f"images[{i}]"))
+            where = f"images[{i}]"
+            relative = "/".join(p for p in (image.get("filepath", ""), _field(image, "filename", path, where)) if p)
+            sentences = _field(image, "sentences", path, where)
+            captions = tuple(str(_field(s, "raw", path, f"{where}.sentences")) for s in sentences)
             if captions:
                 pool.append(Demo(relative, "", captions, "caption"))
     if not pool:
@@ -195,7 +197,8 @@ VQA_TEMPLATE = "Question: {text} Short answer: {answer}\n"
 CAPTION_TEMPLATE = "Output: {answer}\n"
 LAVIT_VQA_TEMPLATE = "Question: {text} Answer: {answer}\n"  # LaVIT's VQA prompt (§4.1)
 LAVIT_CAPTION_TEMPLATE = "{answer}\n"  # LaVIT captions without a prompt
-FEWSHOT_LAVIT_VQA = {k: v for k, v in T.LAVIT_VQA.items() if k not in ("question_template", "question_processing", "lemmatize")}
+QUESTION_KEYS = ("question_template", "question_processing", "lemmatize")  # the template carries the question here
+FEWSHOT_LAVIT_VQA = {k: v for k, v in T.LAVIT_VQA.items() if k not in QUESTION_KEYS}
 FEWSHOT_LAVIT_CAPTION = dict(T.LAVIT_CAPTION)
 FEWSHOT_VILA_VQA = {"num_beams": 1, "do_sample": False, "max_new_tokens": 5}
 FEWSHOT_VILA_CAPTION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 20}
@@ -217,9 +220,10 @@ def fewshot_spec(
         return with_shots(queries, pool, k, seeds), image_root
 
     lavit_generation = lavit or (FEWSHOT_LAVIT_CAPTION if caption else FEWSHOT_LAVIT_VQA)
+    protocol = f"seeds {', '.join(map(str, seeds))}, mean and std" if k else "no demonstrations"
     return T.TaskSpec(
         name=name, version=version, kind="interleaved", split=base_spec.split,
-        description=f"{description}, {k}-shot in context ({'seeds ' + ', '.join(map(str, seeds)) + ', mean and std' if k else '0-shot'})",
+        description=f"{description}, {k}-shot in context ({protocol})",
         files=base_spec.files + (pool_files if k else ()),
         layout=base_spec.layout + (f"; demonstrations: {' + '.join(pool_files)} (train split)" if k else ""),
         metric=metric, headline=base_spec.headline, reader=reader,
@@ -247,7 +251,7 @@ def _register() -> None:
         for k in (0, 4):
             lavit = None
             if base == "mini_vqa":
-                lavit = {k_: v for k_, v in T.LAVIT_MINI_VQA.items() if k_ not in ("question_template", "question_processing", "lemmatize")}
+                lavit = {k_: v for k_, v in T.LAVIT_MINI_VQA.items() if k_ not in QUESTION_KEYS}
             elif base == "mini_caption":
                 lavit = dict(T.LAVIT_MINI_CAPTION)
             T.register_task(lambda b=base, k=k, bm=benchmark, c=caption, d=description, lv=lavit: fewshot_spec(

@@ -22,7 +22,7 @@ the samples (ids and references), so each scorer is a registered metric `(refere
 - MMBench: id "<index>#<shift>", one sample per circular shift (the reader makes them).
 
 Official layouts under the data root:
-    scienceqa/problems.json ({pid: {question, choices, answer (index), hint, image, split, ...}}) + scienceqa/test/<pid>/<image>
+    scienceqa/problems.json ({pid: {question, choices, answer, hint, image, split, ...}}) + scienceqa/images/test/<pid>/<image>
     pope/coco_pope_{random,popular,adversarial}.json (JSON lines {question_id, image, text, label}) + coco/images/val2014/
     mme/MME_Benchmark_release_version/<subtask>/: <name>.txt ("question\\tYes|No" lines) next to <name>.jpg|png, or
         questions_answers_YN/<name>.txt + images/<name>.jpg|png (artwork, celebrity, landmark, posters, scene)
@@ -219,8 +219,8 @@ def mme_answer(prediction: str) -> str:
 
 def mme_scores(records: list[tuple[str, str, str, str | None]]) -> dict[str, float]:
     """(subtask, image, label, prediction) per question -> "acc/<t>", "acc+/<t>", "score/<t>" per subtask,
-    "perception" and "cognition" (sums of the scores of the MME_PERCEPTION / MME_COGNITION subtasks present). acc: percent of questions right;
-    acc+: percent of images whose questions are all right; score = acc + acc+."""
+    "perception" and "cognition" (sums of the scores of the MME_PERCEPTION / MME_COGNITION subtasks present).
+    acc: percent of questions right; acc+: percent of images whose questions are all right; score = acc + acc+."""
     per_task: dict[str, dict[str, list[bool]]] = {}
     for task, image, label, prediction in records:
         right = prediction is not None and mme_answer(prediction) == label.strip().lower()
@@ -285,7 +285,7 @@ def read_mme(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path
 
 
 SCIENCEQA_PROBLEMS = "scienceqa/problems.json"
-SCIENCEQA_IMAGES = "scienceqa/test/"
+SCIENCEQA_IMAGES = "scienceqa/images/test/"  # the release's images/{train,val,test}/<pid>/
 
 
 def read_scienceqa_img(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:

@@ -230,7 +230,7 @@ def write_scienceqa(root: Path) -> None:
     for k in range(6):
         pid = str(100 + k)
         options, answer = _choices(k)
-        write_image(root / "scienceqa/test" / pid / "image.png", color_name(k))
+        write_image(root / "scienceqa/images/test" / pid / "image.png", color_name(k))
         problems[pid] = {"question": f"Which colour fills picture {k}?", "choices": options, "answer": answer,
                          "hint": "The picture is plain." if k < 2 else "", "image": "image.png", "task": "closed choice",
                          "grade": "grade2", "subject": "natural science", "topic": "colors", "category": "Colors",

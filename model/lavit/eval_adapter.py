@@ -191,7 +191,8 @@ class LavitEvalAdapter:
         )
         items = []
         for parts in sequences:
-            pieces = [self._ids([p])[0] if isinstance(p, str) else next(embeds) for p in parts if not (isinstance(p, str) and not p)]
+            parts = [p for p in parts if not isinstance(p, str) or p]  # an empty text segment adds nothing
+            pieces = [self._ids([p])[0] if isinstance(p, str) else next(embeds) for p in parts]
             items.append(self.model.interleaved_item(pieces))
         rows = generate_text_from_items(
             self.model,
