@@ -79,6 +79,11 @@ def prepare_tasks(specs: Sequence[TaskSpec], data_root: str | Path, limit: int |
     check_data(specs, data_root)
     prepared = []
     for spec in specs:
+        if spec.kind == "lm_eval" and spec.lm_eval.get("runner") == "text_benchmarks":
+            from eval import text_benchmarks
+
+            prepared.append(PreparedTask(spec, [], None, text_benchmarks.files_hash(spec, data_root)))
+            continue
         if spec.kind == "lm_eval":
             from eval import mmlu
 
@@ -197,26 +202,48 @@ def _config_dict(config: Any) -> Any:
 
 def _run_task(
     prepared: PreparedTask, loaded: Any, family: str, data_root: Path, out_dir: Path, *, limit: int | None,
-    batch_size: int, progress: bool | None, rank: int,
+    batch_size: int, progress: bool | None, rank: int, judge: Any = None,
 ) -> list[dict[str, Any]] | None:  # fmt: skip
     from eval.runner import evaluate
 
+    from eval.judge import NeedsJudgeError, judged_metric
+
     spec = prepared.spec
     if spec.kind == "lm_eval":  # rank 0 alone; the others are done (these tasks run last, so nobody waits on them)
+        if spec.lm_eval.get("runner") == "text_benchmarks":
+            from eval import text_benchmarks
+
+            return text_benchmarks.rows(prepared, loaded, data_root, out_dir, limit, family) if rank == 0 else None
         return _lm_eval_rows(prepared, loaded, data_root, out_dir, limit, family) if rank == 0 else None
     metric_fn = spec.metric_builder(data_root, out_dir) if spec.metric_builder is not None else None
-    frame = evaluate(
-        loaded.adapter,
-        spec.eval_task(family),
-        prepared.samples,
-        out_dir,
-        metric_fn=metric_fn,
-        batch_size=batch_size,
-        image_root=prepared.image_root,
-        model_config=loaded.config,
-        progress=progress,
-    )
+    if spec.judge:
+        metric_fn = judged_metric(spec.judge, judge)
+    try:
+        frame = evaluate(
+            loaded.adapter,
+            spec.eval_task(family),
+            prepared.samples,
+            out_dir,
+            metric_fn=metric_fn,
+            batch_size=batch_size,
+            image_root=prepared.image_root,
+            model_config=loaded.config,
+            progress=progress,
+        )
+    except NeedsJudgeError as err:  # the predictions are cached; the score is the judge's, and there is none
+        return [needs_judge_row(prepared, family, getattr(loaded.adapter, "model_id", loaded.model_id), str(err))]
     return None if frame is None else frame.to_dict(orient="records")
+
+
+def needs_judge_row(prepared: PreparedTask, family: str, model_id: str, reason: str) -> dict[str, Any]:
+    """The result row of a judged benchmark run without a judge: value null, metric "needs_judge", and why."""
+    task = prepared.spec.eval_task(family)
+    n = len(prepared.samples)
+    return {"task": task.name, "metric": "needs_judge", "value": None, "status": f"needs a judge: {reason}",
+            "n_scored": 0, "n_missing": 0, "n_denominator": n, "n_skipped_corrupt": 0, "n_total": n, "variant": "",
+            "task_version": task.version, "model_id": model_id, "dataset_hash": prepared.dataset_hash,
+            "config": json.dumps({"task": dataclasses.asdict(task), "model_id": model_id}, sort_keys=True),
+            "provenance": json.dumps({}, sort_keys=True)}  # fmt: skip
 
 
 def evaluate_tasks(
@@ -231,12 +258,15 @@ def evaluate_tasks(
     device: str = "cpu",
     progress: bool | None = None,
     loaded: Any = None,
+    judge: Any = None,
 ) -> "pd.DataFrame":
     """Evaluate `checkpoint` (a family's released or run directory) on `tasks`; returns every result row.
 
-    `loaded` (a `model.families.LoadedModel`) skips loading; `checkpoint` is then only recorded. Rows carry the
-    runner's columns (task, metric, value, n_*, variant, task_version, model_id, dataset_hash, config, provenance)
-    plus family, checkpoint, split, limit, headline (the metric the paper reports) and reused.
+    `loaded` (a `model.families.LoadedModel`) skips loading; `checkpoint` is then only recorded. `judge` (an
+    `eval.judge.Judge`) scores the GPT-4-judged benchmarks; without one their row says "needs a judge" (value null).
+    Rows carry the runner's columns (task, metric, value, n_*, variant, task_version, model_id, dataset_hash, config,
+    provenance) plus family, checkpoint, split, limit, headline (the metric the paper reports) and reused (judged
+    tasks: also judge, the judge's model_id or None; a row without a judge has status "needs a judge: ...").
     """
     import pandas as pd
 
@@ -261,15 +291,21 @@ def evaluate_tasks(
         model_id = loaded.model_id if spec.kind == "lm_eval" else getattr(loaded.adapter, "model_id", loaded.model_id)
         identity = run_identity(task, family, model_id, limit, None if spec.kind == "lm_eval" else loaded.adapter)
         rows = finished_rows(out_dir, identity)
+        if rows is not None and any(r.get("value") is None for r in rows):
+            rows = None  # a "needs a judge" row: try again (a judge may be given now; the predictions are cached)
+        if rows is not None and spec.judge and any(r.get("judge") != getattr(judge, "model_id", None) for r in rows):
+            rows = None  # scored by another judge: rescore (from the cached predictions)
         if rows is not None:
             log.info("%s: finished with the same settings in %s, reused", spec.name, out_dir)
             rows_of[spec.name] = [{**r, "reused": True} for r in rows]
             continue
         rows = _run_task(task, loaded, family, data_root, out_dir, limit=limit, batch_size=batch_size, progress=progress,
-                         rank=rank)  # fmt: skip
+                         rank=rank, judge=judge)  # fmt: skip
         if rows is None:  # not rank 0
             continue
         run = {"family": family, "checkpoint": checkpoint_text, "split": spec.split, "limit": limit}
+        if spec.judge:
+            run["judge"] = getattr(judge, "model_id", None)  # who scored the answers (None: nobody, value null)
         rows = [{**r, **run, "headline": r["metric"] == spec.headline, "reused": False} for r in rows]
         atomic_write_json(out_dir / "results.json", [{k: v for k, v in r.items() if k != "reused"} for r in rows])
         rows_of[spec.name] = rows

@@ -7,6 +7,7 @@ A model adapter implements the subset of four request methods it supports (the s
     answer(images, questions, **generation)            -> list[str]          one answer per (image, question)
     generate_images(prompts, seeds, **generation)      -> list[PIL.Image]    one image per (prompt, seed)
     score_text(contexts, continuations, images=None)   -> list[float]        sum log p(continuation | image, context)
+    generate_interleaved(sequences, **generation)      -> list[str]          one continuation per interleaved sequence
 
 plus a `model_id` string naming the model and its weights (it keeps prediction caches of different models
 apart). Every list argument has the same length and the returned list has that length too, in the same order.
@@ -89,14 +90,26 @@ class TextScorer(Protocol):
         ...
 
 
-class VisionLanguageModel(Captioner, QuestionAnswerer, ImageGenerator, TextScorer, Protocol):
+@runtime_checkable
+class InterleavedGenerator(Protocol):
+    model_id: str
+
+    def generate_interleaved(self, sequences: list[list[str | Image.Image]], **generation: Any) -> list[str]:
+        """One text continuation per sequence. A sequence is text segments and images in reading order, any number of
+        images (in-context demonstrations first, the query last); the model reads it as one interleaved input and
+        continues the text after its last element. The continuation is returned raw: the runner cuts it where the
+        next demonstration would begin (`fewshot_parts`), so the model needs no task-specific stop rule."""
+        ...
+
+
+class VisionLanguageModel(Captioner, QuestionAnswerer, ImageGenerator, TextScorer, InterleavedGenerator, Protocol):
     """A model that supports every request; adapters usually implement a subset (see `require_method`)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Samples and tasks are plain data.
 
-TaskKind = Literal["caption", "vqa", "t2i", "multiple_choice"]
+TaskKind = Literal["caption", "vqa", "t2i", "multiple_choice", "interleaved"]
 
 # The model method each kind of task calls, and whether its samples carry an image.
 TASK_METHOD: dict[str, str] = {
@@ -104,8 +117,9 @@ TASK_METHOD: dict[str, str] = {
     "vqa": "answer",
     "t2i": "generate_images",
     "multiple_choice": "score_text",
+    "interleaved": "generate_interleaved",
 }
-KIND_NEEDS_IMAGE: dict[str, bool] = {"caption": True, "vqa": True, "t2i": False, "multiple_choice": False}
+KIND_NEEDS_IMAGE: dict[str, bool] = {"caption": True, "vqa": True, "t2i": False, "multiple_choice": False, "interleaved": True}
 
 SampleId = str | int  # dataset ids as the dataset spells them (COCO image ids are ints, VQA question ids too)
 
@@ -117,6 +131,9 @@ class EvalSample:
     text: str = ""  # the question (vqa), the prompt text (t2i), the question stem (multiple_choice); unused for captions
     references: tuple[Any, ...] = ()  # ground truth: reference captions, the 10 VQA answers, the correct choice, ...
     choices: tuple[str, ...] = ()  # candidate continuations (multiple_choice only), scored with score_text
+    # interleaved only: in-context demonstrations put before the query, each (image path, text, answer) with the
+    # image path relative to the same root as `image`; empty = 0-shot
+    shots: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -125,7 +142,8 @@ class EvalTask:
     kind: TaskKind = "caption"  # which model method is called (TASK_METHOD)
     metric: str = "exact_match"  # metric function looked up in eval.runner's registry (or passed in)
     variant: str = ""  # which flavour of the metric the number is, e.g. "coco-caption CIDEr-D, PTB tokenizer"
-    prompt: str = ""  # caption: the instruction; vqa/t2i/multiple_choice: a template with a {text} field
+    prompt: str = ""  # caption: the instruction; vqa/t2i/multiple_choice: a template with a {text} field;
+    # interleaved: a demonstration template with {text} and {answer} fields (see `fewshot_parts`)
     generation: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model method (decoding settings)
     version: int = 0  # bump whenever prompt or generation change: caches and results of old versions are not mixed
 
@@ -133,6 +151,8 @@ class EvalTask:
         """The text sent to the model for `sample` (the prompt template filled with the sample's text)."""
         if self.kind == "caption":
             return self.prompt
+        if self.kind == "interleaved":
+            return fewshot_parts(self.prompt, self.name)[0].format(text=sample.text)
         if not self.prompt:
             return sample.text
         try:
@@ -151,6 +171,47 @@ class EvalTask:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("metric", "variant")}
 
 
+def fewshot_parts(template: str, task_name: str = "task") -> tuple[str, str]:
+    """(query template, separator) of an interleaved task's demonstration template.
+
+    The template is one demonstration, e.g. "Question: {text} Short answer: {answer}\n": a demonstration is the
+    template filled in (`str.format(text=..., answer=...)`); the query is the part before "{answer}" with trailing
+    spaces removed ("Question: q Short answer:"); the separator is what follows "{answer}" ("\n"): the model's
+    continuation is cut at its first occurrence (stripped; a blank separator with a line break cuts at the first
+    line break), where the model would begin another demonstration; no cut when the separator is only spaces."""
+    if template.count("{answer}") != 1:
+        raise EvaluationError(f"task {task_name!r}: interleaved template {template!r} needs exactly one {{answer}} field")
+    query, separator = template.split("{answer}")
+    try:
+        query.format(text="")
+        separator.format()
+    except (KeyError, IndexError) as err:
+        raise EvaluationError(f"task {task_name!r}: template {template!r} has a field other than {{text}}/{{answer}} ({err})") from None
+    return query.rstrip(" "), separator
+
+
+def interleaved_sequence(
+    task: EvalTask, sample: EvalSample, image: Image.Image, shot_images: list[Image.Image]
+) -> list[str | Image.Image]:
+    """The interleaved input of one sample: [shot image, "demonstration text", ..., query image, "query text"]
+    (a text segment is left out when it is empty, e.g. a 0-shot caption query)."""
+    query = fewshot_parts(task.prompt, task.name)[0]
+    parts: list[str | Image.Image] = []
+    for (_, text, answer), shot_image in zip(sample.shots, shot_images, strict=True):
+        parts += [shot_image, task.prompt.format(text=text, answer=answer)]
+    parts.append(image)
+    if query.format(text=sample.text):
+        parts.append(query.format(text=sample.text))
+    return parts
+
+
+def cut_continuation(task: EvalTask, continuation: str) -> str:
+    """The prediction in a continuation: the text before the template's separator (stripped)."""
+    separator = fewshot_parts(task.prompt, task.name)[1]
+    stop = separator.strip() or ("\n" if "\n" in separator else "")
+    return (continuation.split(stop, 1)[0] if stop else continuation).strip()
+
+
 def require_method(model: Any, task: EvalTask) -> str:
     """Return the name of the model method `task` needs, or raise naming what the model does implement."""
     if task.kind not in TASK_METHOD:
@@ -160,7 +221,7 @@ def require_method(model: Any, task: EvalTask) -> str:
         has = [name for name in dict.fromkeys(TASK_METHOD.values()) if callable(getattr(model, name, None))]
         raise UnsupportedTaskError(
             f"task {task.name!r} (kind {task.kind!r}) needs model.{method}(...), which {type(model).__name__} "
-            f"does not implement; it implements: {', '.join(has) or 'none of caption/answer/generate_images/score_text'}"
+            f"does not implement; it implements: {', '.join(has) or 'none of caption/answer/generate_images/score_text/generate_interleaved'}"
         )
     model_id = getattr(model, "model_id", None)
     if not isinstance(model_id, str) or not model_id:

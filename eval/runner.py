@@ -42,6 +42,8 @@ from eval.interface import (
     EvalTask,
     EvaluationError,
     SampleId,
+    cut_continuation,
+    interleaved_sequence,
     require_method,
 )
 
@@ -196,10 +198,13 @@ def validate_samples(
             raise DatasetError(f"task {task.name!r} (kind {task.kind}): sample {sample.id!r} has no image path")
         if task.kind == "multiple_choice" and len(sample.choices) < 2:
             raise DatasetError(f"task {task.name!r}: sample {sample.id!r} has {len(sample.choices)} choices, needs >= 2")
+        if sample.shots and task.kind != "interleaved":
+            raise DatasetError(f"task {task.name!r} (kind {task.kind}): sample {sample.id!r} has in-context shots")
         if check_files and sample.image is not None and task.kind != "t2i":
-            path = resolve_image_path(sample, image_root)
-            if not path.is_file():
-                missing_files.append(f"{sample.id!r}: {path}")
+            for image in [sample.image, *(shot[0] for shot in sample.shots)]:
+                path = resolve_image_path(dataclasses.replace(sample, image=image), image_root)
+                if not path.is_file():
+                    missing_files.append(f"{sample.id!r}: {path}")
     if missing_files:
         shown = "\n  ".join(missing_files[:10])
         raise DatasetError(
@@ -216,7 +221,11 @@ def dataset_hash(samples: Iterable[EvalSample]) -> str:
     Image paths are hashed as given (relative to `image_root` when the loader gives relative paths, which keeps
     the hash the same on every machine); the image bytes are not read.
     """
-    rows = sorted(([s.id, s.image, s.text, s.choices, s.references] for s in samples), key=lambda r: (str(r[0]), type(r[0]).__name__))
+    # In-context shots (interleaved tasks) are hashed only when present: the hashes of other tasks stay as they were.
+    rows = sorted(
+        ([s.id, s.image, s.text, s.choices, s.references] + ([s.shots] if s.shots else []) for s in samples),
+        key=lambda r: (str(r[0]), type(r[0]).__name__),
+    )
     blob = json.dumps(rows, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -286,19 +295,25 @@ def predict_batch(
     records: dict[SampleId, dict[str, Any]] = {}
     live: list[EvalSample] = []
     images: list[Image.Image | None] = []
+    shot_images: list[list[Image.Image]] = []  # interleaved tasks: each live sample's demonstration images
     for sample in batch:
         if sample.image is None or task.kind == "t2i":
             live.append(sample)
             images.append(None)
             continue
-        path = resolve_image_path(sample, image_root)
-        image, reason = load_image(path)
-        if image is None:
-            log.warning("task %s: skipping id %r, corrupt image %s (%s)", task.name, sample.id, path, reason)
-            records[sample.id] = {"id": sample.id, "skipped": "corrupt_image", "error": f"{path}: {reason}"}
-            continue
-        live.append(sample)
-        images.append(image)
+        loaded = []
+        for relative in [sample.image, *(shot[0] for shot in sample.shots)]:
+            path = resolve_image_path(dataclasses.replace(sample, image=relative), image_root)
+            image, reason = load_image(path)
+            if image is None:
+                log.warning("task %s: skipping id %r, corrupt image %s (%s)", task.name, sample.id, path, reason)
+                records[sample.id] = {"id": sample.id, "skipped": "corrupt_image", "error": f"{path}: {reason}"}
+                break
+            loaded.append(image)
+        else:
+            live.append(sample)
+            images.append(loaded[0])
+            shot_images.append(loaded[1:])
 
     if live:
         if task.kind == "caption":
@@ -318,6 +333,12 @@ def predict_batch(
         elif task.kind == "multiple_choice":
             for sample, record in zip(live, _score_choices(model, task, live, images)):
                 records[sample.id] = record
+        elif task.kind == "interleaved":
+            sequences = [interleaved_sequence(task, s, im, shots) for s, im, shots in zip(live, images, shot_images)]
+            outputs = model.generate_interleaved(sequences, **task.generation)
+            for sample, text in zip(live, _check_outputs(outputs, live, model, "generate_interleaved", str)):
+                # the raw continuation is kept next to the prediction cut from it (cut_continuation)
+                records[sample.id] = {"id": sample.id, "prediction": cut_continuation(task, text), "continuation": text}
         else:  # require_method already rejected unknown kinds
             raise EvaluationError(f"unknown task kind {task.kind!r}")
     return [records[s.id] for s in batch]

@@ -17,8 +17,13 @@ Metrics come from `eval.runner`'s registry (`cider` is registered here: CIDEr-D 
 tasks need more than (references, predictions): NoCaps' per-domain CIDEr needs the images' domains and COCO-30k's
 FID needs the real images, so their specs carry a `metric_builder(data_root, out_dir) -> metric function`.
 
-Kinds: caption / vqa / t2i / multiple_choice run through `eval.runner.evaluate` on the family's adapter; `lm_eval`
-tasks run lm-eval on the family's text-only LM (`LoadedModel.lm()`) through `eval.mmlu`.
+Kinds: caption / vqa / t2i / multiple_choice / interleaved run through `eval.runner.evaluate` on the family's adapter;
+`lm_eval` tasks run lm-eval on the family's text-only LM (`LoadedModel.lm()`) through `eval.mmlu` (MMLU-format CSVs)
+or `eval.text_benchmarks` (BBH, DROP).
+
+More tasks are registered by the modules imported at the end: `eval.fewshot` (0-/4-shot in-context tasks, kind
+interleaved), `eval.vlm_benchmarks` (VILA Table 5: ScienceQA-IMG, POPE, MME, MMBench, SEED-Bench), `eval.judge`
+(LLaVA-Bench, MM-Vet: GPT-4-judged) and `eval.text_benchmarks` (BBH, DROP).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from eval.runner import MetricFn, register_metric
 Reader = Callable[[Path, "int | None"], "tuple[list[EvalSample], Path]"]
 MetricBuilder = Callable[[Path, Path], MetricFn]  # (data_root, task output dir) -> metric function
 
-KINDS = ("caption", "vqa", "t2i", "multiple_choice", "lm_eval")
+KINDS = ("caption", "vqa", "t2i", "multiple_choice", "lm_eval", "interleaved")
 
 
 class TaskDataError(EvalInputError):
@@ -72,6 +77,7 @@ class TaskSpec:
     prompt_by_family: dict[str, str] = field(default_factory=dict)  # family -> prompt replacing `prompt`
     metric_builder: MetricBuilder | None = None  # for metrics that need more than references and predictions
     lm_eval: dict[str, Any] = field(default_factory=dict)  # lm_eval tasks: data folder, num_fewshot, ...
+    judge: str = ""  # a GPT-4-judged benchmark ("llava_bench", "mm_vet"): scored by an eval.judge.Judge, if one is given
 
     def generation_for(self, family: str | None) -> dict[str, Any]:
         return {**self.generation, **self.generation_by_family.get(family or "", {})}
@@ -192,16 +198,35 @@ VQA_PROMPT = "Question: {text} Answer:"  # LaVIT §4.1 "Question: {} Answer: {}"
 RAW_QUESTION = "{text}"  # the family's adapter templates the question itself (after its own question processing)
 
 
+# VILA: its released evaluation (LLaVA-1.5's scripts, which VILA follows "using the same prompts"): greedy decoding,
+# the conversation template of VILA-7B/13B ("vicuna_v1", applied by VILA's adapter), at most 128 new tokens (1024 for
+# the free-form and ScienceQA answers), and the benchmarks' answer instructions appended to the question.
+VILA_CONV_TEMPLATE = "vicuna_v1"
+VILA_GREEDY = {"num_beams": 1, "do_sample": False, "max_new_tokens": 128, "conv_template": VILA_CONV_TEMPLATE}
+VILA_GREEDY_LONG = {**VILA_GREEDY, "max_new_tokens": 1024}
+SHORT_ANSWER = "{text}\nAnswer the question using a single word or phrase."
+VIZWIZ_ANSWER = "{text}\nWhen the provided information is insufficient, respond with 'Unanswerable'.\nAnswer the question using a single word or phrase."
+LETTER_ANSWER = "{text}\nAnswer with the option's letter from the given choices directly."
+LETTER_ANSWER_CN = "{text}\n请直接回答选项字母。"
+
+
 def caption_spec(lavit: dict[str, Any] = LAVIT_CAPTION, **kw: Any) -> TaskSpec:
     return TaskSpec(kind="caption", metric="cider", headline="CIDEr", generation=GREEDY_CAPTION,
                     generation_by_family={"lavit": lavit}, **kw)  # fmt: skip
 
 
-def vqa_spec(lavit: dict[str, Any] = LAVIT_VQA, **kw: Any) -> TaskSpec:
+def vqa_spec(lavit: dict[str, Any] = LAVIT_VQA, vila_prompt: str = SHORT_ANSWER, **kw: Any) -> TaskSpec:
     kw.setdefault("metric", "vqa_accuracy")
     kw.setdefault("headline", kw["metric"])
-    return TaskSpec(kind="vqa", prompt=VQA_PROMPT, generation=GREEDY_VQA, generation_by_family={"lavit": lavit},
-                    prompt_by_family={"lavit": RAW_QUESTION}, **kw)  # fmt: skip
+    return TaskSpec(kind="vqa", prompt=VQA_PROMPT, generation=GREEDY_VQA,
+                    generation_by_family={"lavit": lavit, "vila": VILA_GREEDY},
+                    prompt_by_family={"lavit": RAW_QUESTION, "vila": vila_prompt}, **kw)  # fmt: skip
+
+
+def instruction_spec(prompt: str, vila: dict[str, Any] = VILA_GREEDY, **kw: Any) -> TaskSpec:
+    """A VILA Table 5 benchmark: the question with its answer instruction, greedy (the same for every family)."""
+    kw.setdefault("headline", "accuracy")
+    return TaskSpec(kind="vqa", prompt=prompt, generation=GREEDY_VQA, generation_by_family={"vila": vila}, **kw)
 
 
 # =============================================================================================
@@ -367,6 +392,35 @@ def read_vizwiz_val(data_root: Path, limit: int | None) -> tuple[list[EvalSample
     return _take(samples, limit), data_root / VIZWIZ_IMAGES
 
 
+TEXTVQA_VAL = "textvqa/TextVQA_0.5.1_val.json"
+TEXTVQA_IMAGES = "textvqa/train_images/"  # the release puts the train and val images in one folder
+
+
+def textvqa_samples(path: Path) -> list[EvalSample]:
+    """A TextVQA release file ({"data": [{question_id, image_id, question, answers: [10], ...}]}) as samples; image
+    paths "<image_id>.jpg" are relative to TEXTVQA_IMAGES."""
+    records = _field(read_json(path, "TextVQA questions"), "data", path, "the top level")
+    samples, seen = [], set()
+    for i, r in enumerate(records):
+        where = f"data[{i}]"
+        qid = _field(r, "question_id", path, where)
+        if id_key(qid, path, f"{where}.question_id") in seen:
+            raise EvalInputError(f"question id {qid!r} appears twice", path, qid)
+        seen.add(str(qid))
+        answers = _field(r, "answers", path, where)
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise EvalInputError(f"{where}: answers must be a non-empty list of strings", path, qid)
+        samples.append(EvalSample(id=qid, image=f"{_field(r, 'image_id', path, where)}.jpg",
+                                  text=str(_field(r, "question", path, where)), references=tuple(answers)))  # fmt: skip
+    if not samples:
+        raise EvalInputError("no questions", path)
+    return samples
+
+
+def read_textvqa_val(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    return _take(textvqa_samples(data_root / TEXTVQA_VAL), limit), data_root / TEXTVQA_IMAGES
+
+
 def read_coco30k(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
     """COCO-30k prompts (eval/coco30k.py: fixed seed, one caption per image); the sample's image is the real one.
 
@@ -503,7 +557,18 @@ def vizwiz_val() -> TaskSpec:
         description="VizWiz-VQA val (4,319 questions), VQA accuracy (LaVIT Table 1: 38.5, split not stated)",
         files=(VIZWIZ_ANNOTATIONS, VIZWIZ_IMAGES),
         layout=f"{VIZWIZ_ANNOTATIONS} (official VizWiz list) + {VIZWIZ_IMAGES}<image>",
-        reader=read_vizwiz_val, lavit=LAVIT_VIZWIZ,
+        reader=read_vizwiz_val, lavit=LAVIT_VIZWIZ, vila_prompt=VIZWIZ_ANSWER,
+    )  # fmt: skip
+
+
+@register_task
+def textvqa_val() -> TaskSpec:
+    return vqa_spec(
+        name="textvqa_val", version=1, split="val",
+        description="TextVQA val (5,000 questions), VQA accuracy, no OCR tokens in the prompt (VILA Table 5: 64.4 / 66.6)",
+        files=(TEXTVQA_VAL, TEXTVQA_IMAGES),
+        layout=f"{TEXTVQA_VAL} (official TextVQA 0.5.1 file) + {TEXTVQA_IMAGES}<image_id>.jpg",
+        reader=read_textvqa_val,
     )  # fmt: skip
 
 
@@ -573,3 +638,107 @@ def spec_as_dict(spec: TaskSpec) -> dict[str, Any]:
         value = getattr(spec, f.name)
         out[f.name] = f"{value.__module__}:{value.__qualname__}" if callable(value) else value
     return json.loads(json.dumps(out, default=str))
+
+
+# =============================================================================================
+# VILA Table 5's other benchmarks (readers and scorers in eval/vlm_benchmarks.py and eval/judge.py), and the text-only
+# BBH and DROP (eval/text_benchmarks.py). These modules import this one, so they come last.
+
+from eval import judge as J  # noqa: E402
+from eval import vlm_benchmarks as B  # noqa: E402
+
+
+@register_task
+def scienceqa_img() -> TaskSpec:
+    return instruction_spec(
+        LETTER_ANSWER, vila=VILA_GREEDY_LONG,
+        name="scienceqa_img", version=1, split="test",
+        description="ScienceQA test, questions with an image (SQA-I, 2,017), option-letter accuracy (VILA Table 5: 68.2 / 73.7)",
+        files=(B.SCIENCEQA_PROBLEMS, B.SCIENCEQA_IMAGES),
+        layout=f"{B.SCIENCEQA_PROBLEMS} (official ScienceQA problems) + {B.SCIENCEQA_IMAGES}<pid>/<image>",
+        reader=B.read_scienceqa_img, metric="choice_accuracy",
+    )  # fmt: skip
+
+
+@register_task
+def pope() -> TaskSpec:
+    return instruction_spec(
+        SHORT_ANSWER,
+        name="pope", version=1, split="random+popular+adversarial",
+        description="POPE (COCO val2014, 3 x 3,000 questions): accuracy / precision / recall / F1 per split, F1 averaged (VILA Table 5: 85.5 / 84.2)",
+        files=tuple(B.pope_file(s) for s in B.POPE_SPLITS) + (COCO_IMAGES + "val2014/",),
+        layout=f"pope/coco_pope_<split>.json (official POPE JSON lines) + {COCO_IMAGES}val2014/<image>",
+        reader=B.read_pope, metric="pope", headline="F1",
+    )  # fmt: skip
+
+
+@register_task
+def mme() -> TaskSpec:
+    return instruction_spec(
+        SHORT_ANSWER,
+        name="mme", version=1, split="all",
+        description="MME: perception score (sum of acc + acc+ over 10 subtasks, max 2000) and cognition score (VILA Table 5: 1533.0 / 1570.1)",
+        files=(B.MME_ROOT + "/",),
+        layout=f"{B.MME_ROOT}/<subtask>/ (official release: <name>.txt + <name>.jpg|png, or questions_answers_YN/ + images/)",
+        reader=B.read_mme, metric="mme", headline="perception",
+    )  # fmt: skip
+
+
+@register_task
+def mmbench_dev() -> TaskSpec:
+    return instruction_spec(
+        LETTER_ANSWER,
+        name="mmbench_dev", version=1, split="dev",
+        description="MMBench dev (English), circular evaluation accuracy (VILA Table 5 reports test: 68.9 / 70.3)",
+        files=(B.MMBENCH_DEV,), layout=f"{B.MMBENCH_DEV} (official TSV with answers, images as base64)",
+        reader=B.mmbench_reader(B.MMBENCH_DEV), metric="circular_accuracy", headline="circular_accuracy",
+    )  # fmt: skip
+
+
+@register_task
+def mmbench_cn_dev() -> TaskSpec:
+    return instruction_spec(
+        LETTER_ANSWER_CN,
+        name="mmbench_cn_dev", version=1, split="dev",
+        description="MMBench-CN dev (Chinese), circular evaluation accuracy (VILA Table 5 reports test: 61.7 / 64.3)",
+        files=(B.MMBENCH_CN_DEV,), layout=f"{B.MMBENCH_CN_DEV} (official TSV with answers, images as base64)",
+        reader=B.mmbench_reader(B.MMBENCH_CN_DEV), metric="circular_accuracy", headline="circular_accuracy",
+    )  # fmt: skip
+
+
+@register_task
+def seed_bench_img() -> TaskSpec:
+    return instruction_spec(
+        LETTER_ANSWER,
+        name="seed_bench_img", version=1, split="test",
+        description="SEED-Bench image questions (dimensions 1-9, 14,233), accuracy overall and per dimension (VILA Table 5: 61.1 / 62.8)",
+        files=(B.SEED_JSON, B.SEED_IMAGES),
+        layout=f"{B.SEED_JSON} (official questions) + {B.SEED_IMAGES}<data_id>",
+        reader=B.read_seed_bench_img, metric="choice_accuracy",
+    )  # fmt: skip
+
+
+@register_task
+def llava_bench() -> TaskSpec:
+    return instruction_spec(
+        "{text}", vila=VILA_GREEDY_LONG,
+        name="llava_bench", version=1, split="in-the-wild",
+        description="LLaVA-Bench (In-the-Wild), 60 questions: GPT-4-judged relative score (needs a judge; VILA Table 5: 69.7 / 73.0)",
+        files=(J.LLAVA_BENCH_QUESTIONS, J.LLAVA_BENCH_ANSWERS, J.LLAVA_BENCH_CONTEXT, J.LLAVA_BENCH_IMAGES),
+        layout="llava_bench/{questions,answers_gpt4,context}.jsonl + llava_bench/images/<image> (official release)",
+        reader=J.read_llava_bench, metric="needs_judge", headline="relative_score", judge="llava_bench",
+    )  # fmt: skip
+
+
+@register_task
+def mm_vet() -> TaskSpec:
+    return instruction_spec(
+        "{text}", vila=VILA_GREEDY_LONG,
+        name="mm_vet", version=1, split="all",
+        description="MM-Vet, 218 questions: GPT-4-graded score (needs a judge; VILA Table 5: 34.9 / 38.8)",
+        files=(J.MM_VET_JSON, J.MM_VET_IMAGES), layout=f"{J.MM_VET_JSON} (official) + {J.MM_VET_IMAGES}<imagename>",
+        reader=J.read_mm_vet, metric="needs_judge", headline="score", judge="mm_vet",
+    )  # fmt: skip
+
+
+from eval import fewshot, text_benchmarks  # noqa: E402, F401  (register their tasks)

@@ -15,6 +15,8 @@ code below from `seed`, so a build is a pure function of (seed, image counts, pa
                                                 knowledge/facts.jsonl: every fact asked, with its question
     root/eval/captions_test.json                Karpathy-split references (`eval.datasets.read_karpathy_captions`)
     root/eval/vqa_test_{questions,annotations}.json  official VQAv2 layout (`eval.datasets.read_vqa_official`)
+    root/eval/captions_train.json, vqa_train_*.json, root/images/train/  the first 200 train images in the same layout:
+                                                the in-context demonstrations of eval/fewshot.py (`write_fewshot_pool`)
     root/images/test/<id>.png                   test images; eval files name them relative to root
 
 Training mix (train split only; test images and questions never enter the shards): every train image appears
@@ -383,16 +385,17 @@ def _write_training_shards(root: Path, seed: int, split: Split, labels: dict[str
     return len(samples)
 
 
-def _write_eval_files(root: Path, split: Split, labels: dict[str, list[str]]) -> int:
-    """Test images under root/images/test, their caption references (Karpathy) and questions (VQAv2 layout)."""
+def _write_eval_files(root: Path, split: Split, labels: dict[str, list[str]], name: str = "test") -> int:
+    """Images of a split under root/images/<name>, their caption references (Karpathy) and questions (VQAv2 layout):
+    eval/captions_<name>.json, eval/vqa_<name>_{questions,annotations}.json."""
     ids, paths, questions = split
-    (root / "images" / "test").mkdir(parents=True, exist_ok=True)
+    (root / "images" / name).mkdir(parents=True, exist_ok=True)
     images = []
     for i in ids:
-        shutil.copyfile(paths[i], root / "images" / "test" / f"{i}.png")
-        images.append({"split": "test", "filepath": "images/test", "filename": f"{i}.png", "imgid": i,
+        shutil.copyfile(paths[i], root / "images" / name / f"{i}.png")
+        images.append({"split": name, "filepath": f"images/{name}", "filename": f"{i}.png", "imgid": i,
                        "sentences": [{"raw": r, "tokens": re.findall(r"[a-z]+", r)} for r in captions(*labels[str(i)])]})
-    atomic_write_json(root / "eval" / "captions_test.json", {"dataset": "miniworld", "images": images})
+    atomic_write_json(root / "eval" / f"captions_{name}.json", {"dataset": "miniworld", "images": images})
     vqa_q, vqa_a, per_image = [], [], Counter()
     numbered = []
     for q, a, i in questions:
@@ -406,12 +409,33 @@ def _write_eval_files(root: Path, split: Split, labels: dict[str, list[str]]) ->
         vqa_a.append({"question_id": qid, "image_id": i, "question_type": question_type(q),
                       "answer_type": "yes/no" if a in ("yes", "no") else "other", "multiple_choice_answer": a,
                       "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)]})
-    head = {"info": {"description": "mini world test split (easy-VQA)", "version": FORMAT_VERSION},
-            "data_type": "miniworld", "data_subtype": "test"}
-    atomic_write_text(root / "eval" / "vqa_test_questions.json",
+    head = {"info": {"description": f"mini world {name} split (easy-VQA)", "version": FORMAT_VERSION},
+            "data_type": "miniworld", "data_subtype": name}
+    atomic_write_text(root / "eval" / f"vqa_{name}_questions.json",
                       json.dumps({**head, "task_type": "Open-Ended", "questions": vqa_q}))
-    atomic_write_text(root / "eval" / "vqa_test_annotations.json", json.dumps({**head, "annotations": vqa_a}))
+    atomic_write_text(root / "eval" / f"vqa_{name}_annotations.json", json.dumps({**head, "annotations": vqa_a}))
     return len(vqa_q)
+
+
+FEWSHOT_POOL_IMAGES = 200  # train images offered as in-context demonstrations (eval/fewshot.py's mini tasks)
+FEWSHOT_POOL_FILES = ("eval/captions_train.json", "eval/vqa_train_questions.json", "eval/vqa_train_annotations.json")
+
+
+def write_fewshot_pool(root: str | Path) -> int:
+    """The first FEWSHOT_POOL_IMAGES train images (by id) in the evaluation layout, the demonstrations of the
+    in-context tasks (mini_caption_4shot, mini_vqa_4shot): images/train/<id>.png, eval/captions_train.json and
+    eval/vqa_train_{questions,annotations}.json, with the labels the build recorded. Only train images, all of
+    which the model trained on: the test split stays unseen. Added to a world built before the pool existed
+    without changing its other files; returns the number of pool images (0 when the pool was already there)."""
+    root = Path(root)
+    if all((root / f).is_file() for f in FEWSHOT_POOL_FILES):
+        return 0
+    labels = json.loads((root / "miniworld.json").read_text())["labels"]["train"]
+    ids, paths, questions = _split(_easy_vqa(), "train", None)
+    keep = [i for i in ids if str(i) in labels][:FEWSHOT_POOL_IMAGES]
+    chosen = set(keep)
+    _write_eval_files(root, (keep, paths, [t for t in questions if t[2] in chosen]), labels, name="train")
+    return len(keep)
 
 
 def _write_text_tokenizer(root: Path, texts: dict[str, list[str]], train: Split, labels: dict[str, list[str]]) -> None:
@@ -441,6 +465,7 @@ def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None
         if done.get("hash") != digest:
             raise InputError(f"{root} holds a mini world built with {done.get('params')}, asked for {params}: "
                              "use another root or delete this one")
+        write_fewshot_pool(root)  # a world built before the in-context pool existed gets it (nothing else changes)
         return load_miniworld(root)
     if root.exists() and not root.is_dir():
         raise InputError(f"mini world root {root} exists and is not a directory")
@@ -496,6 +521,7 @@ def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None
         "knowledge_subjects": sorted(rows), "prior": {t: c.most_common(1)[0][0] for t, c in sorted(by_type.items())},
         "prior_default": sum(by_type.values(), Counter()).most_common(1)[0][0], "train_distribution": distribution,
         "labels": labels})
+    step(f"wrote the in-context demonstration pool: {write_fewshot_pool(root)} train images")
     atomic_write_json(root / "DONE", {"hash": digest, "params": params})
     step("done")
     return load_miniworld(root)

@@ -16,7 +16,11 @@ as in the real files, extra fields included) and 8x8 images whose colour encodes
 - VizWiz val: vizwiz/Annotations/val.json + vizwiz/val/VizWiz_val_<n:08d>.jpg
 - MMLU: mmlu/{dev,test}/<subject>_{dev,test}.csv
 - the mini world: eval/captions_test.json, eval/vqa_test_{questions,annotations}.json, images/test/<id>.png,
-  knowledge/{dev,test}/<subject>_{dev,test}.csv
+  knowledge/{dev,test}/<subject>_{dev,test}.csv, and the demonstration pool eval/captions_train.json,
+  eval/vqa_train_{questions,annotations}.json, images/train/<id>.png
+- the train splits the in-context tasks draw demonstrations from (COCO/Flickr30k Karpathy train, OK-VQA train2014,
+  TextVQA train)
+- VILA Table 5: TextVQA, ScienceQA, POPE, MME, MMBench (+CN), SEED-Bench, LLaVA-Bench, MM-Vet; BBH and DROP
 
 VQA-style questions alternate: even positions are answered by the image's colour name, odd ones by another
 colour, so a model answering with the colour it sees scores exactly 50% on any even-sized prefix. MMLU-format
@@ -35,6 +39,7 @@ from PIL import Image
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20)}
 NAMES = list(COLORS)
 COCO_IDS = [391895, 522418, 184613, 318219, 554625, 397133]  # real val2014 ids, used only as numbers
+COCO_TRAIN_IDS = [9, 25, 30, 34, 36]  # train2014 ids: in-context demonstrations
 MMLU_SUBJECTS = ("abstract_algebra", "philosophy")
 KNOWLEDGE_SUBJECTS = ("zorblax_geography", "quendi_history")
 N_TEST_QUESTIONS = 8  # per MMLU-format subject
@@ -85,6 +90,12 @@ def write_coco_karpathy(root: Path) -> None:
         split = "train" if k == 0 else "val" if k == 1 else "test"
         images.append({"filepath": "val2014", "sentids": [k * 10 + j for j in range(3)], "filename": coco_file(image_id),
                        "imgid": k, "split": split, "sentences": _sentences(color_name(k), k), "cocoid": image_id})  # fmt: skip
+    for k, image_id in enumerate(COCO_TRAIN_IDS):  # demonstrations of the in-context tasks (train + restval)
+        name = f"COCO_train2014_{image_id:012d}.jpg"
+        write_image(root / "coco/images/train2014" / name, color_name(k))
+        images.append({"filepath": "train2014", "sentids": [], "filename": name, "imgid": 100 + k,
+                       "split": "restval" if k == 0 else "train", "sentences": _sentences(color_name(k), 100 + k),
+                       "cocoid": image_id})  # fmt: skip
     _json(root / "coco/annotations/dataset_coco.json", {"images": images, "dataset": "coco"})
 
 
@@ -105,6 +116,11 @@ def write_flickr30k(root: Path) -> None:
         write_image(root / "flickr30k/flickr30k-images" / name, color_name(k))
         images.append({"sentids": [k * 10 + j for j in range(3)], "imgid": k, "sentences": _sentences(color_name(k), k),
                        "split": "val" if k == 0 else "test", "filename": name})  # fmt: skip
+    for k, number in enumerate((1001545525, 1001573224, 1001633352, 1001773457)):  # train: demonstrations
+        name = f"{number}.jpg"
+        write_image(root / "flickr30k/flickr30k-images" / name, color_name(k))
+        images.append({"sentids": [], "imgid": 10 + k, "sentences": _sentences(color_name(k), 10 + k), "split": "train",
+                       "filename": name})  # fmt: skip
     _json(root / "flickr30k/annotations/dataset_flickr30k.json", {"images": images, "dataset": "flickr30k"})
 
 
@@ -151,9 +167,14 @@ def write_vqav2(root: Path) -> None:
 
 
 def write_okvqa(root: Path) -> None:
+    """val (the test queries) and train (the in-context demonstrations, images under coco/images/train2014/)."""
     write_coco_images(root)
     _write_vqa_official(root / "okvqa/OpenEnded_mscoco_val2014_questions.json",
                         root / "okvqa/mscoco_val2014_annotations.json", COCO_IDS, "val2014")  # fmt: skip
+    for k, image_id in enumerate(COCO_TRAIN_IDS):
+        write_image(root / "coco/images/train2014" / f"COCO_train2014_{image_id:012d}.jpg", color_name(k))
+    _write_vqa_official(root / "okvqa/OpenEnded_mscoco_train2014_questions.json",
+                        root / "okvqa/mscoco_train2014_annotations.json", COCO_TRAIN_IDS, "train2014")  # fmt: skip
 
 
 def write_gqa(root: Path) -> None:
@@ -179,6 +200,153 @@ def write_vizwiz(root: Path) -> None:
         records.append({"image": name, "question": question, "answerable": 1, "answer_type": "other",
                         "answers": [{"answer": answer, "answer_confidence": "yes"} for _ in range(10)]})  # fmt: skip
     _json(root / "vizwiz/Annotations/val.json", records)
+
+
+def write_textvqa(root: Path) -> None:
+    """TextVQA 0.5.1 val (6 questions) and train (5, demonstrations); images in textvqa/train_images/."""
+    for split, n in (("val", 6), ("train", 5)):
+        data = []
+        for k, (question, answer) in enumerate(_vqa_pairs(n)):
+            image_id = f"{split}{k:012x}"
+            write_image(root / "textvqa/train_images" / f"{image_id}.jpg", color_name(k))
+            data.append({"question": question, "image_id": image_id, "image_classes": ["Poster"], "flickr_original_url": "",
+                         "flickr_300k_url": "", "image_width": 8, "image_height": 8, "answers": [answer] * 10,
+                         "question_tokens": question.split(), "question_id": 34602 + k + (100 if split == "train" else 0),
+                         "set_name": split})  # fmt: skip
+        _json(root / f"textvqa/TextVQA_0.5.1_{split}.json",
+              {"dataset_type": split, "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": data})
+
+
+def _choices(k: int) -> tuple[list[str], int]:
+    """Colour options of position k and the correct index: the image's colour at even k, another colour at odd k
+    (a model answering the colour it sees picks the right option exactly at even positions)."""
+    options = [color_name(k + j) for j in range(3)]  # the image's colour is options[0]
+    return options, (0 if k % 2 == 0 else 1)
+
+
+def write_scienceqa(root: Path) -> None:
+    """problems.json: 6 test problems with an image (2 with a hint), 1 test problem without, 1 train problem."""
+    problems = {}
+    for k in range(6):
+        pid = str(100 + k)
+        options, answer = _choices(k)
+        write_image(root / "scienceqa/images/test" / pid / "image.png", color_name(k))
+        problems[pid] = {"question": f"Which colour fills picture {k}?", "choices": options, "answer": answer,
+                         "hint": "The picture is plain." if k < 2 else "", "image": "image.png", "task": "closed choice",
+                         "grade": "grade2", "subject": "natural science", "topic": "colors", "category": "Colors",
+                         "skill": "Identify colours", "lecture": "", "solution": "", "split": "test"}  # fmt: skip
+    problems["200"] = {**problems["100"], "image": None}
+    problems["300"] = {**problems["101"], "split": "train"}
+    _json(root / "scienceqa/problems.json", problems)
+
+
+def write_pope(root: Path) -> None:
+    """coco_pope_<split>.json: 4 JSON lines per split on the COCO fixture images, labels yes, no, yes, no."""
+    write_coco_images(root)
+    for split in ("random", "popular", "adversarial"):
+        lines = [json.dumps({"question_id": q + 1, "image": coco_file(COCO_IDS[q]), "text": f"Is there a {split} {q} in the image?",
+                             "label": "yes" if q % 2 == 0 else "no"}) for q in range(4)]  # fmt: skip
+        path = root / f"pope/coco_pope_{split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+
+
+def write_mme(root: Path) -> None:
+    """Two subtasks: existence (flat layout, 3 images) and artwork (questions_answers_YN/ + images/, 1 image)."""
+    base = root / "mme/MME_Benchmark_release_version"
+    for k in range(3):
+        write_image(base / "existence" / f"00000{k}.jpg", color_name(k))
+        (base / "existence" / f"00000{k}.txt").write_text(f"Is there a {color_name(k)} area?\tYes\nIs there a cat?\tNo\n")
+    write_image(base / "artwork/images" / "10002.jpg", color_name(2))
+    (base / "artwork/questions_answers_YN").mkdir(parents=True, exist_ok=True)
+    (base / "artwork/questions_answers_YN" / "10002.txt").write_text("Is this painted?\tYes\nIs this a photo?\tNo\n")
+
+
+def _png_base64(name: str) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), COLORS[name]).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_mmbench(root: Path) -> None:
+    """mmbench_dev_20230712.tsv and mmbench_dev_cn_20231003.tsv: 3 questions with 3 colour options (+ empty D)."""
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category", "comment", "split"]
+    for name, question in (("mmbench_dev_20230712.tsv", "Which colour is this?"), ("mmbench_dev_cn_20231003.tsv", "这是什么颜色？")):
+        path = root / "mmbench" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t")
+            writer.writerow(header)
+            for k in range(3):
+                options, answer = _choices(k)
+                writer.writerow([k, question, "A plain picture." if k == 0 else "nan", *options, "", "ABC"[answer],
+                                 "attribute_recognition", _png_base64(color_name(k)), "fixture", "FP-S", "nan", "dev"])  # fmt: skip
+
+
+def write_seed_bench(root: Path) -> None:
+    """SEED-Bench.json: 6 image questions over dimensions 1-2 and one video question (left out)."""
+    questions = []
+    for k in range(6):
+        options, answer = _choices(k)
+        data_id = f"{1454426 + k}_2591111986.jpg"
+        write_image(root / "seed_bench/SEED-Bench-image" / data_id, color_name(k))
+        questions.append({"answer": "ABCD"[answer], "choice_a": options[0], "choice_b": options[1], "choice_c": options[2],
+                          "choice_d": "purple", "data_id": data_id, "data_type": "image", "question": "What colour is it?",
+                          "question_id": str(101669 + k), "question_type_id": 1 + k % 2})  # fmt: skip
+    questions.append({**questions[0], "data_type": "video", "question_id": "v1", "question_type_id": 10, "data_id": "v.mp4"})
+    _json(root / "seed_bench/SEED-Bench.json", {"questions": questions, "question_type": {"Scene Understanding": 1, "Instance Identity": 2}})
+
+
+def write_llava_bench(root: Path) -> None:
+    questions, answers, context = [], [], []
+    for k in range(3):
+        image = f"{k + 1:03d}.jpg"
+        write_image(root / "llava_bench/images" / image, color_name(k))
+        questions.append({"image": image, "text": "Describe the picture.", "category": ("conv", "detail", "complex")[k], "question_id": k})
+        answers.append({"question_id": k, "text": f"A plain {color_name(k)} picture.", "answer_id": "x", "model_id": "gpt-4-0314"})
+        context.append({"id": f"c{k}", "image": image, "caption": f"A {color_name(k)} square."})
+    for name, rows in (("questions", questions), ("answers_gpt4", answers), ("context", context)):
+        path = root / f"llava_bench/{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_mm_vet(root: Path) -> None:
+    data = {}
+    for k in range(3):
+        write_image(root / "mm_vet/images" / f"v1_{k}.png", color_name(k))
+        data[f"v1_{k}"] = {"imagename": f"v1_{k}.png", "capability": ["rec"] + (["ocr"] if k else []),
+                           "question": "What colour is it?", "answer": color_name(k)}  # fmt: skip
+    _json(root / "mm_vet/mm-vet.json", data)
+
+
+BBH_TASKS = ("boolean_expressions", "sports_understanding")
+
+
+def write_bbh(root: Path) -> None:
+    """Two tasks of the BIG-Bench-Hard release: bbh/<task>.json and cot-prompts/<task>.txt (3 CoT exemplars)."""
+    for task in BBH_TASKS:
+        _json(root / f"bbh/bbh/{task}.json", {"canary": "fixture", "examples": [
+            {"input": f"{task} question {q}", "target": "True" if q % 2 == 0 else "False"} for q in range(4)]})  # fmt: skip
+        shots = "".join(f"\n\nQ: {task} exemplar {q}\nA: Let's think step by step.\nIt is so. So the answer is {'True' if q else 'False'}."
+                        for q in range(3))  # fmt: skip
+        path = root / f"bbh/cot-prompts/{task}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"Evaluate the {task}.\n\n-----{shots}\n")
+
+
+def write_drop(root: Path) -> None:
+    def qa(qid: str, number: str, spans: list[str]) -> dict:
+        answer = {"number": number, "date": {"day": "", "month": "", "year": ""}, "spans": spans}
+        return {"question": f"How many in {qid}?", "answer": answer, "query_id": qid, "validated_answers": [answer]}
+
+    for split in ("train", "dev"):
+        _json(root / f"drop/drop_dataset_{split}.json", {
+            f"nfl_{split}_{p}": {"passage": f"Passage {p} of {split}.", "qa_pairs": [qa(f"{split}{p}a", str(p + 1), []),
+                                                                               qa(f"{split}{p}b", "", ["the Bears"])],
+                                 "wiki_url": ""} for p in range(3)})  # fmt: skip
 
 
 def _write_mmlu_csvs(folder: Path, subjects: tuple[str, ...]) -> None:
@@ -208,6 +376,14 @@ def write_miniworld(root: Path) -> None:
     _json(root / "eval/captions_test.json", {"dataset": "miniworld", "images": images})
     _write_vqa_official(root / "eval/vqa_test_questions.json", root / "eval/vqa_test_annotations.json", list(range(6)), "test")
     _write_mmlu_csvs(root / "knowledge", KNOWLEDGE_SUBJECTS)
+    # the in-context demonstration pool (harness/miniworld.py write_fewshot_pool): 5 train images
+    train = []
+    for i in range(100, 105):
+        write_image(root / "images/train" / f"{i}.png", color_name(i))
+        train.append({"split": "train", "filepath": "images/train", "filename": f"{i}.png", "imgid": i,
+                      "sentences": [{"raw": s["raw"], "tokens": s["tokens"]} for s in _sentences(color_name(i), i)]})  # fmt: skip
+    _json(root / "eval/captions_train.json", {"dataset": "miniworld", "images": train})
+    _write_vqa_official(root / "eval/vqa_train_questions.json", root / "eval/vqa_train_annotations.json", list(range(100, 105)), "train")
 
 
 WRITERS = {
@@ -223,6 +399,21 @@ WRITERS = {
     "mini_caption": write_miniworld,
     "mini_vqa": write_miniworld,
     "mini_knowledge": write_miniworld,
+    "textvqa_val": write_textvqa,
+    "scienceqa_img": write_scienceqa,
+    "pope": write_pope,
+    "mme": write_mme,
+    "mmbench_dev": write_mmbench,
+    "mmbench_cn_dev": write_mmbench,
+    "seed_bench_img": write_seed_bench,
+    "llava_bench": write_llava_bench,
+    "mm_vet": write_mm_vet,
+    "bbh": write_bbh,
+    "drop": write_drop,
+    **{f"{base}_{k}shot": writer for base, writer in (
+        ("okvqa_val", write_okvqa), ("textvqa_val", write_textvqa), ("coco_karpathy_test", write_coco_karpathy),
+        ("flickr30k_test", write_flickr30k), ("mini_vqa", write_miniworld), ("mini_caption", write_miniworld))
+       for k in (0, 4)},
 }
 
 
@@ -251,6 +442,12 @@ class ColorModel:
     def answer(self, images, questions, **generation):
         self.calls.append(("answer", len(images), generation))
         return [image_color(im) for im in images]
+
+    def generate_interleaved(self, sequences, **generation):
+        """The colour of the sequence's last image, then what a model would go on with (cut off by the runner)."""
+        self.calls.append(("generate_interleaved", len(sequences), generation))
+        last = [next(p for p in reversed(seq) if isinstance(p, Image.Image)) for seq in sequences]
+        return [f" {image_color(im)}\nQuestion: and more" for im in last]
 
 
 def answer_a_lm():

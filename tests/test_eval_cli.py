@@ -40,12 +40,23 @@ def family() -> str:
 
 EXPECTED_SAMPLES = {  # what each fixture holds for the task's split
     "coco_karpathy_test": 4, "nocaps_val": 6, "flickr30k_test": 4, "vqav2_val": 6, "okvqa_val": 6, "gqa_testdev": 6,
-    "vizwiz_val": 6, "coco30k_fid": 6, "mini_caption": 6, "mini_vqa": 6,
+    "vizwiz_val": 6, "coco30k_fid": 6, "mini_caption": 6, "mini_vqa": 6, "textvqa_val": 6, "scienceqa_img": 6,
+    "pope": 12, "mme": 8, "mmbench_dev": 9, "mmbench_cn_dev": 9, "seed_bench_img": 6, "llava_bench": 3, "mm_vet": 3,
+    **{f"{base}_0shot": n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
+                                          ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))},
+    **{f"{base}_4shot": 3 * n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
+                                              ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))},
 }  # fmt: skip
+# --limit N takes N questions of each POPE split, N images (both questions) of each MME subtask, N MMBench questions
+# with all their circular shifts, N queries of an in-context task with each seed
+LIMIT_PER_GROUP = {"pope", "mme", "mmbench_dev", "mmbench_cn_dev"} | {f"{b}_4shot" for b in ("okvqa_val", "textvqa_val",
+                   "coco_karpathy_test", "flickr30k_test", "mini_vqa", "mini_caption")}  # fmt: skip
+COLOR_QUESTIONS = ("vqav2_val", "okvqa_val", "gqa_testdev", "vizwiz_val", "textvqa_val", "mini_vqa")
 
 
 @pytest.mark.parametrize("name", list(T.TASKS))
-def test_every_task_reads_its_official_fixture(name, tmp_path):
+def test_every_task_reads_its_official_fixture(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVAL_EXTRACT_DIR", str(tmp_path / "extracted"))  # MMBench's embedded images
     F.WRITERS[name](tmp_path)  # only this dataset: the task must not depend on another's files
     spec = T.get_task(name)
     assert spec.missing_files(tmp_path) == []
@@ -57,10 +68,15 @@ def test_every_task_reads_its_official_fixture(name, tmp_path):
     for sample in prepared.samples:
         assert sample.references, sample
         assert (prepared.image_root / sample.image).is_file()
-        if spec.kind == "vqa":
+        assert all((prepared.image_root / shot[0]).is_file() for shot in sample.shots)
+        if name.removesuffix("_0shot").removesuffix("_4shot") in COLOR_QUESTIONS:
             assert sample.text.startswith("What color")
     (limited,) = prepare_tasks([spec], tmp_path, limit=2)
-    assert limited.samples == prepared.samples[:2]
+    if name in LIMIT_PER_GROUP:  # --limit counts questions per split / subtask / seed: an ordered subset
+        kept = iter(prepared.samples)
+        assert 2 < len(limited.samples) < len(prepared.samples) and all(s in kept for s in limited.samples)
+    else:
+        assert limited.samples == prepared.samples[:2]
 
 
 def test_readers_keep_the_datasets_own_ids(data_root):
@@ -88,8 +104,12 @@ def test_decoding_lives_in_the_task_with_family_overrides():
                                 "early_stopping": True, "decoding": "released", "selection": "gumbel", "seed": 0,
                                 "question_template": "Question: {} Answer:", "question_processing": "released",
                                 "lemmatize": True}  # fmt: skip
-    assert vqa.eval_task("vila").generation["num_beams"] == 1  # no override: the task's default (greedy)
-    assert vqa.eval_task("vila").prompt == "Question: {text} Answer:"
+    vila = vqa.eval_task("vila")  # VILA's released evaluation: greedy, LLaVA-1.5's short-answer instruction
+    assert vila.generation == {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": 128, "length_penalty": 1.0,
+                               "early_stopping": False, "do_sample": False, "conv_template": "vicuna_v1"}  # fmt: skip
+    assert vila.prompt == "{text}\nAnswer the question using a single word or phrase."
+    assert vqa.eval_task("standin").prompt == "Question: {text} Answer:"  # no override: the task's default (greedy)
+    assert vqa.eval_task("standin").generation["num_beams"] == 1
     caption = T.get_task("nocaps_val").eval_task("lavit")
     assert caption.prompt == "" and (caption.generation["num_beams"], caption.generation["max_new_tokens"]) == (2, 36)
     assert T.get_task("mmlu").eval_task("lavit").generation == {}

@@ -223,3 +223,23 @@ def test_chance_captions_name_attributes_at_about_the_chance_rate(world):
     scores = chance_caption_scores(world, world.root, limit=50)
     assert scores == chance_caption_scores(world, world.root, limit=50)  # seeded
     assert scores["shape"] < 0.7 and scores["color"] < 0.4 and 0 < scores["CIDEr"] < 10
+
+
+def test_fewshot_pool_holds_train_images_only_and_is_added_to_an_older_world(world):
+    from eval.tasks import get_task
+    from harness.miniworld import FEWSHOT_POOL_FILES, write_fewshot_pool
+
+    train = read_karpathy_captions(world.root / "eval/captions_train.json", "train")
+    assert len(train.refs) == 200  # easy-VQA numbers its train and test images separately: compare the bytes
+    train_paths = easy_vqa.get_train_image_paths()
+    assert all((world.root / f"images/train/{i}.png").read_bytes() == Path(train_paths[int(i)]).read_bytes() for i in train.refs)
+    assert read_vqa_official(world.root / "eval/vqa_train_questions.json", world.root / "eval/vqa_train_annotations.json").questions
+    samples, root = get_task("mini_vqa_4shot").read(world.root, limit=3)
+    assert len(samples) == 9 and all(len(s.shots) == 4 and (root / s.shots[0][0]).is_file() for s in samples)
+    # a world built before the pool existed: the next build_miniworld call adds it and changes nothing else
+    before = tree_hash(world.root / "eval")
+    for name in FEWSHOT_POOL_FILES:
+        (world.root / name).unlink()
+    build_miniworld(world.root, seed=0, **SIZE)
+    assert tree_hash(world.root / "eval") == before
+    assert write_fewshot_pool(world.root) == 0  # already there: nothing written

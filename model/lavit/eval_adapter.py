@@ -1,12 +1,12 @@
-"""`LavitEvalAdapter`: LaVIT behind `eval/interface.py`'s four request methods (caption / answer / generate_images /
-score_text), built by `model.lavit.checkpoints.load_for_eval` for `python -m eval`.
+"""`LavitEvalAdapter`: LaVIT behind `eval/interface.py`'s request methods (caption / answer / generate_images /
+score_text / generate_interleaved), built by `model.lavit.checkpoints.load_for_eval` for `python -m eval`.
 
 Every decoding setting comes from the `**generation` keyword arguments the eval runner passes (the evaluation
 task's `generation` dict, `eval/tasks.py`): this adapter has no decoding defaults, a missing setting is an error
 naming it, and so is an unknown one (nothing is silently ignored). The settings each method reads:
 
-    caption, answer     num_beams, min_new_tokens, max_new_tokens, length_penalty, early_stopping,
-                        decoding ("released": transformers 4.33's beam scoring, as the paper's numbers | "modern":
+    caption, answer,    num_beams, min_new_tokens, max_new_tokens, length_penalty, early_stopping,
+    generate_interleaved decoding ("released": transformers 4.33's beam scoring, as the paper's numbers | "modern":
                         the pinned transformers' `generate`), selection (keep mask: "gumbel", hard Gumbel noise as
                         the release draws it even at inference, seeded | "argmax")                    [seed]
     answer, also        lemmatize (bool: the released spaCy lemmatisation of answers; applied when spaCy and
@@ -44,6 +44,7 @@ from model.lavit.generation import (
     clean_vqa_answer,
     cut_caption,
     generate_text,
+    generate_text_from_items,
     sample_image_tokens,
 )
 from model.lavit.modeling_lavit import IGNORE_INDEX, LavitForCausalLM
@@ -160,6 +161,42 @@ class LavitEvalAdapter:
             self.model,
             self._image_embeds(images, int(settings.get("seed", self.seed)), SELECTIONS[settings["selection"]]),
             self._ids(prompts),
+            num_beams=int(settings["num_beams"]),
+            min_new_tokens=int(settings["min_new_tokens"]),
+            max_new_tokens=int(settings["max_new_tokens"]),
+            length_penalty=float(settings["length_penalty"]),
+            early_stopping=bool(settings["early_stopping"]),
+            decoding=str(settings["decoding"]),
+        )
+        return self._decode(rows)
+
+    @torch.no_grad()
+    def generate_interleaved(self, sequences: list[list], **generation: Any) -> list[str]:
+        """One raw text continuation per interleaved sequence of strings and PIL images (in-context demonstrations,
+        `eval.interface.InterleavedGenerator`). Each image enters as in understanding, [IMG] features [/IMG], each
+        string as its ids (no BOS); several images per sequence are fine. Decoding reads the caption / answer keys
+        (TEXT_SETTINGS: num_beams, ..., decoding, selection [seed]); the keep mask of every image is drawn per image
+        from (seed, its pixels), as for captions. No caption/answer cut is applied: the evaluation cuts the
+        continuation at its template's separator."""
+        from PIL import Image as PILImage
+
+        settings = decoding_settings("generate_interleaved", generation, TEXT_SETTINGS)
+        images = [part for parts in sequences for part in parts if isinstance(part, PILImage.Image)]
+        bad = [type(p).__name__ for parts in sequences for p in parts if not isinstance(p, (str, PILImage.Image))]
+        if bad:
+            raise TypeError(f"interleaved sequences hold strings and PIL images, got {bad[0]}")
+        embeds = iter(
+            self._image_embeds(images, int(settings.get("seed", self.seed)), SELECTIONS[settings["selection"]])
+            if images else []
+        )
+        items = []
+        for parts in sequences:
+            parts = [p for p in parts if not isinstance(p, str) or p]  # an empty text segment adds nothing
+            pieces = [self._ids([p])[0] if isinstance(p, str) else next(embeds) for p in parts]
+            items.append(self.model.interleaved_item(pieces))
+        rows = generate_text_from_items(
+            self.model,
+            items,
             num_beams=int(settings["num_beams"]),
             min_new_tokens=int(settings["min_new_tokens"]),
             max_new_tokens=int(settings["max_new_tokens"]),

@@ -378,11 +378,32 @@ def generate_text(
 
     decoding: "modern" = transformers' `generate` (the pinned version's beam scoring); "released" = our beam search
     with transformers 4.33's scoring, which the released numbers were made with (`beam_search.py`)."""
+    items = [model.understanding_item(e, p) for e, p in zip(image_embeds, prompt_ids)]
+    return generate_text_from_items(
+        model, items, num_beams=num_beams, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
+        length_penalty=length_penalty, early_stopping=early_stopping, decoding=decoding, eos_token_id=eos_token_id,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def generate_text_from_items(
+    model: LavitForCausalLM,
+    items: list,
+    *,
+    num_beams: int,
+    min_new_tokens: int,
+    max_new_tokens: int,
+    length_penalty: float,
+    early_stopping: bool,
+    decoding: str,
+    eos_token_id: int | None = None,
+) -> list[list[int]]:
+    """`generate_text` on prepared input sequences (`SequenceItem`s: an understanding item, or an interleaved one
+    with several images, `LavitForCausalLM.interleaved_item`)."""
     from model.lavit.beam_search import DECODINGS, BeamSettings, beam_search, causal_lm_step
 
     if decoding not in DECODINGS:
         raise ValueError(f"unknown decoding {decoding!r}; expected one of {DECODINGS}")
-    items = [model.understanding_item(e, p) for e, p in zip(image_embeds, prompt_ids)]
     batch = model.collate(items)
     llm = model.lavit_config.llm
     eos = llm.eos_token_id if eos_token_id is None else eos_token_id

@@ -420,6 +420,24 @@ class LavitForCausalLM(PreTrainedModel):
         )
         return SequenceItem(embeds=self.embed_ids(ids), labels=ids)
 
+    def interleaved_item(self, parts: list[torch.Tensor]) -> SequenceItem:
+        """An in-context prompt: text and images in reading order, nothing supervised. A 1-D tensor is text ids (no
+        BOS), a 2-D tensor (k, h) an image's LLM inputs, entered as in `understanding_item`: emb([IMG]) image
+        emb([/IMG]). [image, text] gives exactly the understanding input of that image and text."""
+        device = self.llm_device
+        v = self.vocab
+        delimiters = self.embed_ids(torch.tensor([v.img_start_id, v.img_end_id], device=device))  # (2, h)
+        pieces = []
+        for part in parts:
+            if part.dim() == 1:
+                pieces.append(self.embed_ids(part.to(device).long()))
+            else:
+                pieces += [delimiters[:1], part.to(device=device, dtype=delimiters.dtype), delimiters[1:]]
+        if not pieces:
+            raise ValueError("an interleaved prompt needs at least one text or image part")
+        embeds = torch.cat(pieces)
+        return SequenceItem(embeds=embeds, labels=torch.full((embeds.shape[0],), IGNORE_INDEX, device=device, dtype=torch.long))
+
     def text_item(self, ids: torch.Tensor, supervise: bool = True) -> SequenceItem:
         """Text only (RedPajama mixing, MMLU scoring): ids as given (normally <s> ... )."""
         ids = ids.to(self.llm_device).long()

@@ -1,0 +1,261 @@
+"""0-shot and k-shot in-context evaluation (VILA §4, Tables 1, 3, 4, 8, 11: OKVQA, TextVQA, COCO, Flickr30k).
+
+    okvqa_val_4shot, textvqa_val_4shot, coco_karpathy_test_4shot, flickr30k_test_4shot   (+ *_0shot)
+    mini_vqa_4shot, mini_caption_4shot                                                   (+ *_0shot, the mini world)
+
+A k-shot sample is the test query plus k demonstrations (image, question or nothing, answer) drawn from the
+benchmark's *train* split, interleaved before it (`eval.interface.interleaved_sequence`) and sent to the model's
+`generate_interleaved`. The demonstrations of a query are drawn with `random.Random(sha256([seed, query id]))`, so
+they depend on the seed and the query only (not on --limit, sharding or batching), and a resumed run draws the same.
+
+Seeds. Each k-shot task runs every query once per seed (sample ids "s<seed>/<query id>", one cache, one merge);
+the metric is computed per seed and reported as the mean (the headline, e.g. "vqa_accuracy"), the sample standard
+deviation over seeds ("vqa_accuracy/std") and each seed's value ("vqa_accuracy/seed=0", ...): all rows of
+results.json. 0-shot tasks are the same path with k = 0 and the single seed 0 (std 0).
+
+Demonstration answers: for VQA the most frequent of the question's human answers (ties: the first written), for
+captions one of the image's reference captions, drawn with the same generator.
+
+Templates (task data, `TaskSpec.prompt` / `prompt_by_family`): one demonstration with {text} and {answer}, e.g.
+"Question: {text} Short answer: {answer}\\n" (OpenFlamingo's VQA format, VILA's ablation protocol is not published);
+the query is its part before {answer}, and the model's continuation is cut at the separator after {answer}.
+
+Train-split files (under the data root, as released):
+    COCO       coco/annotations/dataset_coco.json splits train + restval, images coco/images/<filepath>/<filename>
+    Flickr30k  flickr30k/annotations/dataset_flickr30k.json split train, images flickr30k/flickr30k-images/
+    OK-VQA     okvqa/OpenEnded_mscoco_train2014_questions.json + okvqa/mscoco_train2014_annotations.json,
+               images coco/images/train2014/COCO_train2014_<id:012d>.jpg
+    TextVQA    textvqa/TextVQA_0.5.1_train.json, images textvqa/train_images/<image_id>.jpg
+    mini world eval/captions_train.json, eval/vqa_train_{questions,annotations}.json, images/train/<id>.png
+               (harness/miniworld.py `write_fewshot_pool`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from eval.datasets import _field, read_json
+from eval.errors import EvalInputError
+from eval.interface import EvalSample, SampleId
+from eval.runner import MetricFn, get_metric
+from eval import tasks as T
+
+
+@dataclass(frozen=True)
+class Demo:
+    image: str  # path relative to the task's image root
+    text: str  # the question ("" for captions)
+    answers: tuple[str, ...]  # candidates: the reference captions (one is drawn) or the human answers (the mode is used)
+    kind: str = "vqa"  # "vqa" or "caption"
+
+    def answer(self, rng: random.Random) -> str:
+        if self.kind == "caption":
+            return self.answers[rng.randrange(len(self.answers))]
+        counts = Counter(self.answers)
+        return max(counts, key=lambda a: (counts[a], -self.answers.index(a)))
+
+
+def demo_rng(seed: int, query_id: SampleId) -> random.Random:
+    digest = hashlib.sha256(json.dumps([seed, str(query_id)]).encode("utf-8")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def draw_shots(pool: list[Demo], k: int, seed: int, query_id: SampleId) -> tuple[tuple[str, str, str], ...]:
+    """k demonstrations (image, text, answer) for one query: distinct pool entries, a function of (seed, id) only."""
+    if k == 0:
+        return ()
+    if len(pool) < k:
+        raise EvalInputError(f"{k}-shot evaluation needs at least {k} train-split demonstrations, the pool has {len(pool)}")
+    rng = demo_rng(seed, query_id)
+    return tuple((d.image, d.text, d.answer(rng)) for d in (pool[i] for i in rng.sample(range(len(pool)), k)))
+
+
+def seeded_id(seed: int, query_id: SampleId) -> str:
+    return f"s{seed}/{query_id}"
+
+
+def split_id(sample_id: SampleId) -> tuple[int, str]:
+    head, _, rest = str(sample_id).partition("/")
+    if not head.startswith("s") or not head[1:].isdigit() or not rest:
+        raise EvalInputError(f"few-shot sample id {sample_id!r} is not of the form s<seed>/<query id>")
+    return int(head[1:]), rest
+
+
+def with_shots(queries: list[EvalSample], pool: list[Demo], k: int, seeds: tuple[int, ...]) -> list[EvalSample]:
+    """Each query once per seed (seed-major order), with its k demonstrations."""
+    return [
+        EvalSample(id=seeded_id(seed, q.id), image=q.image, text=q.text, references=q.references,
+                   shots=draw_shots(pool, k, seed, q.id))
+        for seed in seeds for q in queries
+    ]  # fmt: skip
+
+
+def seed_averaged(metric: str) -> MetricFn:
+    """The registered `metric` computed per seed, reported as mean, sample std over seeds and per-seed values."""
+    spec = get_metric(metric)
+
+    def fn(references: dict[SampleId, list[Any]], predictions: dict[SampleId, Any], variant: str) -> dict[str, float]:
+        variant = spec.resolve_variant(metric, variant)
+        refs_by_seed: dict[int, dict[str, list[Any]]] = {}
+        preds_by_seed: dict[int, dict[str, Any]] = {}
+        for sample_id, refs in references.items():
+            seed, query = split_id(sample_id)
+            refs_by_seed.setdefault(seed, {})[query] = refs
+        for sample_id, prediction in predictions.items():
+            seed, query = split_id(sample_id)
+            preds_by_seed.setdefault(seed, {})[query] = prediction
+        per_seed = {seed: spec.fn(refs, preds_by_seed.get(seed, {}), variant) for seed, refs in sorted(refs_by_seed.items())}
+        out: dict[str, float] = {}
+        for name in next(iter(per_seed.values())):
+            values = [per_seed[seed][name] for seed in per_seed]
+            out[name] = statistics.fmean(values)
+            out[f"{name}/std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            out.update({f"{name}/seed={seed}": per_seed[seed][name] for seed in per_seed})
+        return out
+
+    return fn
+
+
+# =============================================================================================
+# Demonstration pools: the train splits' official files.
+
+
+def karpathy_pool(data_root: Path, annotations: str, splits: tuple[str, ...]) -> list[Demo]:
+    """Demonstrations from a Karpathy split file: every image of `splits` with its reference captions."""
+    path = data_root / annotations
+    pool = []
+    images = _field(read_json(path, "Karpathy split"), "images", path, "the top level")
+    for i, image in enumerate(images):
+        if _field(image, "split", path, f"images[{i}]") in splits:
+            where = f"images[{i}]"
+            relative = "/".join(p for p in (image.get("filepath", ""), _field(image, "filename", path, where)) if p)
+            sentences = _field(image, "sentences", path, where)
+            captions = tuple(str(_field(s, "raw", path, f"{where}.sentences")) for s in sentences)
+            if captions:
+                pool.append(Demo(relative, "", captions, "caption"))
+    if not pool:
+        raise EvalInputError(f"no captioned images in splits {list(splits)} for in-context demonstrations", path)
+    return pool
+
+
+def vqa_pool(data_root: Path, questions: str, annotations: str, image_name: Callable[[Any], str]) -> list[Demo]:
+    """Demonstrations from VQAv2-format train files (questions + annotations)."""
+    from eval.datasets import parse_vqa_official
+
+    qpath, apath = data_root / questions, data_root / annotations
+    qdata, adata = read_json(qpath, "questions"), read_json(apath, "annotations")
+    answers = {q.question_id: q.answers for q in parse_vqa_official(qdata, adata, qpath, apath).questions}
+    return [
+        Demo(image_name(_field(q, "image_id", qpath, f"questions[{i}]")), str(q["question"]), answers[str(q["question_id"])])
+        for i, q in enumerate(qdata["questions"])
+    ]
+
+
+def coco_train2014_name(image_id: Any) -> str:
+    return f"train2014/COCO_train2014_{int(image_id):012d}.jpg"
+
+
+OKVQA_TRAIN_QUESTIONS = "okvqa/OpenEnded_mscoco_train2014_questions.json"
+OKVQA_TRAIN_ANNOTATIONS = "okvqa/mscoco_train2014_annotations.json"
+TEXTVQA_TRAIN = "textvqa/TextVQA_0.5.1_train.json"
+MINI_CAPTIONS_TRAIN = "eval/captions_train.json"
+MINI_VQA_TRAIN_QUESTIONS = "eval/vqa_train_questions.json"
+MINI_VQA_TRAIN_ANNOTATIONS = "eval/vqa_train_annotations.json"
+MINI_TRAIN_IMAGES = "images/train/"
+
+
+def textvqa_pool(data_root: Path) -> list[Demo]:
+    return [Demo(s.image, s.text, tuple(s.references)) for s in T.textvqa_samples(data_root / TEXTVQA_TRAIN)]
+
+
+POOLS: dict[str, tuple[Callable[[Path], list[Demo]], tuple[str, ...]]] = {
+    # benchmark -> (pool reader, the train-split files it needs)
+    "coco": (lambda r: karpathy_pool(r, T.COCO_KARPATHY, ("train", "restval")), (T.COCO_KARPATHY,)),
+    "flickr30k": (lambda r: karpathy_pool(r, T.FLICKR_KARPATHY, ("train",)), (T.FLICKR_KARPATHY,)),
+    "okvqa": (lambda r: vqa_pool(r, OKVQA_TRAIN_QUESTIONS, OKVQA_TRAIN_ANNOTATIONS, coco_train2014_name),
+              (OKVQA_TRAIN_QUESTIONS, OKVQA_TRAIN_ANNOTATIONS)),
+    "textvqa": (textvqa_pool, (TEXTVQA_TRAIN,)),
+    "mini_caption": (lambda r: karpathy_pool(r, MINI_CAPTIONS_TRAIN, ("train",)), (MINI_CAPTIONS_TRAIN, MINI_TRAIN_IMAGES)),
+    "mini_vqa": (lambda r: vqa_pool(r, MINI_VQA_TRAIN_QUESTIONS, MINI_VQA_TRAIN_ANNOTATIONS, lambda i: f"{MINI_TRAIN_IMAGES}{i}.png"),
+                 (MINI_VQA_TRAIN_QUESTIONS, MINI_VQA_TRAIN_ANNOTATIONS, MINI_TRAIN_IMAGES)),
+}  # fmt: skip
+
+
+# =============================================================================================
+# Task specs. Decoding: greedy by default; LaVIT: its released text decoding (beam search, Gumbel keep mask);
+# VILA: greedy with OpenFlamingo's generation lengths (5 new tokens for VQA answers, 20 for captions).
+
+SEEDS_4SHOT = (0, 1, 2)
+VQA_TEMPLATE = "Question: {text} Short answer: {answer}\n"
+CAPTION_TEMPLATE = "Output: {answer}\n"
+LAVIT_VQA_TEMPLATE = "Question: {text} Answer: {answer}\n"  # LaVIT's VQA prompt (§4.1)
+LAVIT_CAPTION_TEMPLATE = "{answer}\n"  # LaVIT captions without a prompt
+QUESTION_KEYS = ("question_template", "question_processing", "lemmatize")  # the template carries the question here
+FEWSHOT_LAVIT_VQA = {k: v for k, v in T.LAVIT_VQA.items() if k not in QUESTION_KEYS}
+FEWSHOT_LAVIT_CAPTION = dict(T.LAVIT_CAPTION)
+FEWSHOT_VILA_VQA = {"num_beams": 1, "do_sample": False, "max_new_tokens": 5}
+FEWSHOT_VILA_CAPTION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 20}
+
+
+def fewshot_spec(
+    base: str, name: str, k: int, benchmark: str, *, caption: bool, description: str, version: int = 1,
+    lavit: dict[str, Any] | None = None,
+) -> T.TaskSpec:  # fmt: skip
+    """A k-shot task over the registered 0-shot task `base` (its test reader and files) with the train pool."""
+    base_spec = T.get_task(base)
+    pool_reader, pool_files = POOLS[benchmark]
+    seeds = SEEDS_4SHOT if k else (0,)
+    metric = "cider" if caption else base_spec.metric
+
+    def reader(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+        queries, image_root = base_spec.read(data_root, limit)
+        pool = pool_reader(data_root) if k else []
+        return with_shots(queries, pool, k, seeds), image_root
+
+    lavit_generation = lavit or (FEWSHOT_LAVIT_CAPTION if caption else FEWSHOT_LAVIT_VQA)
+    protocol = f"seeds {', '.join(map(str, seeds))}, mean and std" if k else "no demonstrations"
+    return T.TaskSpec(
+        name=name, version=version, kind="interleaved", split=base_spec.split,
+        description=f"{description}, {k}-shot in context ({protocol})",
+        files=base_spec.files + (pool_files if k else ()),
+        layout=base_spec.layout + (f"; demonstrations: {' + '.join(pool_files)} (train split)" if k else ""),
+        metric=metric, headline=base_spec.headline, reader=reader,
+        prompt=CAPTION_TEMPLATE if caption else VQA_TEMPLATE,
+        prompt_by_family={"lavit": LAVIT_CAPTION_TEMPLATE if caption else LAVIT_VQA_TEMPLATE},
+        generation=T.GREEDY_CAPTION if caption else T.GREEDY_VQA,
+        generation_by_family={"lavit": lavit_generation, "vila": FEWSHOT_VILA_CAPTION if caption else FEWSHOT_VILA_VQA},
+        metric_builder=lambda data_root, out_dir: seed_averaged(metric),
+    )  # fmt: skip
+
+
+FEWSHOT_TASKS = (
+    # (base task, benchmark pool, caption?, description)
+    ("okvqa_val", "okvqa", False, "OK-VQA val, VQA accuracy"),
+    ("textvqa_val", "textvqa", False, "TextVQA val, VQA accuracy"),
+    ("coco_karpathy_test", "coco", True, "COCO Karpathy test, CIDEr"),
+    ("flickr30k_test", "flickr30k", True, "Flickr30k Karpathy test, CIDEr"),
+    ("mini_vqa", "mini_vqa", False, "mini world VQA, VQA accuracy"),
+    ("mini_caption", "mini_caption", True, "mini world captions, CIDEr"),
+)
+
+
+def _register() -> None:
+    for base, benchmark, caption, description in FEWSHOT_TASKS:
+        for k in (0, 4):
+            lavit = None
+            if base == "mini_vqa":
+                lavit = {k_: v for k_, v in T.LAVIT_MINI_VQA.items() if k_ not in QUESTION_KEYS}
+            elif base == "mini_caption":
+                lavit = dict(T.LAVIT_MINI_CAPTION)
+            T.register_task(lambda b=base, k=k, bm=benchmark, c=caption, d=description, lv=lavit: fewshot_spec(
+                b, f"{b}_{k}shot", k, bm, caption=c, description=d, lavit=lv))  # fmt: skip
+
+
+_register()
