@@ -78,6 +78,10 @@ class Trained:
 
     family: str
     chain: tuple[StageRun, ...]
+    # Companion runs the evaluated model loads beside its last stage: (loader keyword, key of a StageRun of the
+    # chain) pairs, e.g. (("pixel_decoder", "pixel_decoder"),) -> the family's loader gets pixel_decoder=<that run>.
+    # The evaluation then goes to <last run>/eval+<companion run names>, apart from the plain evaluation.
+    load_with: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class Context:
     device: str
     world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
     eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its evaluation output (OUT/<task>/...)
+    run_dirs: dict[str, dict[str, Path]] = field(default_factory=dict)  # Trained row label -> stage key -> run directory
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,7 +171,7 @@ def register_table(spec: TableSpec) -> TableSpec:
 
 
 # The scripts that declare tables; importing one registers its table (no torch import at declaration time).
-TABLE_MODULES = ("reproduce.table1", "reproduce.table3", "reproduce.table5", "reproduce.table7", "reproduce.table9")
+TABLE_MODULES = ("reproduce.table1", "reproduce.table2", "reproduce.table3", "reproduce.table5", "reproduce.table7", "reproduce.table9")
 
 
 def tables() -> dict[str, TableSpec]:
@@ -211,11 +216,27 @@ class PlannedStage:
             return False
 
 
+# Config keys added after runs were cached, with the value that keeps the old behaviour: at that value a key is left
+# out of the hash input, so adding it does not rename (and retrain) every existing run; any other value is hashed.
+ADDED_KEYS = {"model.pixel_decoder.latent_space": "vae"}
+
+
+def _without_added_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in ADDED_KEYS.items():
+        *heads, leaf = dotted.split(".")
+        node = tree
+        for head in heads:
+            node = node.get(head) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == value:
+            del node[leaf]
+    return tree
+
+
 def _stable_config(config: Any, replacements: dict[str, str]) -> str:
     """The config as canonical JSON with machine-specific paths replaced by stable tokens (hash input)."""
     from harness.config import to_dict
 
-    text = json.dumps(to_dict(config), sort_keys=True, default=str)
+    text = json.dumps(_without_added_keys(to_dict(config)), sort_keys=True, default=str)
     for value, token in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
         if value:
             text = text.replace(value, token)
@@ -310,6 +331,11 @@ def _train_slurm(stages: list[PlannedStage], ctx: Context) -> None:
 def train_rows(ctx: Context) -> dict[str, Path]:
     """Train (or reuse) every chain of the profile; returns row label -> run directory of its last stage."""
     chains = {label: plan_chain(row, ctx) for label, row in ctx.profile.rows.items() if isinstance(row, Trained)}
+    for label, chain in chains.items():
+        ctx.run_dirs[label] = {stage.run.key: stage.directory for stage in chain}
+        for keyword, key in ctx.profile.rows[label].load_with:  # type: ignore[union-attr]
+            if key not in ctx.run_dirs[label]:
+                raise InputError(f"row {label!r}: load_with {keyword}={key!r} names no stage of its chain")
     unique: dict[Path, PlannedStage] = {}
     depth: dict[Path, int] = {}
     for chain in chains.values():
@@ -350,12 +376,19 @@ def check_data(tasks: list[str], data_root: Path) -> None:
     check(resolve_tasks(tasks), data_root)
 
 
-def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context) -> pd.DataFrame:
-    from eval.evaluate import evaluate_tasks
+def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context, load_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The profile's tasks on `checkpoint`; `load_options` go to the family's loader (e.g. a companion run)."""
+    from eval.evaluate import evaluate_tasks, prepare_tasks, resolve_tasks
 
+    loaded = None
+    if load_options:
+        from model.families import get_family
+
+        prepare_tasks(resolve_tasks(_tasks(ctx.profile)), ctx.data_root, ctx.profile.eval_limit)  # bad data before the model
+        loaded = get_family(family).load(str(checkpoint), device=ctx.device, **load_options)
     return evaluate_tasks(
         _tasks(ctx.profile), family, str(checkpoint), str(ctx.data_root), str(output_dir),
-        limit=ctx.profile.eval_limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device,
+        limit=ctx.profile.eval_limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device, loaded=loaded,
     )
 
 
@@ -385,9 +418,12 @@ def measure(ctx: Context) -> pd.DataFrame:
     measured: dict[str, dict[str, float]] = {}
     for label, row in profile.rows.items():
         if isinstance(row, Trained):
-            _log(f"evaluate {label!r} ({trained[label].name})")
-            eval_dir = ctx.eval_dirs[label] = trained[label] / "eval"
-            measured[label] = _cells(evaluate_row(row.family, trained[label], eval_dir, ctx), profile, label, ctx, eval_dir, trained[label])
+            options = {keyword: ctx.run_dirs[label][key] for keyword, key in row.load_with}
+            name = "eval" + "".join(f"+{d.name}" for d in options.values())
+            _log(f"evaluate {label!r} ({trained[label].name}{''.join(f' + {d.name}' for d in options.values())})")
+            eval_dir = ctx.eval_dirs[label] = trained[label] / name
+            results = evaluate_row(row.family, trained[label], eval_dir, ctx, options)
+            measured[label] = _cells(results, profile, label, ctx, eval_dir, trained[label])
         elif isinstance(row, Released):
             if not ctx.checkpoint:
                 raise InputError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
