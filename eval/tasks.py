@@ -445,8 +445,8 @@ def read_mini_t2i(data_root: Path, limit: int | None) -> tuple[list[EvalSample],
 
 def mini_t2i_metric(data_root: Path, out_dir: Path) -> MetricFn:
     """FID and KID between the generated images and the real test images of the same prompts, the real ones
-    resized (bicubic, as the pixel decoder's training images) to the generated size; features cached in
-    out_dir/features. Small samples bias FID upwards (compare rows only at equal counts); KID is unbiased."""
+    resized (bicubic, as the pixel decoder's training images) to the generated size; features cached beside the
+    task's folder (out_dir/../fid_features: shared by the tasks of one evaluation, e.g. two seeds). Small samples bias FID upwards (compare rows only at equal counts); KID is unbiased."""
 
     def metric(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
         from PIL import Image
@@ -459,7 +459,7 @@ def mini_t2i_metric(data_root: Path, out_dir: Path) -> MetricFn:
         real = out_dir / f"real{size}"
         pairs = [(data_root / refs[0], real / f"{i}.png") for i, refs in references.items()]
         _resize_files([(s, t) for s, t in pairs if not t.is_file()], size)
-        scores = fid_kid_files([str(t) for _, t in pairs], sorted(predictions.values()), out_dir / "features")
+        scores = fid_kid_files([str(t) for _, t in pairs], sorted(predictions.values()), out_dir.parent / "fid_features")
         return {"FID": scores["fid"], "KID": scores["kid_mean"], "KID_std": scores["kid_std"]}
 
     return metric
