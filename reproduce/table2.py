@@ -48,7 +48,7 @@ from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trai
 OURS = "Ours (mini LaVIT)"
 OURS_SEED_1 = "Ours (mini LaVIT), seed 1"
 TASK = "mini_t2i"
-SAMPLES = 150  # prompts (test images) per row: Inception features cost ~0.2-0.4 s per image on 2 shared cores
+SAMPLES = 100  # prompts (test images) per row: Inception features cost 0.2-0.4 s per image on 2 shared cores (6 sets)
 BASELINES_VERSION = 1  # bump when the baselines' images would change (their folder names carry it)
 # A fixed set of prompts for the picture: every colour once, the shapes in turn, two seeds each.
 GRID_PROMPTS = ("a red circle.", "a blue rectangle.", "a green triangle.", "a yellow circle.",
@@ -293,7 +293,7 @@ MINI = Profile(
     describe=f"Mini world, text-to-image from {SAMPLES} held-out test captions; FID/KID against their real test images (32 px). "
              "Not comparable with the paper's COCO-30k numbers.",
     figure=_grid,
-    # FID/KID from 150 samples move by several points with the decoder's training noise; hit rates by a few %.
+    # FID/KID from 100 samples move by several points with the decoder's training noise; hit rates by a few %.
     band_rules={"FID": BandRule(relative=0.25, floor=10.0), "KID x1000": BandRule(relative=0.25, floor=10.0),
                 "Shape shown": BandRule(relative=0.1, floor=8.0), "Colour shown": BandRule(relative=0.1, floor=8.0)},
 )
