@@ -258,3 +258,16 @@ def test_load_with_must_name_a_stage_of_the_chain(tmp_path):
     ctx = T.Context(spec, "mini", profile, tmp_path / "runs", tmp_path, tmp_path / "data", None, "local", "cpu")
     with pytest.raises(T.InputError, match="load_with pixel_decoder='pixel_decoder' names no stage"):
         T.train_rows(ctx)
+
+
+def test_paper_profile_bad_input_is_one_line(tmp_path, capsys):
+    from reproduce.table import main
+    from reproduce.table2 import TABLE
+
+    argv = ["--profile", "paper", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    assert main(TABLE, argv) == 2
+    assert "pass --data-root DIR" in capsys.readouterr().err
+    assert main(TABLE, [*argv, "--data-root", str(tmp_path)]) == 2  # the COCO files are checked before any model
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "coco30k_fid" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
