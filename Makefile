@@ -9,6 +9,7 @@ setup:
 # the reproduction status of every paper table.
 reproduce: setup
 	.venv/bin/python reproduce/table1.py
+	.venv/bin/python reproduce/table2.py
 	.venv/bin/python reproduce/table3.py
 	.venv/bin/python reproduce/table6.py
 	.venv/bin/python reproduce/table7.py

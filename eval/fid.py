@@ -178,6 +178,51 @@ def extract_features(extractor, files: list[str], batch_size: int = 32, resize_a
     return features["2048"]
 
 
+def cached_features(
+    files: list[str],
+    cache_dir: str | Path,
+    *,
+    extractor_weights: str | Path | None = None,
+    batch_size: int = 32,
+    resize_and_crop: int = 0,
+    device: str = "cpu",
+):
+    """`extract_features` of `files`, cached in `cache_dir` under a hash of the extractor's SHA-1, the
+    preprocessing and every file's name and bytes: the same images are featurised once however many comparisons
+    read them (e.g. one set of real images against several generated sets). The extractor is built only on a miss."""
+    import hashlib
+    import io
+
+    import torch
+
+    from harness.io import atomic_write_bytes
+
+    choice = choose_extractor(extractor_weights)
+    digest = hashlib.sha256(f"{choice.weights_sha1}/{resize_and_crop}".encode())
+    for name in files:
+        digest.update(Path(name).name.encode() + b"\0" + hashlib.sha256(Path(name).read_bytes()).digest())
+    path = Path(cache_dir) / f"{digest.hexdigest()[:24]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    features = extract_features(create_extractor(choice, device), files, batch_size, resize_and_crop, device)
+    buffer = io.BytesIO()
+    torch.save(features, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return features
+
+
+def fid_kid_files(real: list[str], fake: list[str], cache_dir: str | Path, *, device: str = "cpu", seed: int = 2020) -> dict[str, float]:
+    """FID and KID (mean, std; torch-fidelity's subsets, shrunk to the sample count) between two lists of
+    same-size image files, with features cached in `cache_dir` (`cached_features`)."""
+    if min(len(real), len(fake)) < 2:
+        raise EvalInputError(f"FID needs at least 2 images per side, got {len(real)} real and {len(fake)} generated")
+    features = [cached_features(files, cache_dir, device=device) for files in (real, fake)]
+    fid, formula = fid_from_features(*features)
+    kid = kid_from_features(*features, seed=seed)
+    return {"fid": float(fid), "fid_formula": formula, "kid_mean": float(kid["kid_mean"]), "kid_std": float(kid["kid_std"]),
+            "kid_subset_size": kid["kid_subset_size"], "n_real": len(real), "n_fake": len(fake)}  # fmt: skip
+
+
 def fid_from_features(real, fake) -> tuple[float, str]:
     """FID between two (n, d) feature sets, and the name of the formula used.
 

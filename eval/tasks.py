@@ -194,6 +194,10 @@ LAVIT_MINI_CAPTION = {**LAVIT_CAPTION, "min_new_tokens": 2}
 LAVIT_MINI_VQA = {**LAVIT_VQA, "lemmatize": False, "min_new_tokens": 1}
 LAVIT_T2I = {"top_k": 300, "temperature": 1.0, "cfg_scale": 1.5, "min_new_tokens": 20, "max_new_tokens": 200,
              "num_inference_steps": 50, "decoder_guidance_scale": 5.0}  # fmt: skip
+# The mini world's text-to-image task: its images have at most N = 16 visual tokens (56 px / patch 14), fewer
+# than the released minimum of 20; 1-16 tokens, and 25 DDIM steps of the mini pixel decoder (CPU time). Sampling
+# (top-k 300, temperature 1, CFG 1.5, decoder guidance 5) as released.
+LAVIT_MINI_T2I = {**LAVIT_T2I, "min_new_tokens": 1, "max_new_tokens": 16, "num_inference_steps": 25}
 VQA_PROMPT = "Question: {text} Answer:"  # LaVIT §4.1 "Question: {} Answer: {}"
 RAW_QUESTION = "{text}"  # the family's adapter templates the question itself (after its own question processing)
 
@@ -453,7 +457,10 @@ def coco30k_fid_metric(data_root: Path, out_dir: Path) -> MetricFn:
     return metric
 
 
-@register_metric("fid", variants=("torch-fidelity InceptionV3 (TF 2015-12-05), 256px center crop, 1 sample per prompt",))
+MINI_T2I_VARIANT = "torch-fidelity InceptionV3 (TF 2015-12-05), real images resized to the generated size, + KID, 1 sample per prompt"
+
+
+@register_metric("fid", variants=("torch-fidelity InceptionV3 (TF 2015-12-05), 256px center crop, 1 sample per prompt", MINI_T2I_VARIANT))
 def fid(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
     """Registered for its name and variant only: FID needs the real images, which `coco30k_fid_metric` knows."""
     raise EvalInputError("the fid metric needs the task's real images: run it through eval.tasks (task coco30k_fid)")
@@ -474,6 +481,42 @@ def read_mini_caption(data_root: Path, limit: int | None) -> tuple[list[EvalSamp
 
 def read_mini_vqa(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
     return _vqa_official(data_root, MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, "", lambda i: f"{MINI_IMAGES}{i}.png", limit)
+
+
+def read_mini_t2i(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    """One prompt per test image: its first reference caption ("a red circle."); the sample's image (and its one
+    reference) is the real test image, whose distribution the generated images are compared with."""
+    path = data_root / MINI_CAPTIONS
+    samples = []
+    for i, image in enumerate(_field(read_json(path, "mini-world captions"), "images", path, "the top level")):
+        relative = "/".join(p for p in (image.get("filepath", ""), image["filename"]) if p)
+        text = _field(image["sentences"][0], "raw", path, f"images[{i}].sentences[0]") if image.get("sentences") else ""
+        if not text:
+            raise EvalInputError(f"images[{i}] has no reference caption to use as a prompt", path)
+        samples.append(EvalSample(id=int(image["imgid"]), image=relative, text=str(text), references=(relative,)))
+    return _take(samples, limit), data_root
+
+
+def mini_t2i_metric(data_root: Path, out_dir: Path) -> MetricFn:
+    """FID and KID between the generated images and the real test images of the same prompts, the real ones
+    resized (bicubic, as the pixel decoder's training images) to the generated size; features cached beside the
+    task's folder (out_dir/../fid_features: shared by the tasks of one evaluation, e.g. two seeds). Small samples bias FID upwards (compare rows only at equal counts); KID is unbiased."""
+
+    def metric(references: dict[Any, list[Any]], predictions: dict[Any, Any], variant: str) -> dict[str, float]:
+        from PIL import Image
+
+        from eval.coco30k import _resize_files
+        from eval.fid import fid_kid_files
+
+        with Image.open(next(iter(predictions.values()))) as first:
+            size = first.width
+        real = out_dir / f"real{size}"
+        pairs = [(data_root / refs[0], real / f"{i}.png") for i, refs in references.items()]
+        _resize_files([(s, t) for s, t in pairs if not t.is_file()], size)
+        scores = fid_kid_files([str(t) for _, t in pairs], sorted(predictions.values()), out_dir.parent / "fid_features")
+        return {"FID": scores["fid"], "KID": scores["kid_mean"], "KID_std": scores["kid_std"]}
+
+    return metric
 
 
 # =============================================================================================
@@ -617,6 +660,19 @@ def mini_vqa() -> TaskSpec:
         files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",
         reader=read_mini_vqa, lavit=LAVIT_MINI_VQA,
+    )  # fmt: skip
+
+
+@register_task
+def mini_t2i() -> TaskSpec:
+    return TaskSpec(
+        name="mini_t2i", version=1, kind="t2i", split="test",
+        description="mini world: text-to-image from test captions, FID and KID against the real test images (one sample per prompt)",
+        files=(MINI_CAPTIONS, MINI_IMAGES),
+        layout=f"mini-world root: {MINI_CAPTIONS} (Karpathy format; the first sentence of each image is its prompt) + {MINI_IMAGES}<id>.png",
+        reader=read_mini_t2i, metric="fid", headline="FID", metric_builder=mini_t2i_metric,
+        variant=MINI_T2I_VARIANT,
+        generation={"seed": 0}, generation_by_family={"lavit": {**LAVIT_MINI_T2I, "seed": 0}},
     )  # fmt: skip
 
 

@@ -612,6 +612,89 @@ def caption_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: 
     return sum(h[("shape", "color").index(attribute)] for h in hits) / len(hits)
 
 
+# ---------------------------------------------------------------------------------------------
+# Generated images (`reproduce/table2.py`): what a picture shows, read off its pixels, and real training images.
+
+MIN_FOREGROUND = 0.01  # below this share of pixels unlike the background, an image shows no shape
+
+
+def image_attributes(image) -> tuple[str | None, str | None]:
+    """(shape, colour) of a mini-world-like picture of any size, or None for what cannot be told: the background is
+    the median border pixel, the foreground every pixel far from it; the colour is the palette colour nearest the
+    foreground's median, the shape is told by how much of its bounding box the foreground fills (the thresholds of
+    `pixel_labels`). Meant for generated images, whose colours are not exact palette colours; its accuracy on real
+    images at the same size is what a table should report beside it."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB")).astype(np.float64)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.median(border, axis=0)
+    mask = np.abs(pixels - background).sum(-1) > 90
+    if mask.mean() < MIN_FOREGROUND:
+        return None, None
+    median = np.median(pixels[mask], axis=0)
+    color = min(PALETTE, key=lambda c: float(((median - np.array(PALETTE[c])) ** 2).sum()))
+    ys, xs = np.nonzero(mask)
+    fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    return ("triangle" if fill < 0.71 else "circle" if fill < 0.96 else "rectangle"), color
+
+
+def image_hit_rates(world: MiniWorld, images: dict, split: str = "test") -> dict[str, float]:
+    """Share of `images` ({image id: PIL image or path}) whose `image_attributes` match the labels of the image id
+    in `split`: {"shape": ..., "color": ...}."""
+    from PIL import Image
+
+    if not images:
+        raise InputError("image_hit_rates: no images")
+    hits = {"shape": 0, "color": 0}
+    for image_id, image in images.items():
+        if str(image_id) not in world.labels.get(split, {}):
+            raise KeyError(f"no {split} image with id {image_id!r} in the mini world at {world.root}")
+        shape, color = world.labels[split][str(image_id)]
+        if not hasattr(image, "convert"):
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        found = image_attributes(image)
+        hits["shape"] += found[0] == shape
+        hits["color"] += found[1] == color
+    return {k: v / len(images) for k, v in hits.items()}
+
+
+def generated_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: str) -> float:
+    """Share of the generated images of a t2i evaluation (its predictions.jsonl: id = test image id, prediction =
+    the image's path relative to the file's folder) that show the shape (or colour) of their prompt."""
+    if attribute not in ("shape", "color"):
+        raise InputError(f"attribute must be 'shape' or 'color', got {attribute!r}")
+    path = Path(predictions_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generated-image predictions not found: {path}")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    images = {r["id"]: path.parent / r["prediction"] for r in records if "prediction" in r}
+    if not images:
+        raise InputError(f"{path}: no generated images")
+    return image_hit_rates(world, images)[attribute]
+
+
+def train_images(world: MiniWorld, n: int) -> dict[int, bytes]:
+    """The PNG bytes of the first `n` distinct training images in shard order (image id -> bytes)."""
+    out: dict[int, bytes] = {}
+    for shard in world.shard_files:
+        with tarfile.open(shard) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for name in sorted(members):
+                if not name.endswith(".json"):
+                    continue
+                image_id = int(json.loads(tar.extractfile(members[name]).read())["image_id"])
+                png = members.get(name[: -len(".json")] + ".png")
+                if image_id not in out and png is not None:
+                    out[image_id] = tar.extractfile(png).read()
+                    if len(out) == n:
+                        return out
+    if len(out) < n:
+        raise InputError(f"the mini world at {world.root} has {len(out)} training images, {n} asked for")
+    return out
+
+
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 

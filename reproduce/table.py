@@ -83,15 +83,19 @@ class Trained:
 
     family: str
     chain: tuple[StageRun, ...]
+    # Companion runs the evaluated model loads beside its last stage: (loader keyword, key of a StageRun of the
+    # chain) pairs, e.g. (("pixel_decoder", "pixel_decoder"),) -> the family's loader gets pixel_decoder=<that run>.
+    # The evaluation then goes to <last run>/eval+<companion run names>, apart from the plain evaluation.
+    load_with: tuple[tuple[str, str], ...] = ()
     seeds: tuple[int, ...] = (0,)
 
     def with_seed(self, seed: int) -> "Trained":
         """The same row trained with `seed` in its last stage (one seed)."""
         if seed == 0:
-            return Trained(self.family, self.chain)
+            return Trained(self.family, self.chain, load_with=self.load_with)
         *head, last = self.chain
         last = StageRun(last.stage, last.overrides + (f"loop.seed={seed}",), last.inputs, last.name, last.preset)
-        return Trained(self.family, (*head, last))
+        return Trained(self.family, (*head, last), load_with=self.load_with)
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ class Context:
     world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
     eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its (seed-0) evaluation output (OUT/<task>/...)
     seed_cells: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # row label -> seed -> cells (rows with seeds)
+    run_dirs: dict[str, dict[str, Path]] = field(default_factory=dict)  # Trained row label -> stage key -> run directory
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,6 +188,7 @@ def register_table(spec: TableSpec) -> TableSpec:
 # The scripts that declare tables; importing one registers its table (no torch import at declaration time).
 TABLE_MODULES = (
     "reproduce.table1",
+    "reproduce.table2",
     "reproduce.table3",
     "reproduce.table5",
     "reproduce.table6",
@@ -234,11 +240,27 @@ class PlannedStage:
             return False
 
 
+# Config keys added after runs were cached, with the value that keeps the old behaviour: at that value a key is left
+# out of the hash input, so adding it does not rename (and retrain) every existing run; any other value is hashed.
+ADDED_KEYS = {"model.pixel_decoder.latent_space": "vae"}
+
+
+def _without_added_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in ADDED_KEYS.items():
+        *heads, leaf = dotted.split(".")
+        node = tree
+        for head in heads:
+            node = node.get(head) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == value:
+            del node[leaf]
+    return tree
+
+
 def _stable_config(config: Any, replacements: dict[str, str]) -> str:
     """The config as canonical JSON with machine-specific paths replaced by stable tokens (hash input)."""
     from harness.config import to_dict
 
-    text = json.dumps(to_dict(config), sort_keys=True, default=str)
+    text = json.dumps(_without_added_keys(to_dict(config)), sort_keys=True, default=str)
     for value, token in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
         if value:
             text = text.replace(value, token)
@@ -330,13 +352,19 @@ def _train_slurm(stages: list[PlannedStage], ctx: Context) -> None:
         _log(f"job {job.job_id} finished -> {out}")
 
 
-def train_rows(ctx: Context) -> dict[tuple[str, int], Path]:
-    """Train (or reuse) every chain of the profile, once per seed of its row; returns (row label, seed) -> run
-    directory of the chain's last stage."""
+def train_rows(ctx: Context) -> dict[tuple[str, int], list[PlannedStage]]:
+    """Train (or reuse) every chain of the profile, once per seed of its row; returns (row label, seed) -> the
+    planned chain (its last stage is the evaluated run). `ctx.run_dirs[label]`: the first seed's run directories."""
     chains = {
         (label, seed): plan_chain(row.with_seed(seed), ctx)
         for label, row in ctx.profile.rows.items() if isinstance(row, Trained) for seed in row.seeds
     }
+    for (label, seed), chain in chains.items():
+        if seed == ctx.profile.rows[label].seeds[0]:  # type: ignore[union-attr]
+            ctx.run_dirs[label] = {stage.run.key: stage.directory for stage in chain}
+        for keyword, key in ctx.profile.rows[label].load_with:  # type: ignore[union-attr]
+            if key not in {stage.run.key for stage in chain}:
+                raise InputError(f"row {label!r}: load_with {keyword}={key!r} names no stage of its chain")
     unique: dict[Path, PlannedStage] = {}
     depth: dict[Path, int] = {}
     for chain in chains.values():
@@ -358,7 +386,7 @@ def train_rows(ctx: Context) -> dict[tuple[str, int], Path]:
     missing = [s.directory for s in unique.values() if not s.done]
     if missing:
         raise RuntimeError(f"training runs did not finish: {[str(m) for m in missing]}")
-    return {label: chain[-1].directory for label, chain in chains.items()}
+    return chains
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,12 +405,19 @@ def check_data(tasks: list[str], data_root: Path) -> None:
     check(resolve_tasks(tasks), data_root)
 
 
-def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context) -> pd.DataFrame:
-    from eval.evaluate import evaluate_tasks
+def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context, load_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The profile's tasks on `checkpoint`; `load_options` go to the family's loader (e.g. a companion run)."""
+    from eval.evaluate import evaluate_tasks, prepare_tasks, resolve_tasks
 
+    loaded = None
+    if load_options:
+        from model.families import get_family
+
+        prepare_tasks(resolve_tasks(_tasks(ctx.profile)), ctx.data_root, ctx.profile.eval_limit)  # bad data before the model
+        loaded = get_family(family).load(str(checkpoint), device=ctx.device, **load_options)
     return evaluate_tasks(
         _tasks(ctx.profile), family, str(checkpoint), str(ctx.data_root), str(output_dir),
-        limit=ctx.profile.eval_limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device,
+        limit=ctx.profile.eval_limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device, loaded=loaded,
     )
 
 
@@ -414,11 +449,15 @@ def measure(ctx: Context) -> pd.DataFrame:
         if isinstance(row, Trained):
             per_seed = {}
             for seed in row.seeds:
-                run_dir = trained[label, seed]
-                _log(f"evaluate {label!r} ({run_dir.name}{f', seed {seed}' if len(row.seeds) > 1 else ''})")
-                eval_dir = run_dir / "eval"
+                chain = trained[label, seed]
+                run_dir = chain[-1].directory
+                options = {keyword: next(s.directory for s in chain if s.run.key == key) for keyword, key in row.load_with}
+                companions = "".join(f" + {d.name}" for d in options.values())
+                _log(f"evaluate {label!r} ({run_dir.name}{companions}{f', seed {seed}' if len(row.seeds) > 1 else ''})")
+                eval_dir = run_dir / ("eval" + "".join(f"+{d.name}" for d in options.values()))
                 ctx.eval_dirs.setdefault(label, eval_dir)  # the first seed's: what figures read
-                per_seed[seed] = _cells(evaluate_row(row.family, run_dir, eval_dir, ctx), profile, label, ctx, eval_dir, run_dir)
+                results = evaluate_row(row.family, run_dir, eval_dir, ctx, options)
+                per_seed[seed] = _cells(results, profile, label, ctx, eval_dir, run_dir)
             measured[label] = {c: sum(cells[c] for cells in per_seed.values()) / len(per_seed) for c in per_seed[row.seeds[0]]}
             if len(row.seeds) > 1:
                 ctx.seed_cells[label] = per_seed

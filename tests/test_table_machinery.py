@@ -66,7 +66,7 @@ def spec(tmp_path, monkeypatch):
 def fake_eval(monkeypatch):
     calls = []
 
-    def evaluate_row(family, checkpoint, output_dir, ctx):
+    def evaluate_row(family, checkpoint, output_dir, ctx, load_options=None):
         calls.append(Path(checkpoint))
         steps = json.loads((Path(checkpoint) / "run.json").read_text())["last_step"]
         return pd.DataFrame([{"task": "toy_task", "metric": "score", "value": float(steps)}])

@@ -15,8 +15,11 @@ Two layouts, told apart by their files:
                 stage leaves out of its checkpoints (`UnifiedTask.checkpoint_exclude`), is rebuilt from the run's
                 `tokenizer_checkpoint` exactly as the stage builds it; then `model.safetensors` (keys `lavit.*`)
                 is loaded strictly: every model key outside the excluded prefixes must be there, with its shape.
-                The stage trains no pixel decoder, so a run's model has none. The text tokenizer is the run's
-                `text_tokenizer` ("byte" or a local folder).
+                The stage trains no pixel decoder, so a run's model has none, unless `pixel_decoder=` names a
+                run of stage 1b (`python -m train pixel_decoder`, directory or checkpoint) trained on the same
+                stage-1a tokenizer: its U-Net (and unconditional rows) are attached, strictly loaded, so the model
+                can render images (`generate_images`). The text tokenizer is the run's `text_tokenizer` ("byte" or
+                a local folder).
 
 Anything else is a CheckpointLayoutError (a missing path a FileNotFoundError) naming the path and both layouts.
 """
@@ -93,17 +96,23 @@ def load_for_eval(
     config: LavitConfig | None = None,
     seed: int = 0,
     understanding_selection: str = "deterministic",
+    pixel_decoder: str | Path | None = None,
 ) -> LoadedModel:
     """A released LaVIT directory or a `unified` run (directory or checkpoint) -> `LoadedModel` for `python -m eval`.
 
     config: the model config of a released directory (default: its lavit_config.yaml, else the `lavit-7b` preset);
-    runs carry their own. seed / understanding_selection: passed to `LavitEvalAdapter`.
+    runs carry their own. seed / understanding_selection: passed to `LavitEvalAdapter`. pixel_decoder: a stage-1b
+    run (directory or checkpoint) to render images with, for a `unified` run (a released directory has its own
+    pixel_decoding/); it becomes part of the model id, so evaluations with another decoder are never reused.
     """
     from model.lavit.eval_adapter import LavitEvalAdapter
 
     torch_dtype = _torch_dtype(dtype)
     layout, where = detect_layout(path)
+    decoder_checkpoint = _pixel_decoder_checkpoint(pixel_decoder) if pixel_decoder is not None else None
     if layout == "released":
+        if decoder_checkpoint is not None:
+            raise ValueError(f"{path}: a released directory brings its own pixel_decoding/; do not pass pixel_decoder=")
         model, text_tokenizer, model_config = _load_released(where, config, device, torch_dtype)
         model_id = f"lavit:{where.resolve()}"
     else:
@@ -111,6 +120,9 @@ def load_for_eval(
             raise ValueError(f"{path}: a run directory carries its own model config; do not pass config=")
         model, text_tokenizer, model_config, step = _load_run(where, device, torch_dtype)
         model_id = f"lavit:{where.parent.parent.resolve()}@step={step}"
+        if decoder_checkpoint is not None:
+            model_config, decoder_step = attach_pixel_decoder(model, model_config, run_stage_config(where.parent.parent), decoder_checkpoint, device, torch_dtype)
+            model_id += f"+pixel_decoder:{decoder_checkpoint.parent.parent.resolve()}@step={decoder_step}"
     adapter = LavitEvalAdapter(
         model, text_tokenizer, model_id, seed=seed, understanding_selection=understanding_selection
     )
@@ -257,3 +269,80 @@ def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
     model.set_stage2_trainable()
     step = json.loads((checkpoint / MANIFEST).read_text())["step"]
     return model.eval(), text_tokenizer, config, step
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A stage-1b run attached to a `unified` run (the two stages branch off the same stage-1a tokenizer, §3.3)
+
+PIXEL_DECODER_PREFIX = "pixel_decoder."  # PixelDecoderTrainModule holds the decoder as `.pixel_decoder`
+
+
+def _pixel_decoder_checkpoint(path: str | Path) -> Path:
+    """A stage-1b run directory or one of its checkpoints -> the checkpoint to load (verified)."""
+    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"pixel decoder run {p} does not exist")
+    if (p / MANIFEST).is_file() and p.parent.name == CHECKPOINTS:
+        problem = verify_checkpoint(p)
+        if problem:
+            raise CheckpointLayoutError(f"pixel decoder checkpoint {p} does not verify against its {MANIFEST}: {problem}")
+        run = p.parent.parent
+    elif (p / RUN_CONFIG).is_file() and (p / CHECKPOINTS).is_dir():
+        run = p
+        found, problems = latest_verified(p / CHECKPOINTS)
+        if found is None:
+            raise CheckpointLayoutError(f"pixel decoder run {p} has no checkpoint that verifies{': ' + '; '.join(problems) if problems else ''}")
+        p = found
+    else:
+        raise CheckpointLayoutError(f"{p} is not a run of `python -m train pixel_decoder` (config.yaml + checkpoints/step_*/) nor one of its checkpoints")
+    summary = run / "run.json"
+    stage = json.loads(summary.read_text()).get("stage") if summary.is_file() else None
+    if stage not in (None, "pixel_decoder"):
+        raise CheckpointLayoutError(f"{run} is a run of stage {stage!r}; pixel_decoder= needs a `pixel_decoder` run")
+    return p
+
+
+def attach_pixel_decoder(model, model_config: LavitConfig, unified_cfg, checkpoint: Path, device: str, dtype: torch.dtype):
+    """Build the pixel decoder of stage-1b checkpoint `checkpoint` into `model` (a loaded `unified` run whose stage
+    config is `unified_cfg`) and load its weights strictly. Both runs must start from the same stage-1a tokenizer
+    (the decoder is conditioned on that tokenizer's reconstructions). Returns (the model config with the pixel
+    decoder, the decoder checkpoint's step)."""
+    from harness.config import ConfigError, load_config
+    from model.lavit.pixel_decoder import PixelDecoder
+    from model.lavit.stages.config import PixelDecoderStageConfig
+    from train.checkpoint import MANIFEST, read_checkpoint_weights
+    from train.stages.common import latest_checkpoint_dir
+
+    run = checkpoint.parent.parent
+    try:
+        decoder_cfg = load_config(PixelDecoderStageConfig, run / RUN_CONFIG)
+    except ConfigError as err:
+        raise CheckpointLayoutError(f"{run / RUN_CONFIG} is not a `pixel_decoder` stage config: {err}") from None
+    mine = Path(latest_checkpoint_dir(unified_cfg.tokenizer_checkpoint)).resolve()
+    theirs = Path(latest_checkpoint_dir(decoder_cfg.tokenizer_checkpoint)).resolve() if decoder_cfg.tokenizer_checkpoint else None
+    if theirs != mine or decoder_cfg.model.tokenizer != model_config.tokenizer:
+        raise CheckpointLayoutError(
+            f"pixel decoder run {run} was trained on the tokenizer {theirs} ({run / RUN_CONFIG}), the unified run on "
+            f"{mine}: a pixel decoder only renders the codes of its own stage-1a tokenizer"
+        )
+    pd_cfg = dataclasses.replace(decoder_cfg.model.pixel_decoder, enabled=True, init_from="")
+    if pd_cfg.latent_space == "vae" and not decoder_cfg.stable_diffusion_path:
+        raise CheckpointLayoutError(
+            f"{run / RUN_CONFIG}: the run's VAE was a random initialisation that no checkpoint holds (no "
+            "stable_diffusion_path), so its decoder cannot be rebuilt"
+        )
+    context_dim = model_config.tokenizer.unet_context_dim
+    if decoder_cfg.stable_diffusion_path:
+        decoder = PixelDecoder.from_stable_diffusion(pd_cfg, decoder_cfg.stable_diffusion_path, context_dim=context_dim)
+    else:
+        decoder = PixelDecoder(pd_cfg, context_dim=context_dim)
+    state, file = read_checkpoint_weights(checkpoint)
+    state = {k[len(PIXEL_DECODER_PREFIX):]: v for k, v in state.items() if k.startswith(PIXEL_DECODER_PREFIX)}
+    expected = {k: v.shape for k, v in decoder.state_dict().items() if not k.startswith("vae.")}
+    check_state_dict(file, {k: v for k, v in state.items() if not k.startswith("vae.")}, expected, what="the pixel decoder of the run's config")
+    decoder.load_state_dict(state, strict=False)
+    model.pixel_decoder = decoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    step = json.loads((checkpoint / MANIFEST).read_text())["step"]
+    return dataclasses.replace(model_config, pixel_decoder=pd_cfg), step

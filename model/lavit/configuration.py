@@ -59,6 +59,11 @@ class PixelDecoderConfig:
 
     enabled: bool = True  # build the pixel decoder (False: tokens -> features only, e.g. understanding-only runs)
     image_size: int = 512  # output resolution in pixels (released `lowres` decoder: 512)
+    # Where the U-Net denoises: "vae" = the latents of a (Stable Diffusion) AutoencoderKL, as the paper does;
+    # "pixels" = the image itself (3 channels, no autoencoder). The paper's VAE is a downloaded, pretrained part; a
+    # randomly initialised frozen VAE does not reconstruct images, so the mini world's decoder, which has no such
+    # download, diffuses in pixel space instead (a stand-in, like encoder_pretrain for EVA-CLIP).
+    latent_space: Literal["vae", "pixels"] = "vae"
     # --- UNet2DConditionModel -----------------------------------------------------------------------------------
     unet_block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # channels per resolution level
     unet_down_block_types: tuple[str, ...] = (
@@ -158,7 +163,9 @@ class LavitConfig:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along a side (SD: 8)."""
+        """Pixels per latent cell along a side (SD: 8; 1 when the decoder diffuses in pixel space)."""
+        if self.pixel_decoder.latent_space == "pixels":
+            return 1
         return 2 ** (len(self.pixel_decoder.vae_block_out_channels) - 1)
 
 

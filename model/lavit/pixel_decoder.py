@@ -11,6 +11,9 @@ conditional run as one batch. The unconditional context is what the release does
 
 Everything is a diffusers module built from config values in code (so the tiny preset needs no files), or loaded
 from a local Stable Diffusion 1.5 folder (`unet/`, `vae/`, `scheduler/`) with `from_stable_diffusion`.
+
+`latent_space="pixels"` (mini world only): no autoencoder; the U-Net denoises the image itself in [-1, 1] (there is
+no pretrained VAE to download at mini scale, and a random frozen one does not reconstruct images).
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ def scheduler_config(cfg: PixelDecoderConfig) -> dict:
 def build_unet(cfg: PixelDecoderConfig, context_dim: int, vae_scale_factor: int):
     from diffusers import UNet2DConditionModel
 
+    channels = 3 if cfg.latent_space == "pixels" else cfg.vae_latent_channels
     return UNet2DConditionModel(
         sample_size=cfg.image_size // vae_scale_factor,
-        in_channels=cfg.vae_latent_channels,
-        out_channels=cfg.vae_latent_channels,
+        in_channels=channels,
+        out_channels=channels,
         down_block_types=tuple(cfg.unet_down_block_types),
         up_block_types=tuple(cfg.unet_up_block_types),
         block_out_channels=tuple(cfg.unet_block_out_channels),
@@ -88,14 +92,20 @@ class PixelDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.context_dim = context_dim
-        self.vae = vae if vae is not None else build_vae(cfg)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if cfg.latent_space == "pixels":
+            if vae is not None:
+                raise ValueError("latent_space='pixels' has no autoencoder, but a VAE was given")
+            self.vae, self.vae_scale_factor = None, 1
+        else:
+            self.vae = vae if vae is not None else build_vae(cfg)
+            self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet = unet if unet is not None else build_unet(cfg, context_dim, self.vae_scale_factor)
         if self.unet.config.cross_attention_dim != context_dim:
             raise ValueError(
                 f"unet cross_attention_dim={self.unet.config.cross_attention_dim}, the context is {context_dim}-d"
             )
-        self.vae.requires_grad_(False)  # SD recipe: the autoencoder is never trained with the U-Net
+        if self.vae is not None:
+            self.vae.requires_grad_(False)  # SD recipe: the autoencoder is never trained with the U-Net
         # (1, L, C) released shape; zeros until loaded (a trained model loads SD's empty-prompt embedding).
         if uncond_embeddings is None:
             uncond_embeddings = torch.zeros(1, cfg.uncond_length, context_dim)
@@ -135,13 +145,18 @@ class PixelDecoder(nn.Module):
 
     # -- latents ------------------------------------------------------------------------------------------------
     def encode_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """images (B, 3, H, W) in [-1, 1] -> scaled latents (B, c, H/f, W/f)."""
+        """images (B, 3, H, W) in [-1, 1] -> scaled latents (B, c, H/f, W/f) (pixel space: the images)."""
+        if self.vae is None:
+            return images
         posterior = self.vae.encode(images).latent_dist
         return posterior.sample(generator=generator) * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """scaled latents -> images (B, 3, H, W) in [0, 1]."""
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        if self.vae is None:
+            images = latents
+        else:
+            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     # -- Eq. 5 --------------------------------------------------------------------------------------------------

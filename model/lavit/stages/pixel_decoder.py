@@ -89,7 +89,8 @@ class PixelDecoderTask(StatelessStage):
             decoder = PixelDecoder(cfg.model.pixel_decoder, context_dim=context_dim)
         decoder.requires_grad_(False)
         decoder.unet.requires_grad_(True)  # only the U-Net learns (VAE and unconditional rows stay as loaded)
-        decoder.vae.eval()
+        if decoder.vae is not None:  # none in pixel space
+            decoder.vae.eval()
         self.module = PixelDecoderTrainModule(tokenizer, decoder)
         return self.module
 
