@@ -5,12 +5,14 @@ setup:
 	@bash scripts/setup.sh
 
 # The main job: LaVIT Table 1 at mini scale (trains from nothing on the CPU, reuses finished runs in runs/), the
-# mini ablation tables on the same base runs (one more stage-2 run per ablated row), Table 5 (no training), then
+# mini ablation tables on the same base runs (one more stage-2 run per ablated row), Table 4 (stage-2 settings x seeds,
+# MMLU forgetting), Table 5 (no training), then
 # the reproduction status of every paper table.
 reproduce: setup
 	.venv/bin/python reproduce/table1.py
 	.venv/bin/python reproduce/table2.py
 	.venv/bin/python reproduce/table3.py
+	.venv/bin/python reproduce/table4.py
 	.venv/bin/python reproduce/table6.py
 	.venv/bin/python reproduce/table7.py
 	.venv/bin/python reproduce/table8.py

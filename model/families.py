@@ -53,7 +53,7 @@ class LoadedModel:
     adapter: Any  # implements a subset of eval/interface.py's request methods
     lm: Callable[[], Any]  # builds the lm-eval LM of the text-only path (lazily: it may need lm-eval)
     config: Any = None  # the model config (recorded with every result)
-    source: str = ""  # "released" or "run"
+    source: str = ""  # "released", "run" or "llm run" (a text-only LLM: only `lm` serves)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ class Released:
 
 @dataclass(frozen=True)
 class Computed:
-    """A row computed without a model (a baseline): fn(context) -> {column label: value}."""
+    """A row computed without a model (a baseline, or a summary of other rows): fn(context) -> {column label: value}.
+    `context.measured` holds the cells of the rows declared before it (e.g. the mean over seeds of earlier rows)."""
 
     fn: Callable[["Context"], dict[str, float]]
     note: str = ""
@@ -138,6 +139,10 @@ class Profile:
     preset: str = "mini"  # the stage preset every StageRun starts from unless it names its own
     data: Literal["miniworld", "data-root"] = "miniworld"  # where evaluation data comes from
     eval_limit: int | None = None  # evaluate on the first N samples of each task (part of the result's identity)
+    # Per task, a limit replacing eval_limit (lm_eval tasks: questions per subject), and a data root other than the
+    # profile's (a path; relative = to the checkout), e.g. the real MMLU beside the mini world: {"mmlu": "../shared/data"}.
+    task_limits: dict[str, int | None] = field(default_factory=dict)
+    task_data: dict[str, str] = field(default_factory=dict)
     eval_batch_size: int = 16
     describe: str = ""  # one paragraph printed above the table
     figure: Callable[["Context", Path], Path] | None = None  # fn(ctx, png_path): a picture of the results (after measuring)
@@ -172,6 +177,7 @@ class Context:
     eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its (seed-0) evaluation output (OUT/<task>/...)
     seed_cells: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # row label -> seed -> cells (rows with seeds)
     run_dirs: dict[str, dict[str, Path]] = field(default_factory=dict)  # Trained row label -> stage key -> run directory
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> cells, filled in row order
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,6 +196,7 @@ TABLE_MODULES = (
     "reproduce.table1",
     "reproduce.table2",
     "reproduce.table3",
+    "reproduce.table4",
     "reproduce.table5",
     "reproduce.table6",
     "reproduce.table7",
@@ -405,20 +412,40 @@ def check_data(tasks: list[str], data_root: Path) -> None:
     check(resolve_tasks(tasks), data_root)
 
 
+def task_data_root(task: str, ctx: Context) -> Path:
+    """Where `task` reads its data: the profile's `task_data` entry (relative = to the checkout), else the data root."""
+    where = ctx.profile.task_data.get(task)
+    if not where:
+        return Path(ctx.data_root)
+    path = Path(where)
+    return (path if path.is_absolute() else CHECKOUT / path).resolve()
+
+
 def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context, load_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """The profile's tasks on `checkpoint`; `load_options` go to the family's loader (e.g. a companion run)."""
+    """Every task of the profile on one checkpoint, loaded once; tasks are grouped by (data root, limit).
+    `load_options` go to the family's loader (e.g. a companion run)."""
     from eval.evaluate import evaluate_tasks, prepare_tasks, resolve_tasks
 
-    loaded = None
-    if load_options:
-        from model.families import get_family
+    profile = ctx.profile
+    groups: dict[tuple[Path, int | None], list[str]] = {}
+    for task in _tasks(profile):
+        limit = profile.task_limits[task] if task in profile.task_limits else profile.eval_limit
+        groups.setdefault((task_data_root(task, ctx), limit), []).append(task)
+    if len(groups) == 1 and not load_options:  # the common case: evaluate_tasks loads the model itself (and on every rank)
+        ((root, limit), tasks), = groups.items()
+        return evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
+                              batch_size=profile.eval_batch_size, device=ctx.device)  # fmt: skip
+    from model.families import get_family
 
-        prepare_tasks(resolve_tasks(_tasks(ctx.profile)), ctx.data_root, ctx.profile.eval_limit)  # bad data before the model
-        loaded = get_family(family).load(str(checkpoint), device=ctx.device, **load_options)
-    return evaluate_tasks(
-        _tasks(ctx.profile), family, str(checkpoint), str(ctx.data_root), str(output_dir),
-        limit=ctx.profile.eval_limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device, loaded=loaded,
-    )
+    for (root, limit), tasks in groups.items():  # bad data before the model
+        prepare_tasks(resolve_tasks(tasks), root, limit)
+    loaded = get_family(family).load(str(checkpoint), device=ctx.device, **(load_options or {}))
+    frames = [
+        evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
+                       batch_size=profile.eval_batch_size, device=ctx.device, loaded=loaded)  # fmt: skip
+        for (root, limit), tasks in groups.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _cells(results: pd.DataFrame, profile: Profile, label: str, ctx: Context, eval_dir: Path, run_dir: Path) -> dict[str, float]:
@@ -444,7 +471,7 @@ def measure(ctx: Context) -> pd.DataFrame:
     """Every row's cells: train/evaluate/compute as declared. Returns a frame indexed by row label."""
     profile = ctx.profile
     trained = train_rows(ctx) if any(isinstance(r, Trained) for r in profile.rows.values()) else {}
-    measured: dict[str, dict[str, float]] = {}
+    measured = ctx.measured = {}
     for label, row in profile.rows.items():
         if isinstance(row, Trained):
             per_seed = {}
@@ -608,11 +635,14 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
 
         ctx.world = build_miniworld(runs_dir / "miniworld")
         ctx.data_root = Path(ctx.world.root)
+        for task in profile.task_data:  # the tasks that read elsewhere: checked before anything is trained
+            check_data([task], task_data_root(task, ctx))
     else:
         if not args.data_root:
             raise InputError(f"profile {args.profile!r} evaluates on the benchmarks: pass --data-root DIR")
         ctx.data_root = Path(args.data_root).resolve()
-        check_data(_tasks(profile), ctx.data_root)  # before any model is built
+        for task in _tasks(profile):  # before any model is built
+            check_data([task], task_data_root(task, ctx))
     if any(isinstance(r, Released) for r in profile.rows.values()) and not args.checkpoint:
         raise InputError(f"profile {args.profile!r} evaluates a released checkpoint: pass --checkpoint DIR")
     band_file = band_path(spec, args.profile)

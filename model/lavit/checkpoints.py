@@ -20,6 +20,12 @@ Two layouts, told apart by their files:
                 stage-1a tokenizer: its U-Net (and unconditional rows) are attached, strictly loaded, so the model
                 can render images (`generate_images`). The text tokenizer is the run's `text_tokenizer` ("byte" or
                 a local folder).
+    llm run     a run directory of `python -m train llm_pretrain` (the mini world's stand-in for LLaMA-7B; run.json
+                says stage "llm_pretrain"), or one of its checkpoint directories: the text-only LLM, for the text
+                tasks (lm-eval: mini_knowledge, mmlu), so that forgetting in stage 2 is measured against the LLM
+                stage 2 started from. Its adapter answers no image request (an image task is an
+                UnsupportedTaskError naming the layout). Scored exactly as a stage-2 run's LLM: the same
+                `CausalLMAdapter`, the run's text tokenizer, the context length of its `model.llm`.
 
 Anything else is a CheckpointLayoutError (a missing path a FileNotFoundError) naming the path and both layouts.
 """
@@ -58,8 +64,25 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+LLM_STAGE = "llm_pretrain"  # the stage whose runs load as a text-only LLM ("llm run")
+
+
+def _run_layout(run: Path) -> str:
+    """"llm run" for a run of `llm_pretrain` (its run.json names the stage), else "run" (checked as a `unified` run
+    when loaded)."""
+    summary = run / "run.json"
+    if summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("stage") == LLM_STAGE:
+                return "llm run"
+        except ValueError:
+            pass  # an unreadable summary: the config decides (run_stage_config names the problem)
+    return "run"
+
+
 def detect_layout(path: str | Path) -> tuple[str, Path]:
-    """("released", DIR) or ("run", CHECKPOINT_DIR): the layout of `path` and, for runs, the checkpoint to load."""
+    """("released", DIR), ("run", CHECKPOINT_DIR) or ("llm run", CHECKPOINT_DIR): the layout of `path` and, for runs,
+    the checkpoint to load."""
     from model.lavit.official import LANGUAGE_MODEL, VISUAL_TOKENIZER
     from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
 
@@ -77,14 +100,14 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
             )
         if problems:
             print(f"[checkpoint] {p}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {latest.name}", flush=True)
-        return "run", latest
+        return _run_layout(p), latest
     if p.is_dir() and (p / MANIFEST).is_file() and p.parent.name == CHECKPOINTS:
         problem = verify_checkpoint(p)
         if problem:
             raise CheckpointLayoutError(f"checkpoint {p} does not verify against its {MANIFEST}: {problem}")
         if not (p.parent.parent / RUN_CONFIG).is_file():
             raise CheckpointLayoutError(f"checkpoint {p}: its run directory has no {RUN_CONFIG}")
-        return "run", p
+        return _run_layout(p.parent.parent), p
     raise CheckpointLayoutError(f"{p} is not a LaVIT checkpoint: expected {_help()}")
 
 
@@ -98,7 +121,8 @@ def load_for_eval(
     understanding_selection: str = "deterministic",
     pixel_decoder: str | Path | None = None,
 ) -> LoadedModel:
-    """A released LaVIT directory or a `unified` run (directory or checkpoint) -> `LoadedModel` for `python -m eval`.
+    """A released LaVIT directory or a `unified` run (directory or checkpoint) -> `LoadedModel` for `python -m eval`;
+    an `llm_pretrain` run -> its text-only LLM (`lm()` only: the text tasks).
 
     config: the model config of a released directory (default: its lavit_config.yaml, else the `lavit-7b` preset);
     runs carry their own. seed / understanding_selection: passed to `LavitEvalAdapter`. pixel_decoder: a stage-1b
@@ -110,6 +134,12 @@ def load_for_eval(
     torch_dtype = _torch_dtype(dtype)
     layout, where = detect_layout(path)
     decoder_checkpoint = _pixel_decoder_checkpoint(pixel_decoder) if pixel_decoder is not None else None
+    if layout == "llm run":
+        if decoder_checkpoint is not None:
+            raise ValueError(f"{path}: an llm_pretrain run has no visual tokenizer to render images with; do not pass pixel_decoder=")
+        if config is not None:
+            raise ValueError(f"{path}: a run directory carries its own model config; do not pass config=")
+        return _load_llm_run(where, device, torch_dtype)
     if layout == "released":
         if decoder_checkpoint is not None:
             raise ValueError(f"{path}: a released directory brings its own pixel_decoding/; do not pass pixel_decoder=")
@@ -346,3 +376,55 @@ def attach_pixel_decoder(model, model_config: LavitConfig, unified_cfg, checkpoi
     model.pixel_decoder = decoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
     step = json.loads((checkpoint / MANIFEST).read_text())["step"]
     return dataclasses.replace(model_config, pixel_decoder=pd_cfg), step
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories of `python -m train llm_pretrain`: the text-only LLM stage 2 starts from
+
+
+class TextOnlyAdapter:
+    """The eval adapter of a text-only LLM: a model id and no request method, so every image task is refused
+    (`eval.interface.UnsupportedTaskError`); the text tasks go through `LoadedModel.lm()`."""
+
+    def __init__(self, model_id: str):
+        self.model_id = model_id
+
+
+def _load_llm_run(checkpoint: Path, device: str, dtype: torch.dtype) -> LoadedModel:
+    from harness.config import ConfigError, load_config
+    from model.lavit.stages.config import LlmPretrainStageConfig
+    from model.lavit.stages.llm_pretrain import text_llama_config
+    from model.lavit.stages.unified import read_llm_weights
+    from transformers import LlamaForCausalLM
+
+    run = checkpoint.parent.parent
+    try:
+        stage_cfg = load_config(LlmPretrainStageConfig, run / RUN_CONFIG)
+    except ConfigError as err:
+        raise CheckpointLayoutError(f"{run / RUN_CONFIG} is not an `llm_pretrain` stage config: {err}") from None
+    text_tokenizer = run_text_tokenizer(stage_cfg.text_tokenizer, run / RUN_CONFIG)
+    state, file = read_llm_weights(str(checkpoint))  # keys language_model.* with the prefix stripped
+    llama_config = text_llama_config(stage_cfg.model)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    check_state_dict(file, state, expected, what="the LLM of the llm_pretrain run's config")
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False, assign=True)
+    from model.lavit.precision import rebuild_rotary
+
+    rebuild_rotary(model, device)  # non-persistent rotary buffers were created on meta
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise CheckpointLayoutError(f"{file}: tensors never loaded: {leftovers[:8]} ({len(leftovers)} total)")
+    model.eval()
+    step = json.loads((checkpoint / "manifest.json").read_text())["step"]
+    model_id = f"lavit-llm:{run.resolve()}@step={step}"
+
+    def lm(**lm_options: Any):
+        """lm-eval LM over the LLM (text only); options go to `eval.lm_adapter.CausalLMAdapter`."""
+        from eval.lm_adapter import CausalLMAdapter
+
+        lm_options.setdefault("device", device)
+        return CausalLMAdapter(model, text_tokenizer, **lm_options)
+
+    return LoadedModel(model_id=model_id, adapter=TextOnlyAdapter(model_id), lm=lm, config=stage_cfg.model, source="llm run")

@@ -59,7 +59,8 @@ FAMILY = register_family(
         loader="model.lavit.checkpoints:load_for_eval",
         checkpoint_help=(
             "a released LaVIT directory (language_model/, visual_tokenizer/[, pixel_decoding/]) "
-            "or a run directory of `python -m train unified` (config.yaml, checkpoints/step_*/)"
+            "or a run directory of `python -m train unified` (config.yaml, checkpoints/step_*/); "
+            "a run of `python -m train llm_pretrain` loads as its text-only LLM (text tasks only)"
         ),
     )
 )
