@@ -437,8 +437,9 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
                               batch_size=profile.eval_batch_size, device=ctx.device)  # fmt: skip
     from model.families import get_family
 
-    for (root, limit), tasks in groups.items():  # bad data before the model
-        prepare_tasks(resolve_tasks(tasks), root, limit)
+    if load_options:  # evaluate_tasks checks the data before it loads a model; here the model is loaded first
+        for (root, limit), tasks in groups.items():
+            prepare_tasks(resolve_tasks(tasks), root, limit)
     loaded = get_family(family).load(str(checkpoint), device=ctx.device, **(load_options or {}))
     frames = [
         evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
