@@ -1,0 +1,64 @@
+"""The VILA family: its training stages, its checkpoint loader and its evaluation adapter (`model/families.py`).
+
+Stage chain (paper §2 "Training stages"): vila_projector (0) -> vila_pretrain (1) -> vila_sft (2), each starting from
+the previous run's whole model (`init_from`). Stage 0 starts from the released Llama-2 and CLIP ViT-L/14 at paper
+scale; in the mini world from two stand-ins trained on its train split:
+
+    llm_pretrain          LaVIT's mini text-only LLaMA (`python -m train llm_pretrain`), trained with the mini world's
+                          tokenizer (text_tokenizer=<world>/tokenizer, model.llm.text_vocab_size=512): its
+                          `language_model.*` weights have exactly the LLM shapes of the VILA mini presets
+                          (`model.vila.stages.config.mini_model`), so it is VILA's llm_path as it is LaVIT's
+    vila_vision_pretrain  VILA's own CLIP vision tower (transformers CLIPVisionModel of the mini shapes) trained
+                          contrastively on the mini world's captions (`vision_tower_path`)
+"""
+
+from __future__ import annotations
+
+from model.families import Family, StageSpec, register_family
+
+_CONFIG = "model.vila.stages.config"
+
+FAMILY = register_family(
+    Family(
+        name="vila",
+        title="VILA (CVPR 2024)",
+        stages=(
+            StageSpec(
+                name="vila_vision_pretrain",
+                config=f"{_CONFIG}:VisionPretrainStageConfig",
+                task="model.vila.stages.vision_pretrain:VisionPretrainTask",
+                summary="mini-world stand-in for CLIP ViT-L/14: contrastive pre-training of VILA's vision tower",
+                produces="vision tower weights (keys vision_tower.clip.*), loaded by vila_projector's vision_tower_path",
+            ),
+            StageSpec(
+                name="vila_projector",
+                config=f"{_CONFIG}:ProjectorStageConfig",
+                task="model.vila.stages.projector:ProjectorTask",
+                summary="stage 0: projector initialisation on image-caption pairs (ViT and LLM frozen)",
+                upstream={"llm_path": "llm_pretrain", "vision_tower_path": "vila_vision_pretrain"},
+                produces="a whole VILA model (VilaForCausalLM keys), loaded by vila_pretrain's init_from",
+            ),
+            StageSpec(
+                name="vila_pretrain",
+                config=f"{_CONFIG}:PretrainStageConfig",
+                task="model.vila.stages.pretrain:PretrainTask",
+                summary="stage 1: visual language pre-training of LLM + projector on MMC4 documents and COYO pairs",
+                upstream={"init_from": "vila_projector"},
+                produces="a whole VILA model (VilaForCausalLM keys), loaded by vila_sft's init_from",
+            ),
+            StageSpec(
+                name="vila_sft",
+                config=f"{_CONFIG}:SftStageConfig",
+                task="model.vila.stages.sft:SftTask",
+                summary="stage 2: visual instruction tuning (joint SFT with text-only instructions)",
+                upstream={"init_from": "vila_pretrain"},
+                produces="a whole VILA model (VilaForCausalLM keys); evaluable with python -m eval",
+            ),
+        ),
+        loader="model.vila.checkpoints:load_for_eval",
+        checkpoint_help=(
+            "a released VILA directory (config.json model_type llava_llama, or llm/ vision_tower/ mm_projector/), "
+            "a save_pretrained directory of VilaForCausalLM, or a run directory of `python -m train vila_sft`"
+        ),
+    )
+)
