@@ -124,6 +124,19 @@ def test_sft_with_a_frozen_llm_trains_only_the_projector(chain):
     assert not _same(_part(start, "mm_projector."), _part(frozen, "mm_projector."))
 
 
+def test_a_resumed_stage_reproduces_the_uninterrupted_run(chain, world, tmp_path):
+    # The SFT run of the chain, stopped after step 1 and resumed: the stream positions (record permutation, joint-SFT
+    # mixture draws), RNG and optimizer come back from the checkpoint, so the weights match bit for bit.
+    args = (f"data.miniworld={world.root}", f"init_from={chain['pretrain']}", "loop.steps=2", "loop.global_batch_size=4",
+            "loop.micro_batch_size=4")
+    out = tmp_path / "sft"
+    assert _launch("vila_sft", out, *args, "loop.max_steps_this_run=1") == 0
+    assert not (out / "run.json").exists()
+    assert _launch("vila_sft", out, *args) == 0
+    resumed, straight = _weights(out), _weights(chain["sft"])
+    assert _same(resumed, straight)
+
+
 # ---------------------------------------------------------------------------------------------
 # Presets and switches (no training)
 

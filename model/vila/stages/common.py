@@ -27,7 +27,7 @@ from harness.errors import InputError
 from model.vila.data import IGNORE_INDEX, Encoded, Segment, encode
 from train.data import Batched, Mapped
 from train.distributed import DistInfo
-from train.stages.common import RANDOM_INIT, require_path, require_upstream, require_weights
+from train.stages.common import require_path
 from train.trainer import StatelessStage, StepOutput
 
 
@@ -317,11 +317,6 @@ class VilaStageTask(StatelessStage):
         return sum(e.length for e in batch)
 
 
-def require_init(value: str, key: str, stage: str, upstream: str) -> bool:
-    """An upstream run this stage starts from (train/stages/common.py's rules; "random-init" opts out)."""
-    return require_upstream(value, key, stage, upstream)
-
-
 def require_files(patterns: list[str], key: str, miniworld: str) -> None:
     """Data files: each pattern must match; none at all needs data.miniworld."""
     import glob
@@ -332,5 +327,3 @@ def require_files(patterns: list[str], key: str, miniworld: str) -> None:
         if not glob.glob(pattern):
             raise InputError(f"{key}: pattern {pattern!r} matches no file")
 
-
-__all__ = ["RANDOM_INIT", "VilaStageTask", "VilaTrainModule", "require_init", "require_files", "require_weights"]
