@@ -213,6 +213,19 @@ def test_visual_expert_starts_as_the_llm_and_is_used_only_at_visual_positions():
     assert not torch.allclose(changed[0, 3 : 3 + n], reference[0, 3 : 3 + n])
 
 
+def test_a_deep_copy_routes_to_its_own_expert():
+    import copy
+
+    m = model_of(tiny(visual_expert=True))
+    twin = copy.deepcopy(m)
+    ids, images = torch.tensor([[1, IMG, 5]]), pixels(1)
+    reference = m(ids, images=images).logits
+    with torch.no_grad():
+        twin.visual_expert.layers[0]["v_proj"].weight.mul_(3.0)
+    torch.testing.assert_close(m(ids, images=images).logits, reference)
+    assert not torch.allclose(twin(ids, images=images).logits, reference)
+
+
 def test_visual_expert_training_leaves_the_llm_frozen():
     m = model_of(tiny(visual_expert=True))
     m.set_trainable(1)

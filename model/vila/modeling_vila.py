@@ -80,6 +80,20 @@ def llama_config(config: VilaConfig) -> LlamaConfig:
     )
 
 
+def _route_visual(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook on an LLM projection: the expert's output at the visual positions of the router's mask. The
+    router and expert hang off the module as plain attributes (not sub-modules: the LLM's keys stay as they are),
+    so a deep copy of the model routes to its own copies."""
+    router, expert = module.__dict__["_visual_router"], module.__dict__["_visual_expert"]
+    mask = router.mask
+    x = args[0]
+    if mask is None or x.shape[:-1] != mask.shape or not bool(mask.any()):
+        return output
+    output = output.clone()
+    output[mask] = expert(x[mask]).to(output.dtype)
+    return output
+
+
 class VisualExpert(nn.Module):
     """Table 8's visual expert: per decoder layer, a copy of the attention and MLP projections that replaces the
     LLM's at visual positions. Routing: `mask` (B, T) is set by the model around an LLM call; a forward hook on each
@@ -96,20 +110,10 @@ class VisualExpert(nn.Module):
                 short = name.rpartition(".")[2]
                 if short in EXPERT_TARGETS and isinstance(module, nn.Linear):
                     experts[short] = copy.deepcopy(module)
-                    module.register_forward_hook(self._hook(experts[short]))
+                    module.__dict__["_visual_router"] = self
+                    module.__dict__["_visual_expert"] = experts[short]
+                    module.register_forward_hook(_route_visual)
             self.layers.append(experts)
-
-    def _hook(self, expert: nn.Linear):
-        def route(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            mask = self.mask
-            x = args[0]
-            if mask is None or x.shape[:-1] != mask.shape or not bool(mask.any()):
-                return output
-            output = output.clone()
-            output[mask] = expert(x[mask]).to(output.dtype)
-            return output
-
-        return route
 
     @torch.no_grad()
     def copy_from(self, llm: LlamaForCausalLM) -> None:
