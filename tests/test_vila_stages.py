@@ -124,6 +124,17 @@ def test_sft_with_a_frozen_llm_trains_only_the_projector(chain):
     assert not _same(_part(start, "mm_projector."), _part(frozen, "mm_projector."))
 
 
+def test_the_llm_stand_in_stage_feeds_stage_zero(world, tmp_path):
+    root = world.root
+    sources = "{" + ", ".join(f'"{n}": ["{root}/text/{n}.jsonl"]' for n in ("shapes", "qa", "facts", "filler")) + "}"
+    llm = tmp_path / "llm"
+    assert _launch("vila_llm_pretrain", llm, f"text_tokenizer={root}/tokenizer", f"data.text_sources={sources}", "loop.steps=2") == 0
+    out = tmp_path / "projector"
+    assert _launch("vila_projector", out, f"data.miniworld={root}", f"llm_path={llm}", "vision_tower_path=random-init",
+                   "loop.steps=1", "loop.global_batch_size=2", "loop.micro_batch_size=2") == 0
+    assert _same(_part(_weights(out), "language_model."), _part(_weights(llm), "language_model."))
+
+
 def test_a_resumed_stage_reproduces_the_uninterrupted_run(chain, world, tmp_path):
     # The SFT run of the chain, stopped after step 1 and resumed: the stream positions (record permutation, joint-SFT
     # mixture draws), RNG and optimizer come back from the checkpoint, so the weights match bit for bit.

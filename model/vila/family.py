@@ -4,10 +4,11 @@ Stage chain (paper §2 "Training stages"): vila_projector (0) -> vila_pretrain (
 the previous run's whole model (`init_from`). Stage 0 starts from the released Llama-2 and CLIP ViT-L/14 at paper
 scale; in the mini world from two stand-ins trained on its train split:
 
-    llm_pretrain          LaVIT's mini text-only LLaMA (`python -m train llm_pretrain`), trained with the mini world's
-                          tokenizer (text_tokenizer=<world>/tokenizer, model.llm.text_vocab_size=512): its
-                          `language_model.*` weights have exactly the LLM shapes of the VILA mini presets
-                          (`model.vila.stages.config.mini_model`), so it is VILA's llm_path as it is LaVIT's
+    vila_llm_pretrain     a text-only LLaMA of the mini LLM shapes trained on the mini world's corpus with its tokenizer:
+                          LaVIT's `llm_pretrain` task under a VILA name (the table machinery keeps a chain inside one
+                          family); its `language_model.*` weights are vila_projector's llm_path. A LaVIT
+                          `llm_pretrain` run of the same shapes (Table 1's, with text_tokenizer=<world>/tokenizer and
+                          model.llm.text_vocab_size=512) loads just as well
     vila_vision_pretrain  VILA's own CLIP vision tower (transformers CLIPVisionModel of the mini shapes) trained
                           contrastively on the mini world's captions (`vision_tower_path`)
 """
@@ -31,11 +32,18 @@ FAMILY = register_family(
                 produces="vision tower weights (keys vision_tower.clip.*), loaded by vila_projector's vision_tower_path",
             ),
             StageSpec(
+                name="vila_llm_pretrain",
+                config="model.lavit.stages.config:LlmPretrainStageConfig",
+                task="model.vila.stages.llm_pretrain:LlmPretrainTask",
+                summary="mini-world stand-in for Llama-2: LaVIT's text-only LLM pre-training with VILA's LLM shapes",
+                produces="LlamaForCausalLM weights (keys language_model.*), loaded by vila_projector's llm_path",
+            ),
+            StageSpec(
                 name="vila_projector",
                 config=f"{_CONFIG}:ProjectorStageConfig",
                 task="model.vila.stages.projector:ProjectorTask",
                 summary="stage 0: projector initialisation on image-caption pairs (ViT and LLM frozen)",
-                upstream={"llm_path": "llm_pretrain", "vision_tower_path": "vila_vision_pretrain"},
+                upstream={"llm_path": "vila_llm_pretrain", "vision_tower_path": "vila_vision_pretrain"},
                 produces="a whole VILA model (VilaForCausalLM keys), loaded by vila_pretrain's init_from",
             ),
             StageSpec(

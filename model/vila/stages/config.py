@@ -4,6 +4,7 @@
     vila_pretrain    stage 1: LLM + projector on MMC4-core interleaved documents and COYO pairs
     vila_sft         stage 2: everything but the vision tower on LLaVA conversations (+ text-only instructions)
     vila_vision_pretrain   mini-world stand-in for the released CLIP ViT-L/14 (end of this file)
+    vila_llm_pretrain      mini-world stand-in for the released Llama-2-7B (LaVIT's llm_pretrain task, VILA's shapes)
 
 `paper`: the released scripts' recipe (LR 1e-3 / 5e-5 / 2e-5, global batch 256 / 1024 / 128, length 2048 / 4096 /
 4096, 1 epoch, cosine with warm-up ratio 0.03, weight decay 0, bf16) with the VILA-7B model. The trainer counts
@@ -188,6 +189,9 @@ def mini_model() -> VilaConfig:
     model = vila_mini()
     model.llm.intermediate_size = 128
     model.llm.rms_norm_eps = 1e-6
+    # The pad id is the LLM embedding's padding_idx, a row that never gets a gradient: <unk> (0, Llama-2's pad),
+    # not </s>, which ends every training sample. Pads themselves are masked out, so their id does not matter.
+    model.llm.pad_token_id = 0
     return model
 
 
@@ -301,3 +305,42 @@ def vision_pretrain_mini_preset() -> VisionPretrainStageConfig:
         dist=_mini_dist(),
     )
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Mini-world stand-in for the released Llama-2 (not a stage of the paper): LaVIT's `llm_pretrain` task (a text-only
+# LlamaForCausalLM, causal LM on packed documents, checkpoint keys `language_model.*`) under a VILA stage name, so a
+# VILA chain is self-contained (the table machinery keeps a chain inside one family). Its LLM shapes are those of
+# `mini_model()`: the weights load into vila_projector through `llm_path`.
+
+MINI_TEXT_SOURCES = ("shapes", "qa", "facts", "filler")  # the mini world's corpus (harness/miniworld.py)
+
+
+@register_preset(preset_group("vila_llm_pretrain"), "paper")
+def llm_pretrain_paper_preset():
+    """Stand-in only: the paper starts from the released Llama-2-7B (vila_projector's llm_path)."""
+    from model.lavit.stages.config import llm_pretrain_paper_preset as lavit_paper
+
+    return lavit_paper()
+
+
+@register_preset(preset_group("vila_llm_pretrain"), "mini")
+def llm_pretrain_mini_preset():
+    """LaVIT's mini llm_pretrain recipe on the mini world's corpus and tokenizer (as Table 1's LaVIT chain trains
+    it: same sources, weights and tokenizer), 150 steps of 8 x 128 tokens; the LLM of `mini_model()`."""
+    from model.lavit.stages.config import LlmPretrainDataConfig
+    from model.lavit.stages.config import llm_pretrain_mini_preset as lavit_mini
+
+    cfg = lavit_mini()
+    llm, vila = cfg.model.llm, mini_model().llm
+    llm.hidden_size, llm.num_layers, llm.num_heads, llm.num_kv_heads = vila.hidden_size, vila.num_layers, vila.num_heads, vila.num_kv_heads
+    llm.intermediate_size, llm.text_vocab_size, llm.rms_norm_eps = vila.intermediate_size, vila.vocab_size, vila.rms_norm_eps
+    llm.max_position_embeddings, llm.rope_theta = vila.max_position_embeddings, vila.rope_theta
+    cfg.text_tokenizer = f"{DEFAULT_MINIWORLD}/tokenizer"
+    cfg.synthetic.enabled = False
+    cfg.data = LlmPretrainDataConfig(
+        text_sources={n: [f"{DEFAULT_MINIWORLD}/text/{n}.jsonl"] for n in MINI_TEXT_SOURCES},
+        text_weights={"shapes": 0.3, "qa": 0.3, "facts": 0.2, "filler": 0.2},
+    )
+    cfg.loop.steps = 150
+    return cfg

@@ -38,7 +38,7 @@ class ProjectorTask(VilaStageTask):
     def check_data(self) -> None:
         cfg = self.cfg
         require_files(cfg.data.files, "data.files", cfg.data.miniworld)
-        require_upstream(cfg.llm_path, "llm_path", self.name, "llm_pretrain")
+        require_upstream(cfg.llm_path, "llm_path", self.name, "vila_llm_pretrain")
         require_upstream(cfg.vision_tower_path, "vision_tower_path", self.name, "vila_vision_pretrain")
         from model.vila.conversation import TEMPLATES
 
