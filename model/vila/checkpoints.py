@@ -157,8 +157,11 @@ def llm_config_from_hf(cfg: dict[str, Any], source: Path) -> LlmConfig:
     )
 
 
-def vision_config_from_hf(cfg: dict[str, Any], select_layer: int, select_feature: str) -> VisionConfig:
+def vision_config_from_hf(cfg: dict[str, Any], select_layer: int, select_feature: str, source: Path) -> VisionConfig:
     cfg = cfg.get("vision_config", cfg)  # a full CLIPConfig nests the vision part
+    kind = cfg.get("model_type", "clip_vision_model")
+    if kind not in ("clip_vision_model", "clip"):  # e.g. the SigLIP towers of later releases: not the paper's model
+        raise CheckpointLayoutError(f"{source}: vision tower model_type={kind!r}; this VILA is built on CLIP ViTs only")
     return VisionConfig(
         image_size=cfg.get("image_size", 224),
         patch_size=cfg.get("patch_size", 14),
@@ -210,7 +213,7 @@ def released_config(directory: Path, layout: str) -> VilaConfig:
     if layout == "single":
         cfg = _read_json(directory / "config.json")
         layer, feature = _select(cfg, directory / "config.json")
-        vision = vision_config_from_hf(_released_vision(cfg, directory), layer, feature)
+        vision = vision_config_from_hf(_released_vision(cfg, directory), layer, feature, directory / "config.json")
         projector = _projector(cfg.get("mm_projector_type", "linear"), directory / "config.json", "mm_projector_type")
         llm = llm_config_from_hf(cfg, directory / "config.json")
     else:
@@ -220,7 +223,8 @@ def released_config(directory: Path, layout: str) -> VilaConfig:
             if not (directory / part / "config.json").is_file():
                 raise CheckpointLayoutError(f"{directory / part}: no config.json")
         llm = llm_config_from_hf(_read_json(directory / "llm" / "config.json"), directory / "llm" / "config.json")
-        vision = vision_config_from_hf(_read_json(directory / "vision_tower" / "config.json"), layer, feature)
+        vision_file = directory / "vision_tower" / "config.json"
+        vision = vision_config_from_hf(_read_json(vision_file), layer, feature, vision_file)
         proj_cfg = _read_json(directory / "mm_projector" / "config.json")
         projector = _projector(proj_cfg.get("mm_projector_type"), directory / "mm_projector" / "config.json", "mm_projector_type")
     config = VilaConfig(vision=vision, llm=llm, projector=projector)
