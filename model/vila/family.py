@@ -11,6 +11,19 @@ scale; in the mini world from two stand-ins trained on its train split:
                           model.llm.text_vocab_size=512) loads just as well
     vila_vision_pretrain  VILA's own CLIP vision tower (transformers CLIPVisionModel of the mini shapes) trained
                           contrastively on the mini world's captions (`vision_tower_path`)
+
+The mini chain (every stage with `--config mini`; ~4 minutes on 2 shared CPU cores, measured 2026-11-29):
+
+    python -m train vila_llm_pretrain    --config mini --output-dir R/llm                 # 15 s
+    python -m train vila_vision_pretrain --config mini --output-dir R/vision              # 44 s
+    python -m train vila_projector --config mini --output-dir R/projector --set llm_path=R/llm --set vision_tower_path=R/vision   # 19 s
+    python -m train vila_pretrain  --config mini --output-dir R/pretrain --set init_from=R/projector                              # 66 s
+    python -m train vila_sft       --config mini --output-dir R/sft --set init_from=R/pretrain                                   # 46 s
+
+(the mini world at runs/miniworld: `data.miniworld` overrides it). Losses (first 10% -> last 10% of steps): stage 0
+3.13 -> 2.06, stage 1 1.33 -> 0.44, stage 2 1.13 -> 0.34; the SFT model's caption loss is 0.34 with the right images
+and 0.96 with images shuffled across the batch; exact-match VQA on the first 500 mini-world test questions 50.0%
+(answer prior 33.8%); its captions of 100 test images name the colour 97% and the shape 38% of the time.
 """
 
 from __future__ import annotations
