@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # Modules that declare a family (imported on first use of the registry).
-FAMILY_MODULES = ("model.lavit.family",)
+FAMILY_MODULES = ("model.lavit.family", "model.vila.family")
 
 
 def resolve(target: str) -> Any:

@@ -3,6 +3,7 @@
     python -m model.summary --config lavit-7b            # table of components
     python -m model.summary --config lavit-7b --params   # ... plus every parameter name and shape
     python -m model.summary --config lavit-tiny --json   # everything as JSON
+    python -m model.summary --config vila-7b             # any family's preset: the family is the preset's group
 
 The model is built on the `meta` device (shapes only, no memory), so the 8B-parameter presets summarise in seconds
 (most of that is importing transformers/diffusers). Overrides work as everywhere: `--set llm.num_layers=2`.
@@ -42,6 +43,30 @@ LAVIT_GROUPS: dict[str, tuple[str, ...]] = {
     "llm": ("llm.embed_tokens", "llm.layers", "llm.norm", "llm.lm_head"),
     "pixel_decoder": ("pixel_decoder.unet", "pixel_decoder.vae", "pixel_decoder.uncond_embeddings"),
 }
+
+
+# VILA (model/vila): vision tower -> projector -> LLaMA (+ the visual-expert copy of Table 8 when enabled).
+VILA_COMPONENTS: dict[str, str] = {
+    "vision_tower": "vision_tower",
+    "mm_projector": "mm_projector",
+    "llm.embed_tokens": "language_model.model.embed_tokens",
+    "llm.layers": "language_model.model.layers",
+    "llm.norm": "language_model.model.norm",
+    "llm.lm_head": "language_model.lm_head",
+    "visual_expert": "visual_expert",
+}
+VILA_GROUPS: dict[str, tuple[str, ...]] = {"llm": ("llm.embed_tokens", "llm.layers", "llm.norm", "llm.lm_head")}
+
+
+def build_vila_meta_model(config: Any):
+    """VilaForCausalLM on the meta device."""
+    import torch
+
+    from model.vila.modeling_vila import VilaForCausalLM
+
+    config.validate()
+    with torch.device("meta"):
+        return VilaForCausalLM(config)
 
 
 def build_meta_model(config: Any):
@@ -120,15 +145,21 @@ def format_table(summary: dict[str, Any], show_params: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import model.lavit.configuration  # noqa: F401  (registers the "lavit" presets)
-    from harness.config import add_config_arguments, config_from_args
+    import model.vila.configuration  # noqa: F401  (registers the "vila" presets)
+    from harness.config import add_config_arguments, config_from_args, preset_names
 
     parser = argparse.ArgumentParser(prog="python -m model.summary", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser, "lavit")
+    for action in parser._actions:  # list every family's presets, not only LaVIT's
+        if action.dest == "config":
+            action.help = f"named preset ({', '.join(preset_names('lavit') + preset_names('vila'))})"
     parser.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     parser.add_argument("--params", action="store_true", help="list every parameter name and shape")
     args = parser.parse_args(argv)
-    config = config_from_args(args, "lavit")
-    summary = summarize(build_meta_model(config))
+    if args.config in preset_names("vila"):
+        summary = summarize(build_vila_meta_model(config_from_args(args, "vila")), VILA_COMPONENTS, VILA_GROUPS)
+    else:
+        summary = summarize(build_meta_model(config_from_args(args, "lavit")))
     summary = {"config": args.config, "overrides": args.overrides, **summary}
     if args.json:
         json.dump(summary, sys.stdout, indent=1)

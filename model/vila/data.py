@@ -1,0 +1,547 @@
+"""VILA's training data: the sample formats of its three stages, the streams that read them, and their encoding.
+
+Every sample is first a list of `Segment`s (text, image, end-of-sequence), each marked supervised or not; one
+function (`encode`) turns any of them into `input_ids` (ONE `image_token_index` per image, the model expands it),
+`labels` (IGNORE_INDEX where not supervised) and the sample's images. The formats (paper §2-3, the released
+scripts' data loaders):
+
+    MMC4 (interleaved)   official JSONL fields: `text_list` (sentences), `image_info` (list of {`image_name` or
+                         `image_base64`, `matched_text_index`, `matched_sim`}). At most MAX_IMAGES_PER_DOC (6) images
+                         per document: the first six of `image_info`, each placed *before* the sentence it matches
+                         (ties keep `image_info` order); sentences joined by a space, the one after an image starts
+                         with a newline; one EOS at the end. Every text token is supervised.
+        "pairs"          the MMC4-pairs ablation (Table 3): only (image, matched sentence) pairs, each as
+                         `<image>sentence<eos>`, concatenated like COYO's pairs; unmatched sentences are dropped.
+        "reformatted"    the §4.4 ablation: `<im1><im2>...<txt1><txt2>...` (all images first, then all sentences).
+    COYO (pairs)         img2dataset tar shards (KEY.jpg/png + KEY.txt), COYO_PAIRS_PER_SAMPLE (4) consecutive pairs
+                         concatenated into one sample as `<image>caption<eos>` each.
+    Conversations        LLaVA JSON (a list of records, or JSONL): {"image": path (optional), "conversations":
+                         [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]},
+                         rendered with a conversation template (`model/vila/conversation.py`); labels only on the
+                         assistant turns. Stage 0 uses it with the "plain" template (LLaVA's caption alignment data),
+                         stage 2 with the model's template (vicuna_v1 for VILA-7B/13B). A record without "image" is a
+                         text-only instruction (joint SFT, Table 4).
+
+Sequences are cut at `max_len` positions counted *after* image expansion (each image takes tokens_per_image
+positions): text is cut at a token, an image that does not fit ends the sample (the released loaders drop images
+past the limit). Samples without a supervised token are skipped (counted by the `Mapped` stream as skipped_map).
+
+`write_miniworld_data` converts the mini world's train split into these official layouts (MMC4 JSONL + image files,
+LLaVA JSON), so the mini runs read their data through exactly the code paths a paper-scale run does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from train.data import _FileStream, epoch_order, expand_files
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+MAX_IMAGES_PER_DOC = 6  # the released MMC4 loader keeps at most 6 images per document
+COYO_PAIRS_PER_SAMPLE = 4  # the released COYO loader concatenates 4 pairs per sample
+Mmc4Format = Literal["interleaved", "pairs", "reformatted"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Segments: the format-independent form of a sample.
+
+
+@dataclass
+class Segment:
+    kind: Literal["text", "image", "eos"]
+    text: str = ""  # kind "text"
+    image: Any = None  # kind "image": a PIL image (or anything `encode`'s caller can turn into pixels)
+    supervised: bool = True  # labels on this segment's tokens (images are never supervised)
+
+
+def text(s: str, supervised: bool = True) -> Segment:
+    return Segment("text", text=s, supervised=supervised)
+
+
+def image(img: Any) -> Segment:
+    return Segment("image", image=img, supervised=False)
+
+
+def eos(supervised: bool = True) -> Segment:
+    return Segment("eos", supervised=supervised)
+
+
+def layout(segments: Sequence[Segment]) -> str:
+    """A readable rendering for tests and logs: images as <image>, EOS as <eos>."""
+    return "".join(IMAGE_PLACEHOLDER if s.kind == "image" else "<eos>" if s.kind == "eos" else s.text for s in segments)
+
+
+# ---------------------------------------------------------------------------------------------
+# MMC4 documents.
+
+
+def mmc4_image_bytes(info: dict, image_root: str | Path | None) -> bytes | None:
+    """The bytes of one `image_info` entry: inline `image_base64`, or the file `image_root/image_name`."""
+    if info.get("image_base64"):
+        return base64.b64decode(info["image_base64"])
+    name = info.get("image_name")
+    if name and image_root:
+        path = Path(image_root) / name
+        if path.is_file():
+            return path.read_bytes()
+    return None
+
+
+def mmc4_segments(
+    doc: dict, load_image: Callable[[dict], Any], fmt: Mmc4Format = "interleaved", max_images: int = MAX_IMAGES_PER_DOC
+) -> list[Segment] | None:
+    """One MMC4 document as segments (module docstring). `load_image(image_info entry)` returns the image or None
+    (missing / undecodable: the image is left out). None when the document has no sentence or no usable image."""
+    sentences = [str(s) for s in doc.get("text_list") or []]
+    if not sentences:
+        return None
+    placed: list[tuple[int, Any]] = []  # (sentence index, image), in image_info order
+    for info in (doc.get("image_info") or [])[:max_images]:
+        index = info.get("matched_text_index")
+        if not isinstance(index, int) or not 0 <= index < len(sentences):
+            continue
+        img = load_image(info)
+        if img is not None:
+            placed.append((index, img))
+    if not placed:
+        return None
+    placed.sort(key=lambda p: p[0])  # stable: images matched to the same sentence keep their order
+    out: list[Segment] = []
+    if fmt == "pairs":
+        for index, img in placed:
+            out += [image(img), text(sentences[index]), eos()]
+        return out
+    if fmt == "reformatted":
+        out += [image(img) for _, img in placed]
+        out.append(text("\n" + " ".join(sentences)))
+        out.append(eos())
+        return out
+    if fmt != "interleaved":
+        raise ValueError(f"MMC4 format must be interleaved, pairs or reformatted, got {fmt!r}")
+    by_sentence: dict[int, list[Any]] = {}
+    for index, img in placed:
+        by_sentence.setdefault(index, []).append(img)
+    for i, sentence in enumerate(sentences):
+        images = by_sentence.get(i, [])
+        out += [image(img) for img in images]
+        if images:
+            out.append(text("\n" + sentence))
+        else:
+            out.append(text((" " if out else "") + sentence))
+    out.append(eos())
+    return _merge_text(out)
+
+
+def _merge_text(segments: list[Segment]) -> list[Segment]:
+    """Adjacent text segments with the same supervision become one (tokenized together, as one string would be)."""
+    out: list[Segment] = []
+    for s in segments:
+        if out and s.kind == "text" and out[-1].kind == "text" and out[-1].supervised == s.supervised:
+            out[-1] = text(out[-1].text + s.text, s.supervised)
+        else:
+            out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# COYO pairs.
+
+
+def coyo_segments(pairs: Sequence[tuple[Any, str]]) -> list[Segment]:
+    """`<image>caption<eos>` for each (image, caption), concatenated."""
+    out: list[Segment] = []
+    for img, caption in pairs:
+        out += [image(img), text(caption.strip()), eos()]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA conversations.
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def conversation_turns(record: dict) -> list[tuple[str, str]]:
+    """The (role, text) turns of a LLaVA record; a record with an image gets exactly one `<image>` in the first
+    user turn (LLaVA's convention: moved to the front when it is elsewhere, added when it is missing)."""
+    turns = []
+    for t in record.get("conversations") or []:
+        role = ROLES.get(str(t.get("from", "")).lower())
+        if role is None:
+            raise ValueError(f"conversation turn with unknown role {t.get('from')!r} (expected human/gpt)")
+        turns.append((role, str(t.get("value", ""))))
+    if not turns or turns[0][0] != "user":
+        raise ValueError("a conversation must start with a human turn")
+    for i, (role, _) in enumerate(turns):
+        if role != ("user" if i % 2 == 0 else "assistant"):
+            raise ValueError("conversation turns must alternate human/gpt")
+    if record.get("image"):
+        first = turns[0][1].replace(IMAGE_PLACEHOLDER, "").strip()
+        turns[0] = ("user", IMAGE_PLACEHOLDER + ("\n" + first if first else ""))
+        turns[1:] = [(r, v.replace(IMAGE_PLACEHOLDER, "").strip()) for r, v in turns[1:]]
+    else:
+        turns = [(r, v.replace(IMAGE_PLACEHOLDER, "").strip()) for r, v in turns]
+    return turns
+
+
+def conversation_segments(turns: list[tuple[str, str]], prompt: Callable[[list[tuple[str, str | None]]], str], img: Any = None) -> list[Segment]:
+    """Render alternating (role, text) `turns` with a template's `prompt(pairs)` (pairs of (user, assistant or
+    None), `model/vila/conversation.py`) and supervise only what each assistant turn adds.
+
+    The assistant span of exchange k is `prompt(pairs[:k+1])` minus `prompt(pairs[:k] + [(user_k, None)])` (the
+    generation prompt at that point), so training sees exactly the prompt text evaluation generates from, and the
+    labels cover the answer and the template's end-of-turn separator (`</s>` of vicuna_v1, "\n" of plain)."""
+    pairs = [(turns[i][1], turns[i + 1][1] if i + 1 < len(turns) else None) for i in range(0, len(turns), 2)]
+    segments: list[Segment] = []
+    done = ""
+    for k, (user, answer) in enumerate(pairs):
+        if answer is None:
+            break  # a trailing user turn has nothing to supervise
+        open_prompt = prompt(pairs[:k] + [(user, None)])
+        closed = prompt(pairs[: k + 1])
+        if not open_prompt.startswith(done) or not closed.startswith(open_prompt):
+            raise ValueError("the conversation template does not render turns as prefixes of each other")
+        segments += _split_images(open_prompt[len(done) :], img, supervised=False)
+        segments.append(text(closed[len(open_prompt) :], supervised=True))
+        done = closed
+    n_images = sum(s.kind == "image" for s in segments)
+    if n_images != (1 if img is not None else 0):
+        raise ValueError(f"conversation renders {n_images} images, record has {1 if img is not None else 0}")
+    return [s for s in segments if s.kind != "text" or s.text]
+
+
+def _split_images(s: str, img: Any, supervised: bool) -> list[Segment]:
+    parts = s.split(IMAGE_PLACEHOLDER)
+    out = [text(parts[0], supervised)]
+    for part in parts[1:]:
+        out += [image(img), text(part, supervised)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding.
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]  # one image_token_index per image
+    labels: list[int]  # IGNORE_INDEX where not supervised (always at image placeholders)
+    images: list[Any] = field(default_factory=list)  # in order of appearance
+    length: int = 0  # positions after expansion (each image = tokens_per_image)
+
+    def supervised_targets(self) -> int:
+        """Labels the model predicts: every supervised position but the first of the sequence."""
+        return sum(1 for l in self.labels[1:] if l != IGNORE_INDEX)
+
+
+def encode(
+    segments: Sequence[Segment],
+    tokenize: Callable[[str], list[int]],
+    *,
+    image_token_index: int,
+    tokens_per_image: int,
+    bos_id: int | None,
+    eos_id: int,
+    max_len: int,
+) -> Encoded | None:
+    """Segments -> ids and labels, `<s>` first (unsupervised), cut at `max_len` expanded positions (module
+    docstring). None when nothing supervised is left."""
+    ids: list[int] = [] if bos_id is None else [bos_id]
+    labels: list[int] = [] if bos_id is None else [IGNORE_INDEX]
+    images: list[Any] = []
+    length = len(ids)
+    for seg in segments:
+        if seg.kind == "image":
+            if length + tokens_per_image > max_len:
+                break
+            ids.append(image_token_index)
+            labels.append(IGNORE_INDEX)
+            images.append(seg.image)
+            length += tokens_per_image
+            continue
+        toks = [eos_id] if seg.kind == "eos" else tokenize(seg.text)
+        toks = toks[: max_len - length]
+        ids += toks
+        labels += toks if seg.supervised else [IGNORE_INDEX] * len(toks)
+        length += len(toks)
+        if length >= max_len:
+            break
+    out = Encoded(ids, labels, images, length)
+    return out if out.supervised_targets() > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams (resume-exact, like train/data.py's: the state is a few integers).
+
+
+class JsonlRecords(_FileStream):
+    """JSON objects from JSONL files, one per line, streamed (MMC4 shards are large)."""
+
+    def __init__(self, files: Sequence[str], seed: int = 0, rank: int = 0, world_size: int = 1, partition: Literal["sample", "shard"] = "sample"):
+        super().__init__(expand_files(files, "JSONL"), seed, rank, world_size, partition)
+        self._handle = None
+        self._path: str | None = None
+
+    def __next__(self) -> dict:
+        empty_files = 0
+        while True:
+            path = self._my_files()[self.order_pos]
+            if self._path != path:
+                if self._handle is not None:
+                    self._handle.close()
+                self._handle = open(path, "rb")
+                self._handle.seek(self.offset)
+                self._path = path
+            line = self._handle.readline()
+            if not line:
+                self._handle.close()
+                self._handle, self._path = None, None
+                self._next_file()
+                empty_files += 1
+                if empty_files > 2 * len(self.files) + 2:
+                    raise RuntimeError(f"no readable record in any of {len(self.files)} JSONL files (skipped: {self.skipped})")
+                continue
+            self.offset += len(line)
+            if not line.strip() or not self._owns_next():
+                continue
+            empty_files = 0
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self._skip("bad_json_line")
+                continue
+            if not isinstance(record, dict):
+                self._skip("not_an_object")
+                continue
+            return record
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle, self._path = None, None
+        super().load_state_dict(state)
+
+
+def read_records(files: Sequence[str]) -> list[dict]:
+    """LLaVA JSON files (a list of records) or JSONL, concatenated in sorted file order."""
+    records: list[dict] = []
+    for path in expand_files(files, "JSON"):
+        raw = Path(path).read_text()
+        if path.endswith(".jsonl"):
+            items = [json.loads(l) for l in raw.splitlines() if l.strip()]
+        else:
+            items = json.loads(raw)
+            if not isinstance(items, list):
+                raise ValueError(f"{path}: expected a JSON list of records (LLaVA layout)")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}: record {i} is not an object")
+            item.setdefault("_file", path)  # image paths are relative to an image folder, or to the file
+        records += items
+    return records
+
+
+class RecordList:
+    """Records held in memory (LLaVA JSON: ~1M records at most), walked in a per-epoch permutation; rank r keeps
+    positions r, r+W, ... of the global order (every rank sees the same global batches at any world size)."""
+
+    def __init__(self, records: list[dict], seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not records:
+            raise ValueError("no records")
+        self.records, self.seed, self.rank, self.world_size = records, seed, rank, world_size
+        self.epoch, self.pos = 0, rank
+        self._order = epoch_order(len(records), seed, 0)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        while self.pos >= len(self.records):
+            self.epoch += 1
+            self.pos -= len(self.records)
+            self._order = epoch_order(len(self.records), self.seed, self.epoch)
+        record = self.records[self._order[self.pos]]
+        self.pos += self.world_size
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos, "num_records": len(self.records)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_records"] != len(self.records):
+            raise ValueError(f"stream state was saved over {state['num_records']} records, now there are {len(self.records)}")
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = epoch_order(len(self.records), self.seed, self.epoch)
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+class Grouped:
+    """Lists of `n` consecutive items of a stream (COYO: 4 pairs per sample); holds nothing between groups."""
+
+    def __init__(self, stream, n: int):
+        if n < 1:
+            raise ValueError(f"group size must be >= 1, got {n}")
+        self.stream, self.n = stream, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list:
+        return [next(self.stream) for _ in range(self.n)]
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state):
+        self.stream.load_state_dict(state)
+
+    def stats(self):
+        return self.stream.stats()
+
+
+def open_image(data: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def record_image(record: dict, image_folder: str | None):
+    """The image of a LLaVA record: `image` relative to `image_folder` (LLaVA's --image_folder), else to the JSON
+    file's directory, or absolute. Raises FileNotFoundError naming the path."""
+    name = record["image"]
+    base = Path(image_folder) if image_folder else Path(record.get("_file", ".")).parent
+    path = Path(name) if Path(name).is_absolute() else base / name
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} of a conversation record not found")
+    return open_image(path.read_bytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# The mini world in these layouts.
+
+CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLaVA-1.5's COCO caption prompt
+VQA_SUFFIX = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer VQA prompt
+
+
+@dataclass
+class MiniWorldImage:
+    image_id: int
+    png: bytes
+    captions: list[str]
+    questions: list[tuple[str, str]]  # (question, answer)
+
+
+def _miniworld_images(world_root: Path) -> list[MiniWorldImage]:
+    """Every train image of the mini world's shards with its captions and questions, in image-id order."""
+    images: dict[int, MiniWorldImage] = {}
+    for shard in sorted((world_root / "shards").glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            members: dict[str, dict[str, bytes]] = {}
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        for key in sorted(members):
+            parts = members[key]
+            meta = json.loads(parts["json"])
+            entry = images.setdefault(meta["image_id"], MiniWorldImage(meta["image_id"], parts["png"], [], []))
+            if meta["kind"] == "caption":
+                entry.captions.append(parts["txt"].decode())
+            else:
+                entry.questions.append((meta["question"], meta["answer"]))
+    return [images[i] for i in sorted(images)]
+
+
+def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0, docs: int = 800) -> dict[str, str]:
+    """Write the mini world's train split in VILA's layouts under `out` (deterministic; test images never enter):
+
+        images/<id>.png             every train image
+        mmc4/docs.jsonl             `docs` interleaved documents in the official MMC4 fields: 2-8 images each
+                                    (more than six in some, as in MMC4, so the cap matters), each matched to one of
+                                    its captions; between them sentences of the text corpus (weakly related text,
+                                    as MMC4's), plus sometimes a question-answer sentence about the image
+        align.json                  LLaVA caption-alignment records (stage 0): <image> -> caption, one per caption
+        sft.json                    LLaVA SFT records (stage 2): per image a caption turn and its questions
+        text_sft.json               text-only instructions from the corpus' "qa" documents (joint SFT)
+
+    The COYO-style pairs are the mini world's own shards (img2dataset layout, kind "caption"). Returns the paths."""
+    world_root, out = Path(world_root), Path(out)
+    done = out / "DONE"
+    paths = {
+        "image_root": str(out / "images"),
+        "mmc4": str(out / "mmc4" / "docs.jsonl"),
+        "align": str(out / "align.json"),
+        "sft": str(out / "sft.json"),
+        "text_sft": str(out / "text_sft.json"),
+    }
+    if done.is_file():
+        return paths
+    from harness.io import atomic_write_bytes, atomic_write_text
+
+    if not (world_root / "DONE").is_file():
+        raise FileNotFoundError(f"{world_root} holds no complete mini world (build it with python -m harness.miniworld --root {world_root})")
+    rng = random.Random(f"{seed}/vila-miniworld")
+    images = _miniworld_images(world_root)
+    for im in images:
+        path = out / "images" / f"{im.image_id}.png"
+        if not path.is_file():
+            atomic_write_bytes(path, im.png)
+    corpus = {}
+    for name in ("shapes", "filler"):
+        corpus[name] = [json.loads(l)["text"] for l in (world_root / "text" / f"{name}.jsonl").read_text().splitlines() if l.strip()]
+    filler_sentences = [s.strip() + "." for doc in corpus["shapes"] + corpus["filler"] for s in doc.split(".") if s.strip()]
+
+    lines = []
+    for d in range(docs):
+        chosen = rng.sample(images, rng.randint(2, 8))
+        sentences: list[str] = []
+        info = []
+        for im in chosen:
+            for _ in range(rng.randint(0, 2)):
+                sentences.append(rng.choice(filler_sentences))
+            caption = rng.choice(im.captions)
+            info.append({"image_name": f"{im.image_id}.png", "matched_text_index": len(sentences), "matched_sim": 1.0})
+            sentences.append(caption[0].upper() + caption[1:])
+            if im.questions and rng.random() < 0.5:
+                q, a = rng.choice(im.questions)
+                sentences.append(f"Question: {q} Answer: {a}.")
+        sentences.append(rng.choice(filler_sentences))
+        rng.shuffle(info)  # image_info order is not text order in MMC4 either
+        lines.append(json.dumps({"url": f"miniworld://doc/{d}", "text_list": sentences, "image_info": info}))
+    atomic_write_text(Path(paths["mmc4"]), "\n".join(lines) + "\n")
+
+    align = [{"id": f"{im.image_id}-{k}", "image": f"{im.image_id}.png",
+              "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER}, {"from": "gpt", "value": c}]}
+             for im in images for k, c in enumerate(im.captions)]
+    atomic_write_text(Path(paths["align"]), json.dumps(align))
+
+    sft = []
+    for im in images:
+        turns = [(CAPTION_PROMPT, rng.choice(im.captions))] + [(f"{q}\n{VQA_SUFFIX}", a) for q, a in im.questions]
+        rng.shuffle(turns)
+        turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])  # LLaVA: the image opens the first turn
+        conv = [m for u, a in turns for m in ({"from": "human", "value": u}, {"from": "gpt", "value": a})]
+        sft.append({"id": str(im.image_id), "image": f"{im.image_id}.png", "conversations": conv})
+    atomic_write_text(Path(paths["sft"]), json.dumps(sft))
+
+    text_sft = []
+    for k, line in enumerate((world_root / "text" / "qa.jsonl").read_text().splitlines()):
+        doc = json.loads(line)["text"]
+        scene, _, qa = doc.partition(" Question: ")
+        q, _, a = qa.partition(" Answer: ")
+        if scene and q and a:
+            text_sft.append({"id": f"qa-{k}", "conversations": [
+                {"from": "human", "value": f"{scene} {q}\n{VQA_SUFFIX}"}, {"from": "gpt", "value": a}]})
+    atomic_write_text(Path(paths["text_sft"]), json.dumps(text_sft))
+    atomic_write_text(done, json.dumps({"seed": seed, "docs": docs, "images": len(images)}) + "\n")
+    return paths

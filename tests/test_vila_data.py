@@ -1,0 +1,336 @@
+"""VILA's data formats (model/vila/data.py): MMC4 interleaving, its ablation variants, COYO concatenation,
+conversation rendering and label masking, encoding with image expansion, the joint-SFT blend, the mini world's
+conversion, and resume-exact streams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.vila.data import (
+    IGNORE_INDEX,
+    MAX_IMAGES_PER_DOC,
+    Grouped,
+    JsonlRecords,
+    RecordList,
+    conversation_segments,
+    conversation_turns,
+    coyo_segments,
+    encode,
+    eos,
+    image,
+    layout,
+    mmc4_segments,
+    text,
+    write_miniworld_data,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _doc(sentences, matches):
+    """An MMC4 document whose image k is the string f"img{k}", matched to sentence matches[k]."""
+    return {"text_list": list(sentences), "image_info": [{"image_name": f"img{k}", "matched_text_index": m, "matched_sim": 0.3} for k, m in enumerate(matches)]}
+
+
+def _names(info):
+    return info["image_name"]
+
+
+def _images(segments):
+    return [s.image for s in segments if s.kind == "image"]
+
+
+# ---------------------------------------------------------------------------------------------
+# MMC4
+
+
+def test_mmc4_images_go_before_their_matched_sentence_and_eos_ends_the_document():
+    doc = _doc(["s0", "s1", "s2", "s3", "s4"], matches=[3, 1])
+    segments = mmc4_segments(doc, _names)
+    assert layout(segments) == "s0<image>\ns1 s2<image>\ns3 s4<eos>"
+    assert _images(segments) == ["img1", "img0"]  # text order, not image_info order
+    assert [s.kind for s in segments].count("eos") == 1 and segments[-1].kind == "eos"
+    assert all(s.supervised for s in segments if s.kind != "image")
+
+
+def test_mmc4_images_on_the_same_sentence_keep_their_order():
+    segments = mmc4_segments(_doc(["a", "b"], matches=[1, 0, 1]), _names)
+    assert layout(segments) == "<image>\na<image><image>\nb<eos>"
+    assert _images(segments) == ["img1", "img0", "img2"]
+
+
+def test_mmc4_keeps_at_most_six_images_the_first_six_of_image_info():
+    doc = _doc([f"s{i}" for i in range(10)], matches=[9, 8, 7, 6, 5, 4, 3, 2])
+    segments = mmc4_segments(doc, _names)
+    assert MAX_IMAGES_PER_DOC == 6
+    assert sorted(_images(segments)) == [f"img{k}" for k in range(6)]  # img6, img7 (image_info entries 7, 8) dropped
+    assert _images(segments) == [f"img{k}" for k in (5, 4, 3, 2, 1, 0)]
+
+
+def test_mmc4_leaves_out_missing_images_and_bad_matches():
+    doc = _doc(["a", "b", "c"], matches=[0, 7, 2])
+    segments = mmc4_segments(doc, lambda info: None if info["image_name"] == "img0" else info["image_name"])
+    assert layout(segments) == "a b<image>\nc<eos>"
+    assert mmc4_segments(_doc(["a"], matches=[]), _names) is None  # no image: not an image-text sample
+    assert mmc4_segments(_doc([], matches=[0]), _names) is None
+
+
+def test_mmc4_pairs_keeps_only_matched_pairs():
+    # The paper's example: <txt1><im1><txt2><txt3><im2><txt4> -> <im1><txt2>, <im2><txt4>
+    segments = mmc4_segments(_doc(["t1", "t2", "t3", "t4"], matches=[1, 3]), _names, fmt="pairs")
+    assert layout(segments) == "<image>t2<eos><image>t4<eos>"
+
+
+def test_mmc4_reformatted_puts_all_images_first():
+    segments = mmc4_segments(_doc(["t1", "t2", "t3"], matches=[2, 0]), _names, fmt="reformatted")
+    assert layout(segments) == "<image><image>\nt1 t2 t3<eos>"
+    assert _images(segments) == ["img1", "img0"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 8), matches=st.lists(st.integers(0, 9), max_size=10))
+def test_mmc4_interleaving_properties(n, matches):
+    sentences = [f"S{i}." for i in range(n)]
+    segments = mmc4_segments(_doc(sentences, matches), _names)
+    valid = [(k, m) for k, m in enumerate(matches[:MAX_IMAGES_PER_DOC]) if m < n]
+    if not valid:
+        assert segments is None
+        return
+    assert len(_images(segments)) == len(valid) <= MAX_IMAGES_PER_DOC
+    words = layout(segments).replace("<image>", "").replace("\n", " ").replace("<eos>", " <eos>").split()
+    assert words == sentences + ["<eos>"]  # every sentence once, in order, then one EOS
+    # Every image is followed (after any other images) by exactly the sentence it matches.
+    for i, seg in enumerate(segments):
+        if seg.kind == "image":
+            nxt = next(s for s in segments[i:] if s.kind == "text")
+            k = int(seg.image[3:])
+            assert nxt.text.startswith("\n" + sentences[matches[k]])
+
+
+# ---------------------------------------------------------------------------------------------
+# COYO
+
+
+class _ListStream:
+    def __init__(self, items):
+        self.items, self.pos = list(items), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.items[self.pos % len(self.items)]
+        self.pos += 1
+        return item
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = state["pos"]
+
+    def stats(self):
+        return {}
+
+
+def test_coyo_concatenates_four_pairs_per_sample():
+    pairs = Grouped(_ListStream([(f"im{i}", f" cap {i} ") for i in range(10)]), 4)
+    first, second = next(pairs), next(pairs)
+    assert layout(coyo_segments(first)) == "<image>cap 0<eos><image>cap 1<eos><image>cap 2<eos><image>cap 3<eos>"
+    assert _images(coyo_segments(second)) == ["im4", "im5", "im6", "im7"]
+    state = pairs.state_dict()
+    third = next(pairs)
+    pairs.load_state_dict(state)
+    assert next(pairs) == third
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+class _CharTokenizer:
+    """One id per character (ids 10 + ord(c) % 50), enough to count positions exactly."""
+
+    def __call__(self, s):
+        return [10 + ord(c) % 50 for c in s]
+
+
+def test_encode_puts_one_placeholder_per_image_and_masks_it():
+    segs = [text("ab", supervised=False), image("I"), text("cd"), eos()]
+    out = encode(segs, _CharTokenizer(), image_token_index=-200, tokens_per_image=5, bos_id=1, eos_id=2, max_len=100)
+    assert out.input_ids == [1, 10 + ord("a") % 50, 10 + ord("b") % 50, -200, 10 + ord("c") % 50, 10 + ord("d") % 50, 2]
+    assert out.labels == [IGNORE_INDEX] * 4 + out.input_ids[4:]
+    assert out.images == ["I"] and out.length == 6 + 5
+    assert out.supervised_targets() == 3
+
+
+def test_encode_cuts_at_max_len_after_expansion_and_drops_an_image_that_does_not_fit():
+    segs = [text("abcd"), image("I1"), text("ef"), image("I2"), text("gh"), eos()]
+    out = encode(segs, _CharTokenizer(), image_token_index=-200, tokens_per_image=5, bos_id=1, eos_id=2, max_len=14)
+    assert out.images == ["I1"] and out.length == 12  # 1 + 4 + 5 + 2; the second image (5 more) does not fit
+    assert out.input_ids[-1] != -200
+    cut = encode(segs, _CharTokenizer(), image_token_index=-200, tokens_per_image=5, bos_id=1, eos_id=2, max_len=3)
+    assert cut.length == 3 and cut.images == []
+    assert encode([image("I"), text("x", supervised=False)], _CharTokenizer(), image_token_index=-200, tokens_per_image=2,
+                  bos_id=1, eos_id=2, max_len=50) is None  # nothing supervised
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from harness.miniworld import build_miniworld
+
+    return build_miniworld(tmp_path_factory.mktemp("mw") / "world", seed=0, train_images=40, test_images=10)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(world.tokenizer_dir), local_files_only=True)
+
+
+def _encode_conversation(record, template, tok, tokens_per_image=4):
+    from model.vila.conversation import get_template
+
+    segs = conversation_segments(conversation_turns(record), get_template(template).prompt, "IMG" if record.get("image") else None)
+    return segs, encode(segs, lambda s: tok(s, add_special_tokens=False)["input_ids"], image_token_index=-200,
+                        tokens_per_image=tokens_per_image, bos_id=1, eos_id=2, max_len=1000)
+
+
+RECORD = {"image": "1.png", "conversations": [
+    {"from": "human", "value": "What colour is it?\n<image>"}, {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "What shape?"}, {"from": "gpt", "value": "a circle"}]}
+
+
+def test_sft_labels_cover_only_the_assistant_turns(tokenizer):
+    from model.vila.conversation import get_template
+
+    segs, out = _encode_conversation(RECORD, "vicuna_v1", tokenizer)
+    supervised = [t for t, l in zip(out.input_ids, out.labels) if l != IGNORE_INDEX]
+    assert tokenizer.decode(supervised) == " red</s> a circle</s>"
+    assert supervised.count(2) == 2  # each turn's </s> is the EOS id, and is learnt
+    prompt = get_template("vicuna_v1").prompt([("<image>\nWhat colour is it?", "red"), ("What shape?", "a circle")])
+    assert layout(segs) == prompt  # the image is moved to the front of the first turn (LLaVA)
+    unsupervised = [t for t, l in zip(out.input_ids, out.labels) if l == IGNORE_INDEX and t >= 0]
+    assert "USER: <image>" not in tokenizer.decode(unsupervised) and "ASSISTANT:" in tokenizer.decode(unsupervised)
+
+
+def test_sft_prompt_tokens_match_what_evaluation_generates_from(tokenizer):
+    from model.vila.conversation import get_template, tokenize_with_images
+
+    _, out = _encode_conversation(RECORD, "vicuna_v1", tokenizer)
+    open_prompt = get_template("vicuna_v1").prompt([("<image>\nWhat colour is it?", None)])
+    eval_ids = tokenize_with_images(open_prompt, tokenizer, -200)
+    assert out.input_ids[: len(eval_ids)] == eval_ids
+    assert all(l == IGNORE_INDEX for l in out.labels[: len(eval_ids)])
+    assert out.labels[len(eval_ids)] != IGNORE_INDEX
+
+
+def test_plain_template_supervises_the_caption(tokenizer):
+    record = {"image": "1.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a red circle."}]}
+    segs, out = _encode_conversation(record, "plain", tokenizer)
+    assert layout(segs) == "<image>a red circle.\n"
+    assert out.input_ids[:2] == [1, -200]
+    assert tokenizer.decode([t for t, l in zip(out.input_ids, out.labels) if l != IGNORE_INDEX]) == "a red circle.\n"
+
+
+def test_text_only_records_have_no_image_and_bad_roles_are_refused(tokenizer):
+    segs, out = _encode_conversation({"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}]}, "vicuna_v1", tokenizer)
+    assert out.images == [] and -200 not in out.input_ids
+    with pytest.raises(ValueError, match="role"):
+        conversation_turns({"conversations": [{"from": "system", "value": "x"}]})
+    with pytest.raises(ValueError, match="alternate"):
+        conversation_turns({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]})
+
+
+# ---------------------------------------------------------------------------------------------
+# The mini world in VILA's layouts
+
+
+@pytest.fixture(scope="module")
+def converted(world, tmp_path_factory):
+    return write_miniworld_data(world.root, tmp_path_factory.mktemp("vila_data"), docs=60)
+
+
+def test_miniworld_conversion_writes_official_layouts_from_the_train_split(world, converted):
+    train_ids = set(world.labels["train"])
+    docs = [json.loads(l) for l in Path(converted["mmc4"]).read_text().splitlines()]
+    assert len(docs) == 60
+    counts = []
+    for doc in docs:
+        assert set(doc) >= {"text_list", "image_info"}
+        for info in doc["image_info"]:
+            assert set(info) >= {"image_name", "matched_text_index", "matched_sim"}
+            assert info["image_name"][: -len(".png")] in train_ids
+            assert (Path(converted["image_root"]) / info["image_name"]).is_file()
+            assert world.labels["train"][info["image_name"][:-4]][0] in doc["text_list"][info["matched_text_index"]]
+        counts.append(len(doc["image_info"]))
+    assert min(counts) >= 2 and max(counts) > MAX_IMAGES_PER_DOC  # the cap is exercised by the data
+    sft = json.loads(Path(converted["sft"]).read_text())
+    assert {r["image"][:-4] for r in sft} == train_ids
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in sft)
+    assert all("<image>" not in t["value"] for r in sft for t in r["conversations"][1:])
+    text_sft = json.loads(Path(converted["text_sft"]).read_text())
+    assert len(text_sft) > 100 and all("image" not in r for r in text_sft)
+    align = json.loads(Path(converted["align"]).read_text())
+    assert len(align) == 3 * len(train_ids)  # one record per caption sample
+
+
+def test_miniworld_conversion_is_deterministic(world, converted, tmp_path):
+    again = write_miniworld_data(world.root, tmp_path / "again", docs=60)
+    for key in ("mmc4", "sft", "align", "text_sft"):
+        assert Path(again[key]).read_bytes() == Path(converted[key]).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams
+
+
+def test_record_list_and_jsonl_records_resume_exactly(converted):
+    records = [{"i": i} for i in range(7)]
+    stream = RecordList(records, seed=3)
+    [next(stream) for _ in range(9)]  # into the second epoch
+    state = stream.state_dict()
+    expected = [next(stream)["i"] for _ in range(5)]
+    again = RecordList(records, seed=3)
+    again.load_state_dict(state)
+    assert [next(again)["i"] for _ in range(5)] == expected
+    ranks = [RecordList(records, seed=3, rank=r, world_size=2) for r in range(2)]
+    union = sorted(next(ranks[r])["i"] for _ in range(3) for r in range(2)) + [next(ranks[0])["i"]]
+    assert sorted(union) == list(range(7))  # two ranks split one epoch between them
+
+    docs = JsonlRecords([converted["mmc4"]], seed=1)
+    next(docs)
+    state = docs.state_dict()
+    expected = [next(docs)["url"] for _ in range(3)]
+    docs = JsonlRecords([converted["mmc4"]], seed=1)
+    docs.load_state_dict(state)
+    assert [next(docs)["url"] for _ in range(3)] == expected
+
+
+def test_joint_sft_draws_text_only_samples_at_the_configured_ratio(world, tmp_path):
+    from harness.config import get_preset, resolve
+    from model.vila.stages.sft import SftTask
+    from train.distributed import DistInfo
+    import model.vila.stages.config  # noqa: F401
+
+    def share(ratio: float, joint: bool = True) -> float:
+        cfg = resolve(get_preset("train/vila_sft", "mini"), overrides=[f"data.miniworld={world.root}", "init_from=random-init",
+                                                                         f"data.text_ratio={ratio}", f"data.joint_sft={str(joint).lower()}"])
+        info = DistInfo(rank=0, world_size=1, local_rank=0, device=__import__("torch").device("cpu"), backend="gloo")
+        stream = SftTask(cfg, tmp_path / "sft").build_samples(info)
+        samples = [next(stream) for _ in range(400)]
+        return sum(1 for s in samples if s is not None and not any(x.kind == "image" for x in s)) / len(samples)
+
+    assert abs(share(0.2) - 0.2) < 0.06  # 400 draws: 3 standard deviations ~ 0.06
+    assert abs(share(0.5) - 0.5) < 0.08
+    assert share(0.5, joint=False) == 0.0
