@@ -7,11 +7,11 @@ model; scoring is one forward pass per batch of right-padded sequences with the 
 continuation tokens (no approximations, no caching tricks).
 
 Registered models, each loading `checkpoint=DIR`:
-- one per model family with a loader (`model/families.py`), named as the family (e.g. `lavit`): DIR is anything the
+- one per model family with a loader (`model/families.py`), named as the family (`lavit`, `vila`): DIR is anything the
   family's loader accepts (a released directory or one of our training run directories, see the family's
   `checkpoint_help`), and the LLM of the loaded model is scored (`LoadedModel.lm`, a `CausalLMAdapter`);
-- `vila`, until VILA has a family: the LLM of a VILA checkpoint, `DIR/llm/` (`llm/`, `vision_tower/`,
-  `mm_projector/`), read as a transformers folder.
+- `vila-llm`: only the LLM of a per-component VILA release, `DIR/llm/` (`llm/`, `vision_tower/`, `mm_projector/`),
+  read as a transformers folder (the text-only benchmarks without loading the vision tower).
 A plain transformers causal-LM folder is evaluated with lm-eval's own `hf` model (`pretrained=DIR`).
 
 lm-eval 0.4.13 has no plugin mechanism for models, so the bare `lm_eval` executable cannot see these adapters.
@@ -303,7 +303,7 @@ class CheckpointLLMAdapter(CausalLMAdapter):
 class VILAAdapter(CheckpointLLMAdapter):
     """VILA's LLM (Llama-2) from a VILA checkpoint: `llm/`."""
 
-    MODEL_NAME = "vila"
+    MODEL_NAME = "vila-llm"
     LLM_SUBFOLDER = "llm"
 
 
@@ -353,7 +353,9 @@ globals().update({cls.__name__: cls for cls in FAMILY_MODELS.values()})
 # Registered as lazy "module:Class" targets under this module's import name, not with the @register_model decorator:
 # under `python -m eval.lm_adapter` this file also runs as `__main__`, and a decorator would then register a second,
 # different class object under the same alias (lm-eval rejects that). A placeholder resolves to one class either way.
-ADAPTERS = {"vila": VILAAdapter, **FAMILY_MODELS}  # a VILA family, once it exists, replaces the folder adapter
+# `vila` is the VILA family (any checkpoint its loader reads); `vila-llm` reads only the LLM of a per-component VILA
+# release (`DIR/llm/`), enough for the text-only benchmarks without loading the vision tower.
+ADAPTERS = {"vila-llm": VILAAdapter, **FAMILY_MODELS}
 for _alias, _cls in ADAPTERS.items():
     model_registry.register(_alias, target=f"eval.lm_adapter:{_cls.__name__}")
 

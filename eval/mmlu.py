@@ -26,12 +26,12 @@ Tasks are plain lm-eval task YAMLs (one per subject, `mmlu_local_<subject>`, and
         --tasks mmlu_local --include_path /tmp/mmlu_tasks --num_fewshot 5 --batch_size 8
     lm_eval --model hf --model_args pretrained=DIR --tasks mmlu_local --include_path /tmp/mmlu_tasks --num_fewshot 5
 
-(`eval.lm_adapter` is lm-eval's CLI with `lavit`/`vila` registered; the bare `lm_eval` command cannot load models
+(`eval.lm_adapter` is lm-eval's CLI with `lavit`/`vila`/`vila-llm` registered; the bare `lm_eval` command cannot load models
 defined outside lm-eval.) Run with HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1: nothing is downloaded.
 
-Models: `lavit`/`vila` are this repository's adapters (`eval/lm_adapter.py`: `lavit` loads any checkpoint its model
-family's loader accepts, a released directory or a training run directory, and scores its LLM; `vila` the `llm/`
-subfolder of a VILA checkpoint); `hf` is lm-eval's own `HFLM` on a plain transformers causal-LM folder.
+Models: `lavit`/`vila`/`vila-llm` are this repository's adapters (`eval/lm_adapter.py`: `lavit` and `vila` load any
+checkpoint their model family's loader accepts, a released directory or a training run directory, and score its LLM;
+`vila-llm` only the `llm/` subfolder of a per-component VILA release); `hf` is lm-eval's own `HFLM` on a plain transformers causal-LM folder.
 """
 
 from __future__ import annotations
@@ -324,13 +324,13 @@ def build_model(model: str, checkpoint: str, batch_size: int = 8, device: str | 
 
     if not Path(checkpoint).is_dir():
         raise FileNotFoundError(f"--checkpoint folder does not exist: {checkpoint}")
-    args: dict[str, Any] = {"checkpoint": checkpoint} if model in ("lavit", "vila") else {"pretrained": checkpoint}
+    args: dict[str, Any] = {"checkpoint": checkpoint} if model in ("lavit", "vila", "vila-llm") else {"pretrained": checkpoint}
     return get_model(model).create_from_arg_obj(args, {"batch_size": batch_size, "device": device or "cpu"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.mmlu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["lavit", "vila", "hf"], help="adapter (hf = lm-eval's own HFLM)")
+    parser.add_argument("--model", choices=["lavit", "vila", "vila-llm", "hf"], help="adapter (hf = lm-eval's own HFLM)")
     parser.add_argument("--checkpoint", help="checkpoint folder (lavit: a released directory or a run directory; vila: has llm/)")
     parser.add_argument("--data", default=None, help=f"MMLU CSV directory (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--num-fewshot", type=int, default=5)

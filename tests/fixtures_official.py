@@ -397,6 +397,7 @@ WRITERS = {
     "coco30k_fid": write_coco_captions_val2014,
     "mmlu": write_mmlu,
     "mini_caption": write_miniworld,
+    "mini_t2i": write_miniworld,
     "mini_vqa": write_miniworld,
     "mini_knowledge": write_miniworld,
     "textvqa_val": write_textvqa,

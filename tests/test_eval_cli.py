@@ -40,7 +40,7 @@ def family() -> str:
 
 EXPECTED_SAMPLES = {  # what each fixture holds for the task's split
     "coco_karpathy_test": 4, "nocaps_val": 6, "flickr30k_test": 4, "vqav2_val": 6, "okvqa_val": 6, "gqa_testdev": 6,
-    "vizwiz_val": 6, "coco30k_fid": 6, "mini_caption": 6, "mini_vqa": 6, "textvqa_val": 6, "scienceqa_img": 6,
+    "vizwiz_val": 6, "coco30k_fid": 6, "mini_caption": 6, "mini_t2i": 6, "mini_vqa": 6, "textvqa_val": 6, "scienceqa_img": 6,
     "pope": 12, "mme": 8, "mmbench_dev": 9, "mmbench_cn_dev": 9, "seed_bench_img": 6, "llava_bench": 3, "mm_vet": 3,
     **{f"{base}_0shot": n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
                                           ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))},

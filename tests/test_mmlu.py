@@ -263,9 +263,10 @@ def test_cli_json_and_registry(checkpoints, capsys):
 
     from eval.lm_adapter import FamilyLM, VILAAdapter
 
-    assert get_model("vila") is VILAAdapter
-    assert issubclass(get_model("lavit"), FamilyLM) and get_model("lavit").FAMILY == "lavit"  # one per family
-    mmlu.main(["--model", "vila", "--checkpoint", str(checkpoints / "vila"), "--subjects", "sociology",
+    assert get_model("vila-llm") is VILAAdapter  # the LLM of a per-component release, no vision tower
+    for family in ("lavit", "vila"):  # one per family
+        assert issubclass(get_model(family), FamilyLM) and get_model(family).FAMILY == family
+    mmlu.main(["--model", "vila-llm", "--checkpoint", str(checkpoints / "vila"), "--subjects", "sociology",
                "--limit", "2", "--json", "--output", str(checkpoints / "mmlu.json")])
     record = json.loads(capsys.readouterr().out)
     assert record["num_fewshot"] == 5 and record["limit"] == 2

@@ -183,7 +183,7 @@ def vila_mini() -> VilaConfig:
     """Mini world size (CPU): the 64-px images seen at 48 px with 8-px patches (6 x 6 = 36 tokens; 32 px = 4 x 4 is
     the 224-px analogue), a 3-layer 64-wide ViT, a 2-layer 64-wide LLaMA (the shapes of the mini `llm_pretrain` run,
     so it can stand in for Llama-2) over the mini world's 512-id BPE tokenizer
-    (`<miniworld root>/tokenizer`: <unk>=0, <s>=1, </s>=2, so LLaMA's special ids hold; its pad is </s>)."""
+    (`<miniworld root>/tokenizer`: <unk>=0, <s>=1, </s>=2, so LLaMA's special ids hold; padded with <unk>)."""
     return VilaConfig(
         vision=VisionConfig(image_size=48, patch_size=8, hidden_size=64, num_layers=3, num_heads=4, intermediate_size=128),
         llm=LlmConfig(
@@ -195,7 +195,7 @@ def vila_mini() -> VilaConfig:
             vocab_size=512,
             rms_norm_eps=1e-6,  # the shapes and eps of LaVIT's mini llm_pretrain LLaMA, which stands in for Llama-2
             max_position_embeddings=512,
-            pad_token_id=2,  # the mini tokenizer pads with </s>
+            pad_token_id=0,  # <unk>, as Llama-2's: the pad id is the embedding's padding_idx, so </s> (2) would never train
         ),
         projector=ProjectorConfig(transformer_heads=4),
     )
