@@ -212,11 +212,13 @@ SHORT_ANSWER = "{text}\nAnswer the question using a single word or phrase."
 VIZWIZ_ANSWER = "{text}\nWhen the provided information is insufficient, respond with 'Unanswerable'.\nAnswer the question using a single word or phrase."
 LETTER_ANSWER = "{text}\nAnswer with the option's letter from the given choices directly."
 LETTER_ANSWER_CN = "{text}\n请直接回答选项字母。"
+VILA_CAPTION = "Provide a one-sentence caption for the provided image."  # LLaVA-1.5's COCO caption instruction
 
 
 def caption_spec(lavit: dict[str, Any] = LAVIT_CAPTION, **kw: Any) -> TaskSpec:
     return TaskSpec(kind="caption", metric="cider", headline="CIDEr", generation=GREEDY_CAPTION,
-                    generation_by_family={"lavit": lavit}, **kw)  # fmt: skip
+                    generation_by_family={"lavit": lavit, "vila": VILA_GREEDY},
+                    prompt_by_family={"vila": VILA_CAPTION}, **kw)  # fmt: skip
 
 
 def vqa_spec(lavit: dict[str, Any] = LAVIT_VQA, vila_prompt: str = SHORT_ANSWER, **kw: Any) -> TaskSpec:

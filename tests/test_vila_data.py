@@ -334,3 +334,12 @@ def test_joint_sft_draws_text_only_samples_at_the_configured_ratio(world, tmp_pa
     assert abs(share(0.2) - 0.2) < 0.06  # 400 draws: 3 standard deviations ~ 0.06
     assert abs(share(0.5) - 0.5) < 0.08
     assert share(0.5, joint=False) == 0.0
+
+
+def test_sft_instructions_are_the_evaluation_prompts():
+    """The mini SFT data teaches the instructions the VILA evaluation sends (eval/tasks.py), word for word."""
+    from eval.tasks import SHORT_ANSWER, VILA_CAPTION
+    from model.vila.data import CAPTION_PROMPT, VQA_SUFFIX
+
+    assert CAPTION_PROMPT == VILA_CAPTION
+    assert SHORT_ANSWER == "{text}\n" + VQA_SUFFIX

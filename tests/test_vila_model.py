@@ -403,7 +403,7 @@ def _images(n: int):
 
 def test_adapter_answers_and_interleaved_requests_agree(adapter):
     imgs = _images(3)
-    settings = {"max_new_tokens": 4, "conversation": "plain"}
+    settings = {"max_new_tokens": 4, "conv_template": "plain"}
     answers = adapter.answer(imgs, ["q1", "q2", "q3"], **settings)
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
     # The same prompts as interleaved sequences ("plain": no template text) give the same continuations.
@@ -415,6 +415,11 @@ def test_adapter_answers_and_interleaved_requests_agree(adapter):
         adapter.caption(imgs[:1], "", max_new_tokens=3, beam=2)
     with pytest.raises(ValueError, match=r"missing \['max_new_tokens'\]"):
         adapter.caption(imgs[:1], "")
+    # the tasks' shared greedy defaults carry beam settings: inert at one beam, refused with several
+    plain = adapter.caption(imgs[:2], "Describe.", max_new_tokens=3)
+    assert adapter.caption(imgs[:2], "Describe.", max_new_tokens=3, length_penalty=1.0, early_stopping=True) == plain
+    with pytest.raises(ValueError, match="num_beams=2"):
+        adapter.caption(imgs[:1], "", max_new_tokens=3, num_beams=2)
 
 
 def test_adapter_scores_are_sums_of_token_log_probs(adapter):
@@ -430,3 +435,16 @@ def test_adapter_scores_are_sums_of_token_log_probs(adapter):
     expected = sum(float(logp[length - len(cont) - 1 + i, t]) for i, t in enumerate(cont))
     assert scores[0] == pytest.approx(expected, abs=1e-4)
     assert scores[1] < 0 and len(ctx) > 1 and n == 16
+
+
+@pytest.mark.parametrize("kind", ["caption", "vqa", "interleaved"])
+def test_every_task_decoding_setting_for_vila_is_one_the_adapter_reads(kind):
+    """eval/tasks.py owns the decoding settings; whatever it hands the `vila` family must be accepted by the adapter
+    (an unknown key is an error there, by design)."""
+    from eval.tasks import TASKS
+    from model.vila.eval_adapter import decoding_settings
+
+    specs = [s for s in TASKS.values() if s.kind == kind]
+    assert specs
+    for spec in specs:
+        decoding_settings(kind, spec.generation_for("vila"))

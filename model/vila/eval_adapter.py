@@ -4,17 +4,18 @@ interleaved request `generate_interleaved`, built by `model.vila.checkpoints.loa
 Prompts:
 
     caption, answer        one chat turn of the adapter's conversation template (default: the model config's
-                           `conversation`; a task may pass `conversation=NAME`): user "<image>\\n{prompt or question}",
+                           `conversation`; a task may pass `conv_template=NAME`): user "<image>\\n{prompt or question}",
                            the assistant's reply open (the released evaluation's single-image prompt)
     generate_interleaved   the segments concatenated as given, each image as its "<image>" placeholder (no separator
-                           is added: a task puts its own newlines), with no template unless `conversation=NAME` is
+                           is added: a task puts its own newlines), with no template unless `conv_template=NAME` is
                            passed (then the whole sequence is the user turn). This is the few-shot path (Table 1's
                            4-shot prompts are interleaved image-text sequences)
     score_text             "<s>" + ["<image>\\n"] + context, then the continuation's tokens scored (no template)
 
 Decoding settings (the task's `generation` dict): `max_new_tokens` (required); optional `min_new_tokens`,
-`num_beams` (1 only), `do_sample`, `temperature`, `top_p`, `seed` (sampling), `conversation`. An unknown setting is
-an error naming it: nothing is silently ignored.
+`num_beams` (1 only), `do_sample`, `temperature`, `top_p`, `seed` (sampling), `conv_template`; `length_penalty` and
+`early_stopping` (beam-search settings of the tasks' shared greedy defaults) are accepted at one beam, where they change
+nothing. Any other setting is an error naming it: nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ if TYPE_CHECKING:
     from PIL import Image
 
 REQUIRED = ("max_new_tokens",)
-OPTIONAL = ("min_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "seed", "conversation")
+OPTIONAL = ("min_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "seed", "conv_template")
+# Beam-search settings a task's default decoding carries (eval/tasks.py's greedy defaults are shared by families):
+# they change nothing with one beam, the only width this adapter decodes with, so they are accepted only at num_beams=1.
+BEAM_ONLY = ("length_penalty", "early_stopping")
 
 
 def decoding_settings(method: str, generation: dict[str, Any]) -> dict[str, Any]:
+    if int(generation.get("num_beams", 1)) != 1:
+        raise ValueError(f"VilaEvalAdapter.{method}: num_beams={generation['num_beams']}; only greedy / sampling (1 beam) is implemented")
+    generation = {k: v for k, v in generation.items() if k not in BEAM_ONLY}
     missing = [k for k in REQUIRED if k not in generation]
     unknown = sorted(k for k in generation if k not in REQUIRED and k not in OPTIONAL)
     if missing or unknown:
@@ -122,7 +129,7 @@ class VilaEvalAdapter:
 
     def caption(self, images: list[Image.Image], prompt: str, **generation: Any) -> list[str]:
         settings = decoding_settings("caption", generation)
-        conversation = settings.get("conversation", self.conversation)
+        conversation = settings.get("conv_template", self.conversation)
         user = f"{IMAGE_PLACEHOLDER}\n{prompt}" if prompt else IMAGE_PLACEHOLDER
         return self._generate([self._chat(user, conversation)] * len(images), [[im] for im in images], settings)
 
@@ -130,7 +137,7 @@ class VilaEvalAdapter:
         if len(images) != len(questions):
             raise ValueError(f"answer: {len(images)} images but {len(questions)} questions")
         settings = decoding_settings("answer", generation)
-        conversation = settings.get("conversation", self.conversation)
+        conversation = settings.get("conv_template", self.conversation)
         texts = [self._chat(f"{IMAGE_PLACEHOLDER}\n{q}", conversation) for q in questions]
         return self._generate(texts, [[im] for im in images], settings)
 
@@ -149,8 +156,8 @@ class VilaEvalAdapter:
                     parts.append(IMAGE_PLACEHOLDER)
                     imgs.append(segment)
             text = "".join(parts)
-            if "conversation" in settings:
-                text = self._chat(text, settings["conversation"])
+            if "conv_template" in settings:
+                text = self._chat(text, settings["conv_template"])
             texts.append(text)
             images.append(imgs)
         return self._generate(texts, images, settings)
