@@ -15,7 +15,6 @@ from model.vila.data import (
     IGNORE_INDEX,
     MAX_IMAGES_PER_DOC,
     Grouped,
-    JsonlRecords,
     RecordList,
     conversation_segments,
     conversation_turns,
@@ -28,6 +27,7 @@ from model.vila.data import (
     text,
     write_miniworld_data,
 )
+from train.data import JsonlRecords
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -275,27 +275,23 @@ class ImageTextShards(_FileStream):
 
 
 # ---------------------------------------------------------------------------------------------
-# Text documents from JSONL files.
+# JSONL files: text documents (LaVIT's text corpus) and whole records (VILA's MMC4 documents).
 
 
-class JsonlText(_FileStream):
-    """Documents (the `text_key` field of each JSON line) from JSONL files, read line by line."""
+class JsonlLines(_FileStream):
+    """One item per JSON line of JSONL files, read line by line (resumable at the byte offset). `_decode(line)`
+    turns a line into the item, or returns None after counting why it skipped it."""
 
-    def __init__(
-        self,
-        files: Sequence[str],
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        partition: Literal["sample", "shard"] = "sample",
-        text_key: str = "text",
-    ):
+    def __init__(self, files: Sequence[str], seed: int = 0, rank: int = 0, world_size: int = 1,
+                 partition: Literal["sample", "shard"] = "sample"):  # fmt: skip
         super().__init__(expand_files(files, "JSONL"), seed, rank, world_size, partition)
-        self.text_key = text_key
         self._handle = None
         self._path: str | None = None
 
-    def __next__(self) -> str:
+    def _decode(self, line: bytes) -> Any | None:
+        raise NotImplementedError
+
+    def __next__(self) -> Any:
         empty_files = 0
         while True:
             path = self._my_files()[self.order_pos]
@@ -312,27 +308,56 @@ class JsonlText(_FileStream):
                 self._next_file()
                 empty_files += 1
                 if empty_files > 2 * len(self.files) + 2:
-                    raise RuntimeError(f"no readable document in any of {len(self.files)} JSONL files (skipped: {self.skipped})")
+                    raise RuntimeError(f"no readable record in any of {len(self.files)} JSONL files (skipped: {self.skipped})")
                 continue
             self.offset += len(line)
             if not line.strip() or not self._owns_next():
                 continue
             empty_files = 0
-            try:
-                text = json.loads(line)[self.text_key]
-            except (ValueError, KeyError, TypeError):
-                self._skip("bad_json_line")
-                continue
-            if not isinstance(text, str) or not text:
-                self._skip("no_text")
-                continue
-            return text
+            item = self._decode(line)
+            if item is not None:
+                return item
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._handle is not None:
             self._handle.close()
         self._handle, self._path = None, None
         super().load_state_dict(state)
+
+
+class JsonlText(JsonlLines):
+    """Documents (the `text_key` field of each JSON line) from JSONL files."""
+
+    def __init__(self, files: Sequence[str], seed: int = 0, rank: int = 0, world_size: int = 1,
+                 partition: Literal["sample", "shard"] = "sample", text_key: str = "text"):  # fmt: skip
+        super().__init__(files, seed, rank, world_size, partition)
+        self.text_key = text_key
+
+    def _decode(self, line: bytes) -> str | None:
+        try:
+            text = json.loads(line)[self.text_key]
+        except (ValueError, KeyError, TypeError):
+            self._skip("bad_json_line")
+            return None
+        if not isinstance(text, str) or not text:
+            self._skip("no_text")
+            return None
+        return text
+
+
+class JsonlRecords(JsonlLines):
+    """JSON objects from JSONL files (e.g. MMC4 documents), whole."""
+
+    def _decode(self, line: bytes) -> dict | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            self._skip("bad_json_line")
+            return None
+        if not isinstance(record, dict):
+            self._skip("not_an_object")
+            return None
+        return record
 
 
 # ---------------------------------------------------------------------------------------------

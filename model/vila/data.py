@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from train.data import _FileStream, epoch_order, expand_files
+from train.data import epoch_order, expand_files
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -280,54 +280,6 @@ def encode(
 
 # ---------------------------------------------------------------------------------------------
 # Streams (resume-exact, like train/data.py's: the state is a few integers).
-
-
-class JsonlRecords(_FileStream):
-    """JSON objects from JSONL files, one per line, streamed (MMC4 shards are large)."""
-
-    def __init__(self, files: Sequence[str], seed: int = 0, rank: int = 0, world_size: int = 1, partition: Literal["sample", "shard"] = "sample"):
-        super().__init__(expand_files(files, "JSONL"), seed, rank, world_size, partition)
-        self._handle = None
-        self._path: str | None = None
-
-    def __next__(self) -> dict:
-        empty_files = 0
-        while True:
-            path = self._my_files()[self.order_pos]
-            if self._path != path:
-                if self._handle is not None:
-                    self._handle.close()
-                self._handle = open(path, "rb")
-                self._handle.seek(self.offset)
-                self._path = path
-            line = self._handle.readline()
-            if not line:
-                self._handle.close()
-                self._handle, self._path = None, None
-                self._next_file()
-                empty_files += 1
-                if empty_files > 2 * len(self.files) + 2:
-                    raise RuntimeError(f"no readable record in any of {len(self.files)} JSONL files (skipped: {self.skipped})")
-                continue
-            self.offset += len(line)
-            if not line.strip() or not self._owns_next():
-                continue
-            empty_files = 0
-            try:
-                record = json.loads(line)
-            except ValueError:
-                self._skip("bad_json_line")
-                continue
-            if not isinstance(record, dict):
-                self._skip("not_an_object")
-                continue
-            return record
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        self._handle, self._path = None, None
-        super().load_state_dict(state)
 
 
 def read_records(files: Sequence[str]) -> list[dict]:
