@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from model.lavit.beam_search import BeamSettings, ReleasedHypotheses, beam_search, causal_lm_step
+from model.lavit.beam_search import BeamSettings, ReleasedHypotheses, beam_search, causal_lm_step, released_output_ids
 from model.lavit.configuration import lavit_tiny
 from model.lavit.generation import generate_text
 from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
@@ -210,5 +210,37 @@ def test_released_and_modern_differ_on_the_tiny_model(model):
         hook.remove()
     modern = [strip_pad(r) for r in modern]
     assert [len(r) for r in modern] == [2, 2, 2]
-    assert [len(r) for r in released] == [12, 10, 8]
+    # 4.33's finalize writes </s> after the two that stopped on it (10 and 8 tokens); the one cut at 12 has none.
+    assert [len(r) for r in released] == [12, 11, 9] and [r[-1] == 2 for r in released] == [False, True, True]
     assert all(0 <= t < 32000 for r in released for t in r)  # visual ids stay suppressed
+
+
+def test_released_output_writes_eos_after_hypotheses_shorter_than_the_batch_width():
+    """Issue 19's case: a VQA batch of two, 5 beams, early stopping, </s> competing. 4.33's finalize makes the output
+    min(longest + 1, max_length) wide and writes </s> after every shorter hypothesis: the sample that stopped on
+    </s> ends with it ([..., 7165, 2] in the release), the one cut at max_new_tokens does not."""
+    long_prefix = (X, Z, W, Z)
+    table = {(): {X: 0.9, Y: 0.1}, (X,): {Z: 0.9, EOS: 0.1}, (X, Z): {W: 0.9, EOS: 0.1}, (X, Z, W): {Z: 0.9, EOS: 0.1},
+             long_prefix: {W: 0.9, EOS: 0.1}}
+    short = {(): {Y: 0.9, X: 0.1}, (Y,): {EOS: 0.95, Z: 0.05}}
+    s = BeamSettings(num_beams=5, min_new_tokens=1, max_new_tokens=4, eos_token_id=EOS, length_penalty=0.0, early_stopping=True)
+    beams = s.num_beams
+
+    def step(tokens, origin, prefixes=[()] * (2 * beams)):  # noqa: B006 (the step's own state)
+        if tokens is not None:
+            prefixes[:] = [prefixes[int(o)] + (int(t),) for o, t in zip(origin, tokens)]
+        rows = []
+        for row, prefix in enumerate(prefixes):
+            probs = torch.full((5,), 1e-6, dtype=torch.float64)
+            for token, p in (table if row < beams else short).get(prefix, DEFAULT).items():
+                probs[token] = p
+            rows.append((probs / probs.sum()).log().float())
+        return torch.stack(rows)
+
+    results = beam_search(step, 2, s, "released")
+    assert results[0].tokens == list(long_prefix) and not results[0].ended  # ran to max_new_tokens
+    assert results[1].tokens == [Y] and results[1].ended
+    assert released_output_ids(results, s.max_new_tokens, EOS) == [list(long_prefix), [Y, EOS]]
+    # When every hypothesis ended early, each one is followed by </s> (the output is longest + 1 wide).
+    results[0].tokens = [X, Z]
+    assert released_output_ids(results, s.max_new_tokens, EOS) == [[X, Z, EOS], [Y, EOS]]

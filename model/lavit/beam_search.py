@@ -220,6 +220,17 @@ def _released_search(step: StepFn, batch_size: int, s: BeamSettings) -> list[Bea
     return [book.best() for book in books]
 
 
+def released_output_ids(results: list[BeamResult], max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
+    """The generated ids 4.33's `BeamSearchScorer.finalize` returns for a batch, without its padding: the output is
+    sent_max_len = min(longest hypothesis + 1, max_length) wide (lengths with the BOS placeholder; max_length =
+    1 + max_new_tokens), and </s> is written after every hypothesis shorter than that (the rest of a row is padding).
+    So a hypothesis ended by </s> carries it, and one cut by the length limit does not; the decoded text is the
+    same either way (special tokens are skipped)."""
+    lengths = [1 + len(r.tokens) for r in results]  # the placeholder counted, </s> not (it is never in `tokens`)
+    width = min(max(lengths, default=1) + 1, 1 + max_new_tokens)
+    return [list(r.tokens) + ([eos_token_id] if n < width else []) for r, n in zip(results, lengths)]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # modern: transformers 5
 

@@ -400,7 +400,7 @@ def generate_text_from_items(
 ) -> list[list[int]]:
     """`generate_text` on prepared input sequences (`SequenceItem`s: an understanding item, or an interleaved one
     with several images, `LavitForCausalLM.interleaved_item`)."""
-    from model.lavit.beam_search import DECODINGS, BeamSettings, beam_search, causal_lm_step
+    from model.lavit.beam_search import DECODINGS, BeamSettings, beam_search, causal_lm_step, released_output_ids
 
     if decoding not in DECODINGS:
         raise ValueError(f"unknown decoding {decoding!r}; expected one of {DECODINGS}")
@@ -418,7 +418,7 @@ def generate_text_from_items(
             suppress_ids=tuple(model.vocab.non_text_ids()),
         )
         step = causal_lm_step(model.language_model, batch.inputs_embeds, batch.attention_mask, num_beams)
-        return [r.tokens for r in beam_search(step, len(items), settings, decoding="released")]
+        return released_output_ids(beam_search(step, len(items), settings, decoding="released"), max_new_tokens, eos)
     output = model.language_model.generate(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
