@@ -17,6 +17,7 @@ reproduce: setup
 	.venv/bin/python reproduce/table7.py
 	.venv/bin/python reproduce/table8.py
 	.venv/bin/python reproduce/table5.py
+	.venv/bin/python reproduce/mini_release.py
 	.venv/bin/python -m reproduce.report
 
 report: setup

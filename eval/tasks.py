@@ -485,6 +485,28 @@ def read_mini_vqa(data_root: Path, limit: int | None) -> tuple[list[EvalSample],
     return _vqa_official(data_root, MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, "", lambda i: f"{MINI_IMAGES}{i}.png", limit)
 
 
+def shuffle_images(samples: list[EvalSample], seed: int = 0) -> list[EvalSample]:
+    """The same samples with their images permuted among them: every distinct image is replaced by another one (a
+    seeded derangement of the distinct images), so no question keeps its own picture. The image-shuffle control:
+    a model whose answers come from the image falls to the blind baselines on it."""
+    import random
+
+    images = sorted({s.image for s in samples if s.image is not None})
+    if len(images) < 2:
+        raise EvalInputError(f"an image shuffle needs at least 2 distinct images, got {len(images)}")
+    order = images[:]
+    random.Random(f"{seed}/image_shuffle").shuffle(order)
+    moved = {a: b for a, b in zip(order, order[1:] + order[:1])}  # each image to the next one of a random cycle
+    return [dataclasses.replace(s, image=moved.get(s.image, s.image)) for s in samples]
+
+
+def read_mini_vqa_image_shuffle(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
+    """Every test question with the images permuted over the whole test set, then the first `limit`: the same
+    questions as mini_vqa's first `limit`, each shown another test image whatever the limit."""
+    samples, root = read_mini_vqa(data_root, None)
+    return shuffle_images(samples)[:limit], root
+
+
 def read_mini_t2i(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
     """One prompt per test image: its first reference caption ("a red circle."); the sample's image (and its one
     reference) is the real test image, whose distribution the generated images are compared with."""
@@ -662,6 +684,17 @@ def mini_vqa() -> TaskSpec:
         files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
         layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",
         reader=read_mini_vqa, lavit=LAVIT_MINI_VQA,
+    )  # fmt: skip
+
+
+@register_task
+def mini_vqa_image_shuffle() -> TaskSpec:
+    return vqa_spec(
+        name="mini_vqa_image_shuffle", version=2, split="test",
+        description="mini world: mini_vqa with the test images permuted among the questions (a control), VQA accuracy",
+        files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
+        layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",
+        reader=read_mini_vqa_image_shuffle, lavit=LAVIT_MINI_VQA,
     )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ from typing import Callable
 from harness.errors import InputError
 from harness.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT_VERSION = 3  # 3: 3 captions + 2 QA per image, questions ordered for --limit; 2: adds tokenizer/ (BPE trained on the training texts)
+FORMAT_VERSION = 4  # 4: the "qa" corpus asks every easy-VQA question form; 3: 3 captions + 2 QA per image, questions ordered for --limit; 2: adds tokenizer/
 TEXT_VOCAB_SIZE = 512  # ids of the mini world's text tokenizer: 3 specials + 256 bytes + 253 merges
 SHAPES = ("circle", "rectangle", "triangle")
 PALETTE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
@@ -234,6 +234,17 @@ FILLER = {"who": ["Mara", "Tobin", "the baker", "my neighbour", "a young student
                    "The clock on the wall was five minutes slow.", "They laughed about it later."]}
 
 
+# The question forms of the "qa" corpus source: every form easy-VQA asks (the LLM stand-in knows the language of the
+# questions, as LLaMA knows English; the scene is described in words, never an image).
+COLOR_QUESTIONS = ("what color is the shape?", "what color is the {s}?", "what is the color of the {s}?",
+                   "what is the color of the shape?")
+SHAPE_QUESTIONS = ("what shape is in the image?", "what shape does the image contain?", "what shape is present?",
+                   "what is the {c} shape?")
+YES_NO_QUESTIONS = tuple(t.format(x=x) for x in ("{c} shape", "{s}") for t in (
+    "is a {x} present?", "is there a {x}?", "does the image not contain a {x}?", "is there not a {x}?",
+    "is there not a {x} in the image?", "does the image contain a {x}?", "is no {x} present?", "is there a {x} in the image?"))
+
+
 def corpus(rng: random.Random, facts: list[dict[str, str]], docs_per_source: int) -> dict[str, list[str]]:
     shapes, qa, filler = [], [], []
     corners = {"circle": "none", "rectangle": "four", "triangle": "three"}
@@ -242,11 +253,16 @@ def corpus(rng: random.Random, facts: list[dict[str, str]], docs_per_source: int
         sentences = [rng.choice(SHAPE_FACTS[s]), f"{c.capitalize()} is the colour of {COLOR_THINGS[c]}.",
                      rng.choice(captions(s, c)).capitalize(), f"This {s} is painted {c}."]
         shapes.append(" ".join(rng.sample(sentences, rng.randint(2, 4))))
-        s, c, other_s, other_c = rng.choice(SHAPES), rng.choice(COLORS), rng.choice(SHAPES), rng.choice(COLORS)
-        q, a = rng.choice([("what color is the shape?", c), (f"what color is the {s}?", c), ("what shape is in the image?", s),
-                           (f"what is the {c} shape?", s), (f"is there a {other_c} shape?", "yes" if other_c == c else "no"),
-                           (f"does the image contain a {other_s}?", "yes" if other_s == s else "no"),
-                           (f"how many corners does a {s} have?", corners[s])])
+        s, c = rng.choice(SHAPES), rng.choice(COLORS)
+        if rng.random() < 0.5:  # an open question, or a corner count
+            q, a = rng.choice([(t.format(s=s), c) for t in COLOR_QUESTIONS] + [(t.format(c=c), s) for t in SHAPE_QUESTIONS]
+                              + [(f"how many corners does a {s} have?", corners[s])])
+        else:  # a yes/no question about a colour or a shape, the scene's own half of the time
+            template = rng.choice(YES_NO_QUESTIONS)
+            asked = rng.choice(COLORS if "{c}" in template else SHAPES) if rng.random() < 0.5 else (c if "{c}" in template else s)
+            q = template.format(c=asked, s=asked)
+            present = asked in (c, s)
+            a = "yes" if present != any(w in q.rstrip("?").split() for w in ("not", "no")) else "no"
         scene = rng.choice(["The picture shows a {c} {s}.", "In the image there is a {c} {s}.", "A {c} {s} is drawn on a plain background."])
         qa.append(scene.format(c=c, s=s) + " " + VQA_PROMPT.format(q=q, a=a))
         filler.append(" ".join(f"{rng.choice(FILLER['who']).capitalize()} {rng.choice(FILLER['did'])} {rng.choice(FILLER['where'])}. "
@@ -553,17 +569,36 @@ def _answer_type(sample) -> str:
     return "yes/no" if sample.references and sample.references[0] in ("yes", "no") else "other"
 
 
+def question_majority_answers(world: MiniWorld) -> dict[str, str]:
+    """The most frequent train answer of every train question string (ties: the answer first reached in id order):
+    the strongest answer a model that never looks at the image can learn from the training questions."""
+    train_ids = {int(i) for i in world.labels["train"]}
+    by_question: dict[str, Counter] = {}
+    for q, a, image_id in zip(*_easy_vqa().get_train_questions()):
+        if image_id in train_ids:
+            by_question.setdefault(q, Counter())[a] += 1
+    return {q: c.most_common(1)[0][0] for q, c in by_question.items()}
+
+
+BLIND_BASELINES = ("question_type", "question")
+
+
 def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None, *, predictions_path: str | Path | None = None,
-                 answer_type: str | None = None) -> float:
+                 answer_type: str | None = None, blind: str = "question_type") -> float:
     """VQA accuracy (percent, task mini_vqa's metric) on the task's first `limit` questions, optionally only those of
     one answer type: of the model's saved predictions (`predictions_path`, the runner's predictions.jsonl), or, with
-    no path, of the answer prior (each question answered with its type's most frequent train answer)."""
+    no path, of a blind baseline: `blind="question_type"` answers each question with its type's most frequent train
+    answer, `blind="question"` with the most frequent train answer of the very same question string (falling back
+    to the type's for a question never asked in train)."""
     if answer_type is not None and answer_type not in ANSWER_TYPES:
         raise InputError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
+    if blind not in BLIND_BASELINES:
+        raise InputError(f"blind must be one of {BLIND_BASELINES}, got {blind!r}")
     spec, samples = _task_and_samples("mini_vqa", data_root, limit)
     samples = [s for s in samples if answer_type is None or _answer_type(s) == answer_type]
     if predictions_path is None:
-        predictions = {s.id: world.prior_answer(s.text) for s in samples}
+        majority = question_majority_answers(world) if blind == "question" else {}
+        predictions = {s.id: majority.get(s.text) or world.prior_answer(s.text) for s in samples}
     else:
         path = Path(predictions_path)
         if not path.is_file():

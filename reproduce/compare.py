@@ -43,7 +43,10 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 Mode = Literal["numeric", "claim"]
 
 NUMBER_VERDICTS = ("match", "mismatch", "not measured", "reference only", "measured only")
-CLAIM_VERDICTS = ("holds", "fails", "not measured")
+UNDECIDED = "undecided (within seed spread)"
+CLAIM_VERDICTS = ("holds", "fails", UNDECIDED, "not measured")
+# Seed spreads of the measured cells: (row, column) -> max - min over the row's training seeds (rows with seeds only).
+Spreads = dict[tuple[str, str], float]
 
 
 class MeasuredTableError(InputError):
@@ -65,7 +68,7 @@ class Comparison:
         if self.mode == "numeric":
             return self.numbers[self.numbers["verdict"].isin(["mismatch", "not measured"])]
         claims = self.claims
-        return claims[(claims["verdict"] == "not measured") | ((claims["verdict"] == "fails") & claims["gate"].astype(bool))]
+        return claims[(claims["verdict"] == "not measured") | (claims["verdict"].isin(["fails", UNDECIDED]) & claims["gate"].astype(bool))]
 
     @property
     def passed(self) -> bool:
@@ -160,8 +163,10 @@ def _relation_holds(relation: str, a: float, b: float, higher_is_better: bool | 
     raise MeasuredTableError(f"unknown relation {relation!r}")
 
 
-def evaluate_check(ref: ReferenceTable, check: Check, values: pd.DataFrame) -> tuple[str, list[str]]:
-    """Return (verdict, one line of detail per column) for one check on a wide frame of values."""
+def evaluate_check(ref: ReferenceTable, check: Check, values: pd.DataFrame, spreads: Spreads | None = None) -> tuple[str, list[str]]:
+    """Return (verdict, one line of detail per column) for one check on a wide frame of values. A row-against-row
+    check whose difference is no larger than either row's seed spread (`spreads`) is undecided, whichever way it
+    points: the effect is within the seed-to-seed variation."""
     verdicts, details = [], []
     for column in check.columns:
         a = _measured_value(values, check.row, column)
@@ -175,24 +180,33 @@ def evaluate_check(ref: ReferenceTable, check: Check, values: pd.DataFrame) -> t
         hib = info["higher_is_better"]
         hib = None if hib is None or (isinstance(hib, float) and math.isnan(hib)) else bool(hib)
         ok = _relation_holds(check.relation, a, b, hib, check.margin)
+        spread = max((spreads or {}).get((r, column), 0.0) for r in (check.row, check.than_row))
+        if check.than_row is not None and spread > 0 and abs(a - b) <= spread:
+            verdicts.append(UNDECIDED)
+            details.append(f"{column}: {check.row} {a:g} {check.relation} than {than}: undecided "
+                           f"(difference {abs(a - b):.3g} <= seed spread {spread:.3g})")  # fmt: skip
+            continue
         verdicts.append("holds" if ok else "fails")
-        details.append(f"{column}: {check.row} {a:g} {check.relation} than {than}: {'yes' if ok else 'NO'}")
+        details.append(f"{column}: {check.row} {a:g} {check.relation} than {than}: {'yes' if ok else 'NO'}"
+                       + (f" (difference {abs(a - b):.3g} > seed spread {spread:.3g})" if spread > 0 and check.than_row else ""))
     if "fails" in verdicts:
         return "fails", details
+    if UNDECIDED in verdicts:
+        return UNDECIDED, details
     if "not measured" in verdicts:
         return "not measured", details
     return "holds", details
 
 
-def evaluate_claims(ref: ReferenceTable, values: pd.DataFrame) -> pd.DataFrame:
+def evaluate_claims(ref: ReferenceTable, values: pd.DataFrame, spreads: Spreads | None = None) -> pd.DataFrame:
     records = []
     for claim in ref.claims:
         verdicts, details = [], []
         for check in claim.checks:
-            verdict, lines = evaluate_check(ref, check, values)
+            verdict, lines = evaluate_check(ref, check, values, spreads)
             verdicts.append(verdict)
             details.extend(lines)
-        overall = "fails" if "fails" in verdicts else "not measured" if "not measured" in verdicts else "holds"
+        overall = next((v for v in ("fails", "not measured", UNDECIDED) if v in verdicts), "holds")
         records.append(
             {"claim": claim.id, "statement": claim.statement, "where": claim.where, "verdict": overall, "details": "; ".join(details),
              "gate": claim.gate}
@@ -200,8 +214,10 @@ def evaluate_claims(ref: ReferenceTable, values: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["claim", "statement", "where", "verdict", "details", "gate"])
 
 
-def compare(ref: ReferenceTable | str, measured: pd.DataFrame, mode: Mode = "numeric", profile: str = "paper") -> Comparison:
-    """Build the side-by-side comparison of `measured` against the reference table `ref`."""
+def compare(ref: ReferenceTable | str, measured: pd.DataFrame, mode: Mode = "numeric", profile: str = "paper",
+            spreads: Spreads | None = None) -> Comparison:
+    """Build the side-by-side comparison of `measured` against the reference table `ref` (`spreads`: seed spreads
+    of cells, which make a claim whose effect is within them undecided)."""
     if isinstance(ref, str):
         ref = get_reference(ref)
     if mode not in ("numeric", "claim"):
@@ -212,7 +228,7 @@ def compare(ref: ReferenceTable | str, measured: pd.DataFrame, mode: Mode = "num
         mode=mode,
         profile=profile,
         numbers=compare_numbers(ref, measured),
-        claims=evaluate_claims(ref, measured),
+        claims=evaluate_claims(ref, measured, spreads),
     )
 
 

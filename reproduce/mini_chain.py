@@ -1,6 +1,9 @@
 """The mini LaVIT chain every mini table shares, and the same chain at paper scale.
 
-    encoder_pretrain -> tokenizer (stage 1a) -> unified (stage 2)     (+ llm_pretrain -> unified)
+    mini release encoder -> tokenizer (stage 1a) -> unified (stage 2)     (+ llm_pretrain -> unified)
+
+Stage 1a loads the mini release's ViT (`model/mini_release/`, `reproduce/mini_release.py`) through `encoder_path`,
+the key and loader that take the released EVA-CLIP weights at paper scale: the stand-in is committed, not retrained.
 
 `MINI_CHAIN` is Table 1's model. An ablation row is the same chain with one switch added to a stage
 (`mini_chain(unified=("model.ablation.freeze_llm=true",))`): the table machinery names every run by the hash of
@@ -27,21 +30,29 @@ TEXT_WEIGHTS = '{"shapes": 0.3, "qa": 0.3, "facts": 0.2, "filler": 0.2}'
 # matching text vocabulary of the LLM (text ids, then [IMG], [/IMG] and the visual codes: the paper's layout).
 TOKENIZER = ("text_tokenizer={data}/tokenizer", "model.llm.text_vocab_size=512")
 
-ENCODER_PRETRAIN = StageRun(
-    "encoder_pretrain",
-    overrides=(
-        "synthetic.enabled=false", f"data.shards={SHARDS}", 'data.meta_filter={"kind": "caption"}',
-        "loop.steps=600", "loop.global_batch_size=32", "loop.micro_batch_size=32",
-    ),
-)
+
+def _release_file(part: str) -> str:
+    """'{release}/<file>' of a mini release part (its name carries its hash); a placeholder file name that stage
+    1a's input check reports by name when the release has no such part."""
+    import json
+
+    from reproduce.mini_release import MANIFEST, RELEASE_DIR
+
+    manifest = RELEASE_DIR / MANIFEST
+    parts = json.loads(manifest.read_text())["parts"] if manifest.is_file() else {}
+    return "{release}/" + parts.get(part, {}).get("file", f"missing-{part}.safetensors")
+
 LLM_PRETRAIN = StageRun(
     "llm_pretrain",
-    overrides=("synthetic.enabled=false", f"data.text_sources={TEXT}", f"data.text_weights={TEXT_WEIGHTS}", *TOKENIZER, "loop.steps=150"),
+    # 1,000 steps (was 150), set on the held-out perplexity of reproduce/mini_release.py before any ablation ran.
+    overrides=("synthetic.enabled=false", f"data.text_sources={TEXT}", f"data.text_weights={TEXT_WEIGHTS}", *TOKENIZER, "loop.steps=1000"),
 )
 STAGE_1A = StageRun(
     "tokenizer",
-    overrides=("synthetic.enabled=false", f"data.shards={SHARDS}", "loop.steps=600", "vq_start_step=300", "kmeans_images=512"),
-    inputs=(("encoder_path", "encoder_pretrain"),),
+    # Set on stage 1a's competence on held-out images (reproduce/mini_release.py), before any ablation was looked at:
+    # batch 32 (the preset's 4 used 3 of 64 codes), 400 continuous steps, then VQ from a k-means of 2,048 images.
+    overrides=("synthetic.enabled=false", f"data.shards={SHARDS}", f"encoder_path={_release_file('encoder')}", "loop.steps=1000",
+               "loop.global_batch_size=32", "loop.micro_batch_size=32", "vq_start_step=400", "kmeans_images=2048"),
 )
 STAGE_2 = StageRun(
     "unified",
@@ -61,7 +72,7 @@ STAGE_2 = StageRun(
     inputs=(("tokenizer_checkpoint", "tokenizer"), ("llm_path", "llm_pretrain")),
 )
 
-MINI_CHAIN = (ENCODER_PRETRAIN, LLM_PRETRAIN, STAGE_1A, STAGE_2)
+MINI_CHAIN = (LLM_PRETRAIN, STAGE_1A, STAGE_2)
 
 # Stage 1b at mini scale: the pixel decoder on the mini world's training images, conditioned on the reconstructions
 # of MINI_CHAIN's stage-1a tokenizer. It diffuses in pixel space at 32 px (`latent_space=pixels`: the paper's VAE is
@@ -83,7 +94,7 @@ STAGE_1B = StageRun(
 )
 # Table 1's chain with the pixel decoder beside stage 2: the same run directories for every stage of MINI_CHAIN (a
 # run's name hashes its config and its inputs, not its place in the chain), stage 2 still last (the evaluated run).
-MINI_CHAIN_WITH_DECODER = (ENCODER_PRETRAIN, LLM_PRETRAIN, STAGE_1A, STAGE_1B, STAGE_2)
+MINI_CHAIN_WITH_DECODER = (LLM_PRETRAIN, STAGE_1A, STAGE_1B, STAGE_2)
 
 
 def _with(run: StageRun, extra: tuple[str, ...]) -> StageRun:
@@ -93,7 +104,7 @@ def _with(run: StageRun, extra: tuple[str, ...]) -> StageRun:
 def mini_chain(tokenizer: tuple[str, ...] = (), unified: tuple[str, ...] = ()) -> tuple[StageRun, ...]:
     """MINI_CHAIN with extra `--set` overrides on stage 1a and/or stage 2 (an ablation switch). Without any, it is
     MINI_CHAIN itself (the same run directories)."""
-    return (ENCODER_PRETRAIN, LLM_PRETRAIN, _with(STAGE_1A, tokenizer), _with(STAGE_2, unified))
+    return (LLM_PRETRAIN, _with(STAGE_1A, tokenizer), _with(STAGE_2, unified))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +128,10 @@ def vqa_by_type(answer_type: str):
     def derive(ctx, task_dir: Path) -> float:
         from harness.miniworld import vqa_accuracy
 
-        return vqa_accuracy(ctx.world, ctx.data_root, ctx.profile.eval_limit, predictions_path=task_dir / "predictions.jsonl", answer_type=answer_type)
+        from reproduce.table import task_limit
+
+        limit = task_limit("mini_vqa", ctx.profile)
+        return vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=task_dir / "predictions.jsonl", answer_type=answer_type)
 
     return derive
 

@@ -218,7 +218,10 @@ def tables() -> dict[str, TableSpec]:
 
 
 def _placeholders(ctx: Context) -> dict[str, str]:
-    return {"{data}": str(ctx.data_root) if ctx.data_root else ""}
+    """{data}: the profile's data root; {release}: the committed mini release (model/mini_release/)."""
+    from reproduce.mini_release import RELEASE_DIR
+
+    return {"{data}": str(ctx.data_root) if ctx.data_root else "", "{release}": str(RELEASE_DIR)}
 
 
 def _fill(text: str, ctx: Context) -> str:
@@ -295,7 +298,9 @@ def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
             raise InputError(f"stage {run.stage!r} is not a stage of family {row.family!r}")
         spec.config_class()  # registers the presets
         overrides = [_fill(o, ctx) for o in run.overrides]
-        replacements = {str(ctx.data_root): "$DATA"} if ctx.data_root else {}
+        from reproduce.mini_release import RELEASE_DIR
+
+        replacements = {str(RELEASE_DIR): "$RELEASE", **({str(ctx.data_root): _data_token(ctx)} if ctx.data_root else {})}
         for key, upstream in run.inputs:
             if upstream not in planned:
                 raise InputError(f"stage {run.key!r}: input {key}={upstream!r} names no earlier stage of the chain")
@@ -309,6 +314,14 @@ def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
         planned[run.key] = stage
         out.append(stage)
     return out
+
+
+def _data_token(ctx: Context) -> str:
+    """The data root's token in a run's identity: a mini world is named by its build hash, so a world built by other
+    code (another corpus, other shards) trains new runs instead of reusing those of the old one."""
+    if ctx.world is None:
+        return "$DATA"
+    return f"$DATA[{json.loads((Path(ctx.world.root) / 'DONE').read_text())['hash']}]"
 
 
 def _identity_defaults(config: Any) -> dict[str, Any]:
@@ -421,6 +434,11 @@ def task_data_root(task: str, ctx: Context) -> Path:
     return (path if path.is_absolute() else CHECKOUT / path).resolve()
 
 
+def task_limit(task: str, profile: Profile) -> int | None:
+    """How many samples of `task` the profile evaluates: its `task_limits` entry, else `eval_limit`."""
+    return profile.task_limits[task] if task in profile.task_limits else profile.eval_limit
+
+
 def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Context, load_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Every task of the profile on one checkpoint, loaded once; tasks are grouped by (data root, limit).
     `load_options` go to the family's loader (e.g. a companion run)."""
@@ -429,7 +447,7 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
     profile = ctx.profile
     groups: dict[tuple[Path, int | None], list[str]] = {}
     for task in _tasks(profile):
-        limit = profile.task_limits[task] if task in profile.task_limits else profile.eval_limit
+        limit = task_limit(task, profile)
         groups.setdefault((task_data_root(task, ctx), limit), []).append(task)
     if len(groups) == 1 and not load_options:  # the common case: evaluate_tasks loads the model itself (and on every rank)
         ((root, limit), tasks), = groups.items()
@@ -562,6 +580,12 @@ def seed_frame(ctx: Context) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def seed_spreads(ctx: Context) -> dict[tuple[str, str], float]:
+    """(row, column) -> max - min over the row's seeds, for the rows trained with several seeds."""
+    return {(label, column): max(v[column] for v in per_seed.values()) - min(v[column] for v in per_seed.values())
+            for label, per_seed in ctx.seed_cells.items() if len(per_seed) > 1 for column in next(iter(per_seed.values()))}
+
+
 def seed_markdown(ctx: Context) -> str:
     frame = seed_frame(ctx)
     if frame.empty:
@@ -654,7 +678,7 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
     measured = measure(ctx)
     from reproduce.compare import band_markdown, compare, compare_band, make_band, read_band
 
-    comparison = compare(reference_for(profile.reference), measured, mode=profile.mode, profile=args.profile)
+    comparison = compare(reference_for(profile.reference), measured, mode=profile.mode, profile=args.profile, spreads=seed_spreads(ctx))
     band_check, band_section = None, ""
     if profile.mode == "claim":
         if args.update_band:

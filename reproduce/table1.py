@@ -5,13 +5,16 @@
 
 `mini` (default, CPU, about 10 minutes from nothing): trains a mini LaVIT on the mini world (easy-vqa's shape
 images and a generated text corpus, `harness/miniworld.py`) through the same stages as the paper, each started
-from the kind of state the paper assumes: a tiny ViT pretrained contrastively on captions (for EVA-CLIP), a tiny
-LLaMA pretrained on the text corpus (for LLaMA-7B), then stage 1a (the dynamic tokenizer) and stage 2 (unified
-pre-training on image-text pairs and text). It is then evaluated zero-shot on the mini world's held-out test
-images: captions (CIDEr against references derived from each image's shape and colour, and whether a caption
-names the right shape and colour) and VQA accuracy on the test questions. The paper's claim "LaVIT surpasses the
-baselines" becomes, at this scale, claims against baselines that cannot see the image: an answer prior, and
-captions that guess the attributes. A claim that does not hold is reported as not holding.
+from the kind of state the paper assumes: the mini release's tiny ViT (`model/mini_release/`, the stand-in for
+EVA-CLIP, loaded through `encoder_path`), a tiny LLaMA pretrained on the text corpus (for LLaMA-7B), then stage 1a
+(the dynamic tokenizer) and stage 2 (unified pre-training on image-text pairs and text). It is then evaluated
+zero-shot on the mini world's held-out test images: captions of the 1,000 test images (CIDEr against references
+derived from each image's shape and colour, and whether a caption names the right shape and colour) and VQA
+accuracy on the first 3,000 test questions (3 per image, 808 of them yes/no). The paper's claim "LaVIT surpasses the
+baselines" becomes, at this scale, claims against baselines that cannot see the image: the answer prior per
+question type, the stronger prior per question string, and captions that guess the attributes; and a control: the
+same model with the test images permuted among the questions, which must fall to the blind baselines if its answers
+come from the image. A claim that does not hold is reported as not holding.
 
 `paper`: evaluates a released LaVIT checkpoint on the seven benchmarks of Table 1 in their official layouts and
 compares with the paper's numbers (and prints the release's own numbers beside them).
@@ -26,20 +29,46 @@ if __name__ == "__main__":  # run as a script: import this checkout's packages a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reproduce.mini_chain import MINI_CHAIN, caption_hits, vqa_by_type
-from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table
+from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit
 
 # ---------------------------------------------------------------------------------------------
 # The mini profile: one LaVIT trained from nothing on the mini world.
 
 
-def _answer_prior(ctx) -> dict[str, float]:
+OURS = "Ours (mini LaVIT)"
+VQA_QUESTIONS = 3000  # the first 3,000 test questions: 1,000 images x 3, of them 808 yes/no (the first 1,000: 50)
+
+
+def _blind(kind: str):
+    """A baseline that never sees the image, scored on the same questions as the model."""
+
+    def cells(ctx) -> dict[str, float]:
+        from harness.miniworld import vqa_accuracy
+
+        limit = task_limit("mini_vqa", ctx.profile)
+        return {
+            "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit, blind=kind),
+            "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", blind=kind),
+            "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", blind=kind),
+        }
+
+    return cells
+
+
+def _image_shuffle(ctx) -> dict[str, float]:
+    """Our model on the same questions with the test images permuted among them (task mini_vqa_image_shuffle)."""
+    from eval.evaluate import evaluate_tasks
     from harness.miniworld import vqa_accuracy
 
-    limit = ctx.profile.eval_limit
+    out = ctx.eval_dirs[OURS]
+    limit = task_limit("mini_vqa", ctx.profile)
+    evaluate_tasks(["mini_vqa_image_shuffle"], "lavit", str(ctx.run_dirs[OURS]["unified"]), str(ctx.data_root), str(out),
+                   limit=limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device)  # fmt: skip
+    predictions = out / "mini_vqa_image_shuffle" / "predictions.jsonl"
     return {
-        "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit),
-        "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no"),
-        "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other"),
+        "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=predictions),
+        "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=predictions, answer_type="yes/no"),
+        "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=predictions, answer_type="other"),
     }
 
 
@@ -59,14 +88,14 @@ def _gallery(ctx, path: Path) -> Path:
     from eval.tasks import get_task
     from reproduce.figures import GalleryItem, gallery
 
-    eval_dir = ctx.eval_dirs["Ours (mini LaVIT)"]
+    eval_dir = ctx.eval_dirs[OURS]
 
     def predictions(task: str) -> dict:
         lines = (eval_dir / task / "predictions.jsonl").read_text().splitlines()[1:]  # after the header
         return {r["id"]: r.get("prediction", "") for r in map(json.loads, lines)}
 
     captions, answers = predictions("mini_caption"), predictions("mini_vqa")
-    questions, _ = get_task("mini_vqa").read(ctx.data_root, ctx.profile.eval_limit)
+    questions, _ = get_task("mini_vqa").read(ctx.data_root, task_limit("mini_vqa", ctx.profile))
     by_image: dict[str, list] = {}
     for q in questions:
         by_image.setdefault(Path(q.image).stem, []).append(q)
@@ -86,8 +115,10 @@ def _gallery(ctx, path: Path) -> Path:
 
 MINI = Profile(
     rows={
-        "Ours (mini LaVIT)": Trained("lavit", MINI_CHAIN),
-        "Answer prior (no image)": Computed(_answer_prior, "most frequent training answer per question type"),
+        OURS: Trained("lavit", MINI_CHAIN),
+        "Images shuffled (ours)": Computed(_image_shuffle, "our model, the test images permuted among the questions"),
+        "Answer prior (no image)": Computed(_blind("question_type"), "most frequent training answer per question type"),
+        "Question prior (no image)": Computed(_blind("question"), "most frequent training answer per question string"),
         "Chance captions": Computed(_chance_captions, "template captions with a random shape and colour"),
     },
     columns=(
@@ -103,6 +134,7 @@ MINI = Profile(
     preset="mini",
     data="miniworld",
     eval_limit=1000,
+    task_limits={"mini_vqa": VQA_QUESTIONS},
     describe="Mini world (easy-vqa shapes), zero-shot on held-out test images. Not comparable with the paper's numbers.",
     figure=_gallery,
 )

@@ -399,6 +399,7 @@ WRITERS = {
     "mini_caption": write_miniworld,
     "mini_t2i": write_miniworld,
     "mini_vqa": write_miniworld,
+    "mini_vqa_image_shuffle": write_miniworld,
     "mini_knowledge": write_miniworld,
     "textvqa_val": write_textvqa,
     "scienceqa_img": write_scienceqa,

@@ -140,3 +140,23 @@ def test_written_files_and_check_exit_code(ref, tmp_path, monkeypatch, capsys):
     # Without --check the same comparison is written and exits 0.
     assert cmp.main(["lavit_table3b", "--measured", str(measured), "--results-dir", str(out), "--mode", "claim"]) == 0
     assert not math.isnan(pd.read_csv(out / "lavit_table3b.csv")["measured"].dropna().iloc[0])
+
+
+def test_a_claim_within_the_seed_spread_is_undecided_and_one_beyond_it_is_decided(ref):
+    measured = frame({"Fixed": {"Num": 256, "Flickr": 10.0, "VQAv2": 20.0}, "Dynamic": {"Num": 90, "Flickr": 11.0, "VQAv2": 21.0}})
+    small = {("Dynamic", "Flickr"): 0.5, ("Fixed", "VQAv2"): 0.2}  # both effects (1.0) are larger: decided
+    result = cmp.compare(ref, measured, mode="claim", profile="mini", spreads=small)
+    row = result.claims.set_index("claim").loc["dynamic_beats_fixed"]
+    assert row["verdict"] == "holds" and "> seed spread 0.5" in row["details"]
+
+    wide = {("Fixed", "Flickr"): 1.5}  # Flickr's +1.0 is inside Fixed's seed spread
+    result = cmp.compare(ref, measured, mode="claim", profile="mini", spreads=wide)
+    row = result.claims.set_index("claim").loc["dynamic_beats_fixed"]
+    assert row["verdict"] == cmp.UNDECIDED and "undecided (difference 1 <= seed spread 1.5)" in row["details"]
+    assert result.claims.set_index("claim").loc["dynamic_under_100_tokens", "verdict"] == "holds"  # against a value: no spread
+    assert not result.passed  # a gated claim that is undecided is not a pass
+
+    fails = measured.copy()
+    fails.loc["Dynamic", "VQAv2"] = 15.0  # a clear failure elsewhere wins over an undecided column
+    result = cmp.compare(ref, fails, mode="claim", profile="mini", spreads=wide)
+    assert result.claims.set_index("claim").loc["dynamic_beats_fixed", "verdict"] == "fails"

@@ -40,7 +40,7 @@ def family() -> str:
 
 EXPECTED_SAMPLES = {  # what each fixture holds for the task's split
     "coco_karpathy_test": 4, "nocaps_val": 6, "flickr30k_test": 4, "vqav2_val": 6, "okvqa_val": 6, "gqa_testdev": 6,
-    "vizwiz_val": 6, "coco30k_fid": 6, "mini_caption": 6, "mini_t2i": 6, "mini_vqa": 6, "textvqa_val": 6, "scienceqa_img": 6,
+    "vizwiz_val": 6, "coco30k_fid": 6, "mini_caption": 6, "mini_t2i": 6, "mini_vqa": 6, "mini_vqa_image_shuffle": 6, "textvqa_val": 6, "scienceqa_img": 6,
     "pope": 12, "mme": 8, "mmbench_dev": 9, "mmbench_cn_dev": 9, "seed_bench_img": 6, "llava_bench": 3, "mm_vet": 3,
     **{f"{base}_0shot": n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
                                           ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))},
@@ -51,7 +51,7 @@ EXPECTED_SAMPLES = {  # what each fixture holds for the task's split
 # with all their circular shifts, N queries of an in-context task with each seed
 LIMIT_PER_GROUP = {"pope", "mme", "mmbench_dev", "mmbench_cn_dev"} | {f"{b}_4shot" for b in ("okvqa_val", "textvqa_val",
                    "coco_karpathy_test", "flickr30k_test", "mini_vqa", "mini_caption")}  # fmt: skip
-COLOR_QUESTIONS = ("vqav2_val", "okvqa_val", "gqa_testdev", "vizwiz_val", "textvqa_val", "mini_vqa")
+COLOR_QUESTIONS = ("vqav2_val", "okvqa_val", "gqa_testdev", "vizwiz_val", "textvqa_val", "mini_vqa", "mini_vqa_image_shuffle")
 
 
 @pytest.mark.parametrize("name", list(T.TASKS))

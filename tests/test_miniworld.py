@@ -243,3 +243,38 @@ def test_fewshot_pool_holds_train_images_only_and_is_added_to_an_older_world(wor
     build_miniworld(world.root, seed=0, **SIZE)
     assert tree_hash(world.root / "eval") == before
     assert write_fewshot_pool(world.root) == 0  # already there: nothing written
+
+
+def test_question_prior_is_the_majority_answer_of_each_question_string_and_at_least_the_type_prior(world):
+    from harness.miniworld import question_majority_answers, vqa_accuracy
+
+    majority = question_majority_answers(world)
+    train_ids = {int(i) for i in world.labels["train"]}
+    asked = [(q, a) for q, a, i in zip(*easy_vqa.get_train_questions()) if i in train_ids]
+    question, _ = Counter(q for q, _ in asked).most_common(1)[0]
+    assert majority[question] == Counter(a for q, a in asked if q == question).most_common(1)[0][0]
+    questions = json.loads(world.vqa_questions_file.read_text())["questions"][:150]
+    answers = {a["question_id"]: a["multiple_choice_answer"]
+               for a in json.loads(world.vqa_annotations_file.read_text())["annotations"]}
+    # Every question has 10 identical answers (VQA accuracy 100 or 0); unseen strings fall back to the type's prior.
+    expected = 100 * sum((majority.get(q["question"]) or world.prior_answer(q["question"])) == answers[q["question_id"]]
+                         for q in questions) / len(questions)
+    assert vqa_accuracy(world, world.root, limit=150, blind="question") == pytest.approx(expected)
+    with pytest.raises(Exception, match="blind must be one of"):
+        vqa_accuracy(world, world.root, limit=10, blind="oracle")
+
+
+def test_image_shuffle_moves_every_question_to_another_image_deterministically(world):
+    from eval.tasks import get_task
+
+    plain, _ = get_task("mini_vqa").read(world.root, 150)
+    shuffled, _ = get_task("mini_vqa_image_shuffle").read(world.root, 150)
+    again, _ = get_task("mini_vqa_image_shuffle").read(world.root, 150)
+    assert [s.id for s in shuffled] == [s.id for s in plain] and [s.text for s in shuffled] == [s.text for s in plain]
+    assert all(a.image != b.image for a, b in zip(plain, shuffled))  # a derangement of the images
+    assert sorted({s.image for s in shuffled}) == sorted({s.image for s in plain})
+    assert [s.image for s in again] == [s.image for s in shuffled]
+    # Questions about one image all move to the same other image (the picture is replaced, not scrambled per question).
+    moved = {}
+    for a, b in zip(plain, shuffled):
+        assert moved.setdefault(a.image, b.image) == b.image

@@ -231,3 +231,33 @@ def test_an_interrupted_run_resumes_to_the_same_losses(stage, tmp_path):
     _run(stage, tmp_path / "split", *common)
     whole, split = _metrics(tmp_path / "whole"), _metrics(tmp_path / "split")
     assert [m["loss"] for m in split] == [m["loss"] for m in whole] and len(whole) == 4
+
+
+def test_encoder_pretrain_positive_keys_make_same_content_pairs_positives_unicl():
+    """With data.positive_keys the contrastive target spreads over the pairs of the same content (UniCL); without,
+    each pair is its own only positive (CLIP)."""
+    from model.lavit.stages.config import encoder_pretrain_mini_preset
+    from model.lavit.stages.encoder_pretrain import ContrastiveModule, collate
+
+    pixels = torch.zeros(3, 56, 56)
+    pairs = [(pixels, [1, 2], ("circle", "red")), (pixels, [3], ("circle", "red")), (pixels, [4, 5, 6], ("triangle", "red"))]
+    batch = collate(pairs)
+    assert batch["positive"].tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    plain = collate([(p, ids, ()) for p, ids, _ in pairs])
+    assert plain["positive"].tolist() == torch.eye(3, dtype=torch.bool).tolist()
+
+    torch.manual_seed(0)
+    module = ContrastiveModule(encoder_pretrain_mini_preset())
+    generator = torch.Generator().manual_seed(0)
+    batch["pixel_values"] = torch.randn(3, 3, 56, 56, generator=generator)
+    plain["pixel_values"] = batch["pixel_values"]
+    # Same inputs, different targets: the two losses differ, and the UniCL one equals its formula.
+    label_aware, clip = module(batch).loss_sum, module(plain).loss_sum
+    assert not torch.isclose(label_aware, clip)
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(module.embed_images(batch["pixel_values"]), dim=-1)
+        text = torch.nn.functional.normalize(module.text_encoder(batch["input_ids"], batch["attention_mask"]), dim=-1)
+        logits = module.logit_scale.exp() * image @ text.T
+        target = batch["positive"].float() / batch["positive"].float().sum(1, keepdim=True)
+        expected = -((target * logits.log_softmax(1)).sum() + (target * logits.T.log_softmax(1)).sum()) / 2
+    assert torch.isclose(label_aware.detach(), expected, atol=1e-5)

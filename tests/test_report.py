@@ -8,7 +8,7 @@ import pandas as pd
 
 from reproduce import compare as cmp
 from reproduce.reference import REFERENCE_DIR, get_reference
-from reproduce.report import BEGIN_MARKER, END_MARKER, main, status_frame, to_markdown
+from reproduce.report import BEGIN_MARKER, CLAIMS_BEGIN, CLAIMS_END, END_MARKER, claims_frame, main, status_frame, to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +44,13 @@ def test_reproduce_md_status_table_is_current():
     assert committed == to_markdown(status_frame()).strip(), (
         "REPRODUCE.md is stale: run `python -m reproduce.report --update REPRODUCE.md`"
     )
+
+
+def test_reproduce_md_claims_table_is_current_and_lists_every_mini_paper_claim():
+    """REPRODUCE.md's "which paper claims reproduce at mini scale" is generated from results/, never typed."""
+    text = (ROOT / "REPRODUCE.md").read_text()
+    committed = text.split(CLAIMS_BEGIN, 1)[1].split(CLAIMS_END, 1)[0].strip()
+    claims = claims_frame()
+    assert committed == to_markdown(claims).strip(), "REPRODUCE.md is stale: run `python -m reproduce.report --update REPRODUCE.md`"
+    assert {"lavit_table3a", "lavit_table6", "lavit_table8"} <= set(claims["table"])
+    assert set(claims["verdict"]) <= {"holds", "fails", "undecided (within seed spread)", "not measured"}

@@ -256,26 +256,30 @@ def test_ablation_tables_share_table1_runs_and_switch_one_thing(tmp_path):
                                 (TABLE_8, "w/ Token Merger", "w/o Token Merger")):
         plans = _plans(spec, "mini", tmp_path)
         assert [s.directory for s in plans[shared]] == table1  # the very runs of Table 1
-        assert [s.directory for s in plans[other]][:2] == table1[:2]  # encoder_pretrain and llm_pretrain shared
+        assert [s.directory for s in plans[other]][:1] == table1[:1]  # llm_pretrain shared (the encoder is the release)
         switched[other] = plans[other]
-    assert switched["Regression"][2].directory == table1[2] != switched["Fixed"][2].directory  # 3b retrains stage 1a
-    assert switched["Regression"][3].config.model.ablation.visual_objective == "regression"
-    assert switched["Fixed"][2].config.tokenizer.fixed_length and switched["Fixed"][3].config.model.tokenizer.fixed_length
-    assert switched["Quantized"][3].config.model.ablation.understanding_input == "quantized"
-    assert switched["Frozen LLM"][3].config.model.ablation.freeze_llm
+    assert switched["Regression"][1].directory == table1[1] != switched["Fixed"][1].directory  # 3b retrains stage 1a
+    assert switched["Regression"][2].config.model.ablation.visual_objective == "regression"
+    assert switched["Fixed"][1].config.tokenizer.fixed_length and switched["Fixed"][2].config.model.tokenizer.fixed_length
+    assert switched["Quantized"][2].config.model.ablation.understanding_input == "quantized"
+    assert switched["Frozen LLM"][2].config.model.ablation.freeze_llm
     # Tables 6 and 8 switch the tokenizer: stage 1a is retrained and stage 2 builds the same tokenizer
     bidirectional = switched["Bi-directional Attention"]
-    assert bidirectional[2].config.tokenizer.merger_attention == "bidirectional" != table1_merger(tmp_path, TABLE1)
-    assert bidirectional[3].config.model.tokenizer.merger_attention == "bidirectional"
+    assert bidirectional[1].config.tokenizer.merger_attention == "bidirectional" != table1_merger(tmp_path, TABLE1)
+    assert bidirectional[2].config.model.tokenizer.merger_attention == "bidirectional"
     no_merger = switched["w/o Token Merger"]
-    assert not no_merger[2].config.tokenizer.use_merger and not no_merger[3].config.model.tokenizer.use_merger
-    stage_1a = {s[2].directory for s in switched.values()} | {table1[2]}
+    assert not no_merger[1].config.tokenizer.use_merger and not no_merger[2].config.model.tokenizer.use_merger
+    stage_1a = {s[1].directory for s in switched.values()} | {table1[1]}
     assert len(stage_1a) == 4  # Table 1's, Fixed's, Bi-directional's, w/o merger's
-    assert len({s[3].directory for s in switched.values()} | {table1[3]}) == 7
+    assert len({s[2].directory for s in switched.values()} | {table1[2]}) == 7
+    # Every stage 1a starts from the mini release's encoder, through the key that takes the released EVA-CLIP file.
+    from reproduce.mini_release import release_file
+
+    assert all(s[1].config.encoder_path == str(release_file("encoder")) for s in switched.values())
 
 
 def table1_merger(tmp_path, table1) -> str:
-    return _plans(table1, "mini", tmp_path)["Ours (mini LaVIT)"][2].config.tokenizer.merger_attention
+    return _plans(table1, "mini", tmp_path)["Ours (mini LaVIT)"][1].config.tokenizer.merger_attention
 
 
 def test_paper_profiles_plan_with_the_paper_presets_without_running(tmp_path):
@@ -333,16 +337,17 @@ def test_seeded_rows_share_seed_zero_runs_and_report_mean_and_spread(tmp_path):
     table1 = [s.directory for s in _plans(TABLE1, "mini", tmp_path)["Ours (mini LaVIT)"]]
     spec = TABLE_6
     row = spec.profiles["mini"].rows["Causal Attention"]
-    assert row.seeds == (0, 1)
+    assert row.seeds == (0, 1, 2)
     ctx = T.Context(spec, "mini", spec.profiles["mini"], tmp_path / "runs", tmp_path, tmp_path / "data", None, "local", "cpu")
     seed0 = [s.directory for s in T.plan_chain(row.with_seed(0), ctx)]
     seed1 = T.plan_chain(row.with_seed(1), ctx)
     assert seed0 == table1  # seed 0 adds no override: Table 1's runs
-    assert [s.directory for s in seed1][:3] == table1[:3] and seed1[3].directory != table1[3]  # only stage 2 re-seeded
-    assert seed1[3].config.loop.seed == 1
+    assert [s.directory for s in seed1][:2] == table1[:2] and seed1[2].directory != table1[2]  # only stage 2 re-seeded
+    assert seed1[2].config.loop.seed == 1
 
     ctx.seed_cells["Causal Attention"] = {0: {"CIDEr": 260.0, "VQA": 37.0}, 1: {"CIDEr": 280.0, "VQA": 38.0}}
     frame = T.seed_frame(ctx).set_index("column")
     assert frame.loc["CIDEr", "mean"] == 270.0 and frame.loc["CIDEr", "spread"] == 20.0
     assert frame.loc["VQA", "seed 0"] == 37.0 and frame.loc["VQA", "seed 1"] == 38.0
     assert "Seeds" in T.seed_markdown(ctx)
+    assert T.seed_spreads(ctx) == {("Causal Attention", "CIDEr"): 20.0, ("Causal Attention", "VQA"): 1.0}

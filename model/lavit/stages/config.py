@@ -222,6 +222,9 @@ class EncoderPretrainDataConfig:
     # Keep only samples whose KEY.json has these values (e.g. {"kind": "caption"}: pairs whose text describes the
     # image, not question-answer texts); empty = every sample.
     meta_filter: dict[str, str] = field(default_factory=dict)
+    # KEY.json keys whose equal values make two pairs positives of each other (UniCL's label-aware contrastive loss,
+    # encoder_pretrain.py); empty = plain CLIP (each pair's only positive is itself).
+    positive_keys: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -9,7 +9,14 @@ trains the same class (`EvaVisionTransformer`, shapes from the stage's `tokenize
     t_j = l2( proj( masked_mean( TextEncoder(bytes_j) ) ) )        caption: byte ids -> embedding + positions ->
                                                                    `depth` pre-norm transformer layers -> LN
     logits_ij = exp(s) v_i . t_j,   s learned, exp(s) <= max_logit_scale,  exp(s_0) = 1 / init_temperature
-    loss_i = (CE(logits_i., i) + CE(logits_.i, i)) / 2               symmetric InfoNCE (CLIP)
+    loss_i = (CE(logits_i., P_i. / |P_i.|) + CE(logits_.i, P_.i / |P_.i|)) / 2     symmetric InfoNCE with soft targets
+
+P is the positive-pair matrix. Plain CLIP: P = I, every other pair of the micro-batch is a negative. With
+`data.positive_keys` (e.g. ["shape", "color"]) two pairs whose KEY.json agree on those keys are positives of each
+other, the target spread evenly over them: UniCL's label-aware contrastive loss (Yang et al., CVPR 2022). A
+world of 24 image contents and batches of 64 needs it: with P = I most in-batch "negatives" show the same thing as
+the positive, the loss cannot be satisfied and pulls against itself (measured: the plain-CLIP stand-in learns
+colour, never shape; reproduce/mini_release.py).
 
 The negatives are the other pairs of the same micro-batch (not gathered over ranks or accumulation steps: keep
 micro_batch_size = global_batch_size / world_size for the usual CLIP batch). Logged: loss, i2t_acc (in-batch
@@ -108,12 +115,14 @@ class ContrastiveModule(nn.Module):
         device = self.logit_scale.device
         pixels, ids, mask = (batch[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask"))
         same = batch["same_caption"].to(device)  # (b, b) bool: caption i == caption j
+        positive = batch["positive"].to(device).float()  # (b, b): pair j is a positive of pair i (diagonal always)
         image = F.normalize(self.embed_images(pixels).float(), dim=-1)  # (b, E)
         text = F.normalize(self.text_encoder(ids, mask).float(), dim=-1)  # (b, E)
         scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
         logits = scale * image @ text.T  # (b, b): image i vs caption j
         target = torch.arange(logits.shape[0], device=device)
-        per_pair = (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")) / 2
+        soft = positive / positive.sum(1, keepdim=True)  # symmetric: rows and columns are the same sets
+        per_pair = (F.cross_entropy(logits, soft, reduction="none") + F.cross_entropy(logits.T, soft, reduction="none")) / 2
         with torch.no_grad():
             i2t = same[target, logits.argmax(1)].float().sum()
             t2i = same[logits.argmax(0), target].float().sum()
@@ -135,17 +144,21 @@ def preprocess_image(image: Any, size: int) -> torch.Tensor:
     return (pixels.permute(2, 0, 1).float() / 255.0 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
-def collate(pairs: list[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tensor]:
-    """[(pixels, caption ids)] -> pixel_values (b, 3, S, S), input_ids / attention_mask (b, T), same_caption (b, b)."""
-    width = max(len(ids) for _, ids in pairs)
+def collate(pairs: list[tuple[torch.Tensor, list[int], tuple]]) -> dict[str, torch.Tensor]:
+    """[(pixels, caption ids, positive key)] -> pixel_values (b, 3, S, S), input_ids / attention_mask (b, T),
+    same_caption (b, b), positive (b, b): equal positive keys (an empty key: only the pair itself)."""
+    width = max(len(ids) for _, ids, _ in pairs)
     ids = torch.full((len(pairs), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros(len(pairs), width, dtype=torch.bool)
-    for i, (_, caption) in enumerate(pairs):
+    for i, (_, caption, _) in enumerate(pairs):
         ids[i, : len(caption)] = torch.tensor(caption)
         mask[i, : len(caption)] = True
-    keys = [tuple(c) for _, c in pairs]
+    keys = [tuple(c) for _, c, _ in pairs]
     same = torch.tensor([[a == b for b in keys] for a in keys])
-    return {"pixel_values": torch.stack([p for p, _ in pairs]), "input_ids": ids, "attention_mask": mask, "same_caption": same}
+    labels = [(i,) if not key else key for i, (_, _, key) in enumerate(pairs)]
+    positive = torch.tensor([[a == b for b in labels] for a in labels])
+    return {"pixel_values": torch.stack([p for p, _, _ in pairs]), "input_ids": ids, "attention_mask": mask,
+            "same_caption": same, "positive": positive}
 
 
 class EncoderPretrainTask(StatelessStage):
@@ -204,12 +217,17 @@ class EncoderPretrainTask(StatelessStage):
         stream = ImageTextShards(shards, seed=cfg.loop.seed, rank=info.rank, world_size=info.world_size, partition=cfg.data.partition)
 
         wanted = dict(cfg.data.meta_filter)
+        positive_keys = tuple(cfg.data.positive_keys)
 
         def to_pair(sample):
             if any(str(sample.meta.get(k)) != v for k, v in wanted.items()):
                 return None
+            missing = [k for k in positive_keys if k not in sample.meta]
+            if missing:
+                raise InputError(f"data.positive_keys: sample {sample.key} has no {missing[0]!r} in its KEY.json")
             ids = tok(sample.text, add_special_tokens=False)["input_ids"][:max_len]
-            return (preprocess_image(sample.image, size), ids) if ids else None
+            key = tuple(str(sample.meta[k]) for k in positive_keys)
+            return (preprocess_image(sample.image, size), ids, key) if ids else None
 
         return Batched(Mapped(stream, to_pair), micro_batch_size, collate)
 

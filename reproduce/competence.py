@@ -1,0 +1,114 @@
+"""Competence of the mini world's parts, measured on held-out data: the instruments behind the mini tables.
+
+A mini table can only test a paper claim if the model it ablates works. This module measures each part on the mini
+world's *test* images (never trained on), with probes fitted on training images:
+
+    linear_probe             multinomial logistic regression (L-BFGS, scikit-learn) on frozen features: shape, colour
+    encoder_features         the ViT's patch features as stage 1a reads them (mean over patches, and all patches)
+    tokenizer_statistics     stage 1a under the argmax keep mask: kept tokens per image, codes used, code perplexity,
+                             and bag-of-codes features for a probe
+
+`reproduce/mini_release.py` prints them against their targets (the "mini release" report).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import torch
+
+PROBE_TRAIN_IMAGES = 2000  # train images the probes are fitted on (the first in shard order)
+
+
+@dataclass
+class LabelledImages:
+    """Images with their shape and colour labels (index into harness.miniworld.SHAPES / COLORS)."""
+
+    images: list  # PIL images
+    shape: torch.Tensor  # (n,) long
+    color: torch.Tensor  # (n,) long
+
+
+def probe_images(world, split: str, n: int | None = None) -> LabelledImages:
+    """The first `n` train images (shard order) or every test image (id order), with their labels."""
+    from PIL import Image
+
+    from harness.miniworld import COLORS, SHAPES, train_images
+
+    if split == "train":
+        pngs = train_images(world, n or PROBE_TRAIN_IMAGES)
+        items = [(i, Image.open(io.BytesIO(png)).convert("RGB")) for i, png in pngs.items()]
+    elif split == "test":
+        ids = sorted(int(i) for i in world.labels["test"])[:n]
+        items = [(i, Image.open(world.test_image_dir / f"{i}.png").convert("RGB")) for i in ids]
+    else:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    labels = [world.labels[split][str(i)] for i, _ in items]
+    return LabelledImages(
+        images=[image for _, image in items],
+        shape=torch.tensor([SHAPES.index(s) for s, _ in labels]),
+        color=torch.tensor([COLORS.index(c) for _, c in labels]),
+    )
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, c: float = 1.0) -> float:
+    """Test accuracy (0-1) of a logistic-regression probe fitted on (train_x, train_y); features standardised with
+    the training set's statistics (CLIP's linear-probe protocol, without the C sweep: C = 1)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    fit = LogisticRegression(C=c, max_iter=2000)
+    fit.fit(((train_x - mean) / std).double().numpy(), train_y.numpy())
+    return float((fit.predict(((test_x - mean) / std).double().numpy()) == test_y.numpy()).mean())
+
+
+@torch.no_grad()
+def encoder_features(encoder, preprocess, images: list, batch_size: int = 256) -> torch.Tensor:
+    """(n, N * D) frozen patch features (last block, before norm, no CLS: what stage 1a reads), flattened so a linear
+    probe can use where a patch is, not only what it holds."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = preprocess(images[start : start + batch_size])
+        out.append(encoder(pixels)[:, 1:].flatten(1).float())
+    return torch.cat(out)
+
+
+@dataclass
+class TokenizerStatistics:
+    kept: torch.Tensor  # (n,) kept tokens per image under the argmax keep mask
+    codes: list[torch.Tensor]  # per image, its code ids
+    codebook_size: int
+
+    @property
+    def codes_used(self) -> int:
+        return int(torch.cat(self.codes).unique().numel()) if self.codes else 0
+
+    @property
+    def code_perplexity(self) -> float:
+        """exp(entropy) of the code frequencies over all images: the effective number of codes in use."""
+        counts = torch.bincount(torch.cat(self.codes), minlength=self.codebook_size).double()
+        p = counts[counts > 0] / counts.sum()
+        return float(math.exp(-(p * p.log()).sum()))
+
+    def bag_of_codes(self) -> torch.Tensor:
+        """(n, codebook_size) code counts per image: what a probe on the token ids alone can read."""
+        bags = torch.zeros(len(self.codes), self.codebook_size)
+        for i, codes in enumerate(self.codes):
+            bags[i] += torch.bincount(codes, minlength=self.codebook_size).float()
+        return bags
+
+
+@torch.no_grad()
+def tokenizer_statistics(tokenizer, images: list, selection: str = "deterministic", seed: int = 0, batch_size: int = 256) -> TokenizerStatistics:
+    """Stage 1a's discrete tokens of `images` under the argmax keep mask (`deterministic`) or the released Gumbel
+    sampling (`sampled`, seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    kept, codes = [], []
+    for start in range(0, len(images), batch_size):
+        pixels = tokenizer.preprocess(images[start : start + batch_size])
+        out = tokenizer.tokenize(pixels, selection=selection, generator=generator if selection == "sampled" else None)
+        kept.append(out.keep_mask.sum(1))
+        codes.extend(c.cpu() for c in out.codes)
+    return TokenizerStatistics(kept=torch.cat(kept), codes=codes, codebook_size=tokenizer.cfg.codebook_size)
