@@ -106,9 +106,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False) + "\n"
 
 
-def _replace_between(text: str, path: Path, begin: str, end: str, body: str) -> str:
+def _replace_between(text: str, path: Path, what: str, begin: str, end: str, body: str) -> str:
     if begin not in text or end not in text:
-        raise InputError(f"{path}: markers not found; add the two lines\n{begin}\n{end}")
+        raise InputError(f"{path}: {what} markers not found; add the two lines\n{begin}\n{end}")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{body}{end}{tail}"
@@ -116,9 +116,9 @@ def _replace_between(text: str, path: Path, begin: str, end: str, body: str) -> 
 
 def update_markdown_file(path: Path, frame: pd.DataFrame, claims: pd.DataFrame | None = None) -> None:
     """Rewrite the status table (and, given `claims`, the mini-scale claims table) between their markers."""
-    text = _replace_between(path.read_text(encoding="utf-8"), path, BEGIN_MARKER, END_MARKER, to_markdown(frame))
+    text = _replace_between(path.read_text(encoding="utf-8"), path, "status", BEGIN_MARKER, END_MARKER, to_markdown(frame))
     if claims is not None:
-        text = _replace_between(text, path, CLAIMS_BEGIN, CLAIMS_END, to_markdown(claims))
+        text = _replace_between(text, path, "claims", CLAIMS_BEGIN, CLAIMS_END, to_markdown(claims))
     atomic_write_text(path, text)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.mini_chain import MINI_CHAIN, caption_hits, vqa_by_type
+from reproduce.mini_chain import MINI_CHAIN, MINI_EVAL_LIMIT, MINI_TASK_LIMITS, caption_hits, vqa_by_type
 from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit
 
 # ---------------------------------------------------------------------------------------------
@@ -36,40 +36,34 @@ from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trai
 
 
 OURS = "Ours (mini LaVIT)"
-VQA_QUESTIONS = 3000  # the first 3,000 test questions: 1,000 images x 3, of them 808 yes/no (the first 1,000: 50)
+
+
+def _vqa_cells(ctx, **how) -> dict[str, float]:
+    """The three VQA columns on the task's questions: of saved predictions (`predictions_path=`) or a blind baseline
+    (`blind=`), as `harness.miniworld.vqa_accuracy` scores them."""
+    from harness.miniworld import vqa_accuracy
+
+    limit = task_limit("mini_vqa", ctx.profile)
+    return {
+        "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit, **how),
+        "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", **how),
+        "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", **how),
+    }
 
 
 def _blind(kind: str):
     """A baseline that never sees the image, scored on the same questions as the model."""
-
-    def cells(ctx) -> dict[str, float]:
-        from harness.miniworld import vqa_accuracy
-
-        limit = task_limit("mini_vqa", ctx.profile)
-        return {
-            "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit, blind=kind),
-            "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", blind=kind),
-            "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", blind=kind),
-        }
-
-    return cells
+    return lambda ctx: _vqa_cells(ctx, blind=kind)
 
 
 def _image_shuffle(ctx) -> dict[str, float]:
     """Our model on the same questions with the test images permuted among them (task mini_vqa_image_shuffle)."""
     from eval.evaluate import evaluate_tasks
-    from harness.miniworld import vqa_accuracy
 
     out = ctx.eval_dirs[OURS]
-    limit = task_limit("mini_vqa", ctx.profile)
     evaluate_tasks(["mini_vqa_image_shuffle"], "lavit", str(ctx.run_dirs[OURS]["unified"]), str(ctx.data_root), str(out),
-                   limit=limit, batch_size=ctx.profile.eval_batch_size, device=ctx.device)  # fmt: skip
-    predictions = out / "mini_vqa_image_shuffle" / "predictions.jsonl"
-    return {
-        "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=predictions),
-        "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=predictions, answer_type="yes/no"),
-        "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, predictions_path=predictions, answer_type="other"),
-    }
+                   limit=task_limit("mini_vqa_image_shuffle", ctx.profile), batch_size=ctx.profile.eval_batch_size, device=ctx.device)  # fmt: skip
+    return _vqa_cells(ctx, predictions_path=out / "mini_vqa_image_shuffle" / "predictions.jsonl")
 
 
 def _chance_captions(ctx) -> dict[str, float]:
@@ -133,8 +127,8 @@ MINI = Profile(
     mode="claim",
     preset="mini",
     data="miniworld",
-    eval_limit=1000,
-    task_limits={"mini_vqa": VQA_QUESTIONS},
+    eval_limit=MINI_EVAL_LIMIT,
+    task_limits=MINI_TASK_LIMITS,
     describe="Mini world (easy-vqa shapes), zero-shot on held-out test images. Not comparable with the paper's numbers.",
     figure=_gallery,
 )

@@ -242,7 +242,7 @@ def test_table2_reuses_table1_runs_and_adds_only_the_pixel_decoder(tmp_path):
     assert [s.directory for s in chain if s.run.stage != "pixel_decoder"] == table1
     assert chain[-1].run.stage == "unified"  # the evaluated run
     decoder = next(s for s in chain if s.run.stage == "pixel_decoder")
-    assert decoder.config.tokenizer_checkpoint == str(table1[2]) and decoder.config.model.pixel_decoder.latent_space == "pixels"
+    assert decoder.config.tokenizer_checkpoint == str(table1[1]) and decoder.config.model.pixel_decoder.latent_space == "pixels"
     assert decoder.config.model.tokenizer == chain[-1].config.model.tokenizer
     assert TABLE.profiles["mini"].rows[OURS].load_with == (("pixel_decoder", "pixel_decoder"),)
     paper = TABLE.profiles["paper"]
