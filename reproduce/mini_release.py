@@ -380,7 +380,7 @@ def report(runs_dir: Path, results_dir: Path) -> "pd.DataFrame":  # noqa: F821
     from harness.miniworld import build_miniworld
 
     world = build_miniworld(runs_dir / "miniworld")
-    profile = Profile(rows={"mini LaVIT": Trained("lavit", MINI_CHAIN)}, columns=())
+    profile = Profile(rows={"mini LaVIT": Trained("lavit", MINI_CHAIN)}, columns=(), reference="mini/lavit_table1")
     spec = TableSpec(key="mini_release", script="reproduce/mini_release.py", profiles={"mini": profile})
     ctx = Context(spec, "mini", profile, runs_dir, results_dir, Path(world.root), None, "local", "cpu")
     ctx.world = world

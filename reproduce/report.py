@@ -93,7 +93,7 @@ def claims_frame(results_dir: Path = RESULTS_DIR) -> pd.DataFrame:
     rows = []
     for path in sorted(results_dir.glob("*_table*.csv")):
         frame = pd.read_csv(path)
-        if "gate" not in frame.columns or "profile" not in frame.columns:
+        if not {"gate", "profile", "section", "kind"} <= set(frame.columns):
             continue
         claims = frame[(frame["kind"] == "claim") & (frame["profile"] == "mini") & (frame["section"] == "mini")]
         for c in claims.itertuples(index=False):
