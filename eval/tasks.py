@@ -689,12 +689,10 @@ def mini_vqa() -> TaskSpec:
 
 @register_task
 def mini_vqa_image_shuffle() -> TaskSpec:
-    return vqa_spec(
-        name="mini_vqa_image_shuffle", version=2, split="test",
+    """mini_vqa itself (files, prompt, decoding, metric) with the images permuted among the questions."""
+    return dataclasses.replace(
+        mini_vqa(), name="mini_vqa_image_shuffle", version=2, reader=read_mini_vqa_image_shuffle,
         description="mini world: mini_vqa with the test images permuted among the questions (a control), VQA accuracy",
-        files=(MINI_VQA_QUESTIONS, MINI_VQA_ANNOTATIONS, MINI_IMAGES),
-        layout=f"mini-world root: {MINI_VQA_QUESTIONS} + {MINI_VQA_ANNOTATIONS} (VQAv2 format) + {MINI_IMAGES}<image_id>.png",
-        reader=read_mini_vqa_image_shuffle, lavit=LAVIT_MINI_VQA,
     )  # fmt: skip
 
 

@@ -14,7 +14,6 @@ world's *test* images (never trained on), with probes fitted on training images:
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 
 import torch
@@ -81,16 +80,11 @@ class TokenizerStatistics:
     codes: list[torch.Tensor]  # per image, its code ids
     codebook_size: int
 
-    @property
-    def codes_used(self) -> int:
-        return int(torch.cat(self.codes).unique().numel()) if self.codes else 0
+    def usage(self):
+        """Codes used and their perplexity over all images (`model.lavit.quantizer.codebook_usage`, what stage 1a logs)."""
+        from model.lavit.quantizer import codebook_usage
 
-    @property
-    def code_perplexity(self) -> float:
-        """exp(entropy) of the code frequencies over all images: the effective number of codes in use."""
-        counts = torch.bincount(torch.cat(self.codes), minlength=self.codebook_size).double()
-        p = counts[counts > 0] / counts.sum()
-        return float(math.exp(-(p * p.log()).sum()))
+        return codebook_usage(torch.cat(self.codes) if self.codes else torch.zeros(0, dtype=torch.long), self.codebook_size)
 
     def bag_of_codes(self) -> torch.Tensor:
         """(n, codebook_size) code counts per image: what a probe on the token ids alone can read."""

@@ -112,18 +112,16 @@ def release_file(part: str, release_dir: Path = RELEASE_DIR) -> Path:
     path = release_dir / entry["file"]
     if not path.is_file():
         raise InputError(f"mini release file missing: {path}")
-    digest = sha256_file(path)
+    from train.checkpoint import file_digest
+
+    digest = file_digest(path)["sha256"]
     if digest != entry["sha256"]:
         raise InputError(f"mini release file {path}: SHA-256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…")
     return path
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def train_stand_in(stand_in: StandIn, world_root: Path, output_dir: Path, steps: int | None = None, quiet: bool = False) -> float:
-    """Train `stand_in`'s recipe with `python -m train` (its first `steps` steps only, if given); wall seconds."""
+def train_stand_in(stand_in: StandIn, world_root: Path, output_dir: Path, steps: int | None = None, quiet: bool = False) -> None:
+    """Train `stand_in`'s recipe with `python -m train` (its first `steps` steps only, if given)."""
     overrides = [o.replace("{data}", str(world_root)) for o in stand_in.overrides]
     if steps is not None:
         overrides = [o for o in overrides if not o.startswith(("loop.steps=", "loop.checkpoint_every="))]
@@ -131,10 +129,8 @@ def train_stand_in(stand_in: StandIn, world_root: Path, output_dir: Path, steps:
     command = [sys.executable, "-m", "train", stand_in.stage, "--config", "mini", "--output-dir", str(output_dir)]
     for o in overrides:
         command += ["--set", o]
-    start = time.perf_counter()
     subprocess.run(command, check=True, cwd=CHECKOUT, stdout=subprocess.DEVNULL if quiet else None,
                    stderr=subprocess.DEVNULL if quiet else None)  # fmt: skip
-    return time.perf_counter() - start
 
 
 def finished_with_recipe(run: Path, stand_in: StandIn, world_root: Path) -> bool:
@@ -168,10 +164,12 @@ def encoder_state(run_or_file: Path) -> dict:
 
 def state_sha256(state: dict) -> str:
     """SHA-256 over the tensors' names, dtypes, shapes and bytes (independent of the file format's metadata)."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -260,7 +258,7 @@ def card(stand_in: StandIn, entry: dict) -> str:
 # Competence measures.
 
 
-def encoder_competence(encoder_path: Path, world) -> dict[str, float]:
+def encoder_competence(encoder_path: Path, world, images=None) -> dict[str, float]:
     """Linear-probe test accuracy (%) of shape and colour on the ViT's frozen patch features."""
     from model.lavit.stages.common import load_encoder_weights
     from model.lavit.tokenizer import build_tokenizer
@@ -270,7 +268,7 @@ def encoder_competence(encoder_path: Path, world) -> dict[str, float]:
     tokenizer = build_tokenizer(tiny())
     load_encoder_weights(tokenizer, str(encoder_path))
     tokenizer.eval()
-    train, test = probe_images(world, "train"), probe_images(world, "test")
+    train, test = images or (probe_images(world, "train"), probe_images(world, "test"))
     features = {split: encoder_features(tokenizer.encoder, tokenizer.preprocess, data.images) for split, data in (("train", train), ("test", test))}
     return {f"probe {attr}": 100 * linear_probe(features["train"], getattr(train, attr), features["test"], getattr(test, attr))
             for attr in ("shape", "color")}  # fmt: skip
@@ -307,7 +305,7 @@ def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
     return {"mini_knowledge 5-shot": accuracy, "held-out perplexity": math.exp(total_nll / total_tokens)}
 
 
-def tokenizer_competence(tokenizer_run: Path, world) -> dict[str, float]:
+def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, float]:
     """Stage 1a on the test images under the argmax keep mask, and a bag-of-codes shape probe (fitted on train)."""
     from model.lavit.stages.common import load_tokenizer_checkpoint
     from model.lavit.tokenizer import build_tokenizer
@@ -320,17 +318,18 @@ def tokenizer_competence(tokenizer_run: Path, world) -> dict[str, float]:
     tokenizer = build_tokenizer(cfg.tokenizer)
     load_tokenizer_checkpoint(tokenizer, str(latest_checkpoint_dir(str(tokenizer_run))))
     tokenizer.eval()
-    train, test = probe_images(world, "train"), probe_images(world, "test")
+    train, test = images or (probe_images(world, "train"), probe_images(world, "test"))
     argmax = tokenizer_statistics(tokenizer, test.images).kept.float()
     # The codes under the released selection (Gumbel sampling, seeded): what stages 1b and 2 train and run on.
     stats = {split: tokenizer_statistics(tokenizer, data.images, selection="sampled") for split, data in (("train", train), ("test", test))}
     bags = {split: s.bag_of_codes() for split, s in stats.items()}
+    usage = stats["test"].usage()
     return {
         "min kept tokens": float(argmax.min()),
         "mean kept tokens": float(argmax.mean()),
         "mean kept tokens (sampled)": float(stats["test"].kept.float().mean()),
-        "codes used": float(stats["test"].codes_used),
-        "code perplexity": stats["test"].code_perplexity,
+        "codes used": float(usage.num_used),
+        "code perplexity": usage.perplexity,
         "bag-of-codes probe shape": 100 * linear_probe(bags["train"], train.shape, bags["test"], test.shape),
         "bag-of-codes probe colour": 100 * linear_probe(bags["train"], train.color, bags["test"], test.color),
     }
@@ -386,10 +385,13 @@ def report(runs_dir: Path, results_dir: Path) -> "pd.DataFrame":  # noqa: F821
     ctx.world = world
     train_rows(ctx)  # Table 1's runs: reused when finished
     runs = ctx.run_dirs["mini LaVIT"]
+    from reproduce.competence import probe_images
+
+    images = (probe_images(world, "train"), probe_images(world, "test"))  # (train, test), read once for every probe
     measures: dict[str, dict[str, float]] = {
-        "encoder stand-in": encoder_competence(release_file("encoder"), world),
+        "encoder stand-in": encoder_competence(release_file("encoder"), world, images),
         "LLM stand-in": llm_competence(runs["llm_pretrain"], world, runs["llm_pretrain"] / "eval-mini-release"),
-        "stage 1a": tokenizer_competence(runs["tokenizer"], world),
+        "stage 1a": tokenizer_competence(runs["tokenizer"], world, images),
         "Table 1": table_cells(results_dir, "lavit_table1", "Ours (mini LaVIT)", {
             "caption names the shape": "Shape named", "caption names the colour": "Colour named", "VQA accuracy": "VQA accuracy",
             "VQA yes/no": "VQA yes/no", "VQA colour/shape": "VQA colour/shape"}),
