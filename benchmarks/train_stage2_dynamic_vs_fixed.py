@@ -37,7 +37,7 @@ def main() -> None:
 
     from harness.config import get_preset, resolve
     from harness.io import atomic_write_json, provenance
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
     from train.stages import run_stage
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_dyn_fixed_"))

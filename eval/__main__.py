@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--qos", default=None, help="slurm: quality of service")
     parser.add_argument("--time", type=int, default=4 * 60, metavar="MIN", help="slurm: time limit per job in minutes")
     parser.add_argument("--max-requeues", type=int, default=20, help="slurm: requeues after timeout/preemption")
-    parser.add_argument("--no-wait", action="store_true", help="slurm: return after submission")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="slurm: return after submission; local: fail at once (naming the owner) when another process "
+                             "is evaluating the same task output, instead of waiting for it")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse finished results made by other code (rows marked 'stale: evaluated at <rev>') instead of "
+                             "evaluating again")
     return parser
 
 
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(
         tasks=[s.name for s in specs], family=args.model, checkpoint=str(Path(args.checkpoint).resolve()),
         data_root=str(Path(args.data_root).resolve()), output_dir=str(Path(args.output_dir).resolve()), limit=args.limit,
-        batch_size=args.batch_size, device=args.device, progress=args.progress,
+        batch_size=args.batch_size, device=args.device, progress=args.progress, reuse_stale=args.reuse_stale,
     )  # fmt: skip
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
@@ -123,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from eval.evaluate import evaluate_tasks
 
-    frame = evaluate_tasks(**kwargs)
+    frame = evaluate_tasks(**kwargs, wait=not args.no_wait)
     if not frame.empty:
         print(format_table(frame), flush=True)
+        if "stale" in frame and frame["stale"].notna().any():
+            for task, note in frame.dropna(subset=["stale"]).groupby("task")["stale"].first().items():
+                print(f"{task}: {note}", flush=True)
         print(f"results: {Path(args.output_dir) / 'results.csv'}", flush=True)
     return 0
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from eval.cache import normalize
 from eval.interface import EvalSample
 from eval.tasks import TaskSpec, get_task, parse_task_list
+from harness.runlock import eval_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -164,12 +166,13 @@ def finished_rows(out_dir: Path, identity: dict[str, Any]) -> list[dict[str, Any
 def _lm_eval_rows(prepared: PreparedTask, loaded: Any, data_root: Path, out_dir: Path, limit: int | None, family: str) -> list[dict]:
     """Run an lm_eval task (eval.mmlu) on the family's text-only LM; one row per group, accuracy in percent."""
     from eval import mmlu
+    from eval.lm_adapter import text_lm
     from eval.runner import results_rows
     from harness.io import atomic_write_text
 
     spec = prepared.spec
     per_subject, per_group, _ = mmlu.evaluate(
-        loaded.lm(),
+        text_lm(loaded),
         data_root / spec.lm_eval["data"],
         num_fewshot=spec.lm_eval["num_fewshot"],
         limit=limit,
@@ -259,6 +262,8 @@ def evaluate_tasks(
     progress: bool | None = None,
     loaded: Any = None,
     judge: Any = None,
+    reuse_stale: bool = False,
+    wait: bool = True,
 ) -> "pd.DataFrame":
     """Evaluate `checkpoint` (a family's released or run directory) on `tasks`; returns every result row.
 
@@ -267,15 +272,20 @@ def evaluate_tasks(
     Rows carry the runner's columns (task, metric, value, n_*, variant, task_version, model_id, dataset_hash, config,
     provenance) plus family, checkpoint, split, limit, headline (the metric the paper reports) and reused (judged
     tasks: also judge, the judge's model_id or None; a row without a judge has status "needs a judge: ...").
+
+    One process at a time evaluates a task's output directory (`harness.runlock.eval_lock`; `wait=False`: fail
+    naming the owner). A finished task made by other code (`harness.code_identity`, OUT/<task>/code.json) is
+    evaluated again from scratch; with `reuse_stale` its rows are reused and carry `stale` ("stale: evaluated at
+    <rev>; ...").
     """
     import pandas as pd
 
-    from harness.io import atomic_write_json, atomic_write_text
+    from harness.io import atomic_write_text
 
     specs = resolve_tasks(tasks)
     data_root, output_dir = Path(data_root), Path(output_dir)
     prepared = prepare_tasks(specs, data_root, limit)
-    rank, _, device = maybe_init_distributed(device)
+    rank, world, device = maybe_init_distributed(device)
     if loaded is None:
         from model.families import get_family
 
@@ -288,32 +298,77 @@ def evaluate_tasks(
     for task in sorted(prepared, key=lambda t: t.spec.kind == "lm_eval"):
         spec = task.spec
         out_dir = output_dir / spec.name
-        model_id = loaded.model_id if spec.kind == "lm_eval" else getattr(loaded.adapter, "model_id", loaded.model_id)
-        identity = run_identity(task, family, model_id, limit, None if spec.kind == "lm_eval" else loaded.adapter)
-        rows = finished_rows(out_dir, identity)
-        if rows is not None and any(r.get("value") is None for r in rows):
-            rows = None  # a "needs a judge" row: try again (a judge may be given now; the predictions are cached)
-        if rows is not None and spec.judge and any(r.get("judge") != getattr(judge, "model_id", None) for r in rows):
-            rows = None  # scored by another judge: rescore (from the cached predictions)
-        if rows is not None:
-            log.info("%s: finished with the same settings in %s, reused", spec.name, out_dir)
-            rows_of[spec.name] = [{**r, "reused": True} for r in rows]
-            continue
-        rows = _run_task(task, loaded, family, data_root, out_dir, limit=limit, batch_size=batch_size, progress=progress,
-                         rank=rank, judge=judge)  # fmt: skip
-        if rows is None:  # not rank 0
-            continue
-        run = {"family": family, "checkpoint": checkpoint_text, "split": spec.split, "limit": limit}
-        if spec.judge:
-            run["judge"] = getattr(judge, "model_id", None)  # who scored the answers (None: nobody, value null)
-        rows = [{**r, **run, "headline": r["metric"] == spec.headline, "reused": False} for r in rows]
-        atomic_write_json(out_dir / "results.json", [{k: v for k, v in r.items() if k != "reused"} for r in rows])
-        rows_of[spec.name] = rows
+        # Under several ranks every rank works on the task (its shard), so no rank may wait for a lock alone.
+        lock = eval_lock(out_dir) if world == 1 else None
+        if lock is not None:
+            lock.acquire(wait)
+        try:
+            rows_of[spec.name] = _evaluate_one(task, loaded, family, data_root, out_dir, checkpoint_text, limit=limit,
+                                               batch_size=batch_size, progress=progress, rank=rank, judge=judge,
+                                               reuse_stale=reuse_stale)  # fmt: skip
+        finally:
+            if lock is not None:
+                lock.release()
     if rank != 0:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     combined = collect_results(output_dir)
     atomic_write_text(output_dir / "results.csv", combined.to_csv(index=False))
-    return pd.DataFrame([row for task in prepared for row in rows_of.get(task.spec.name, [])])
+    return pd.DataFrame([row for task in prepared for row in rows_of.get(task.spec.name) or []])
+
+
+def _evaluate_one(
+    task: PreparedTask, loaded: Any, family: str, data_root: Path, out_dir: Path, checkpoint_text: str, *, limit: int | None,
+    batch_size: int, progress: bool | None, rank: int, judge: Any, reuse_stale: bool,
+) -> list[dict[str, Any]] | None:  # fmt: skip
+    """One task: reuse its finished results when made the same way by the same code, else evaluate it."""
+    from harness.code_identity import changed_files, code_record, describe_change, made_at
+    from harness.io import atomic_write_json
+
+    spec = task.spec
+    model_id = loaded.model_id if spec.kind == "lm_eval" else getattr(loaded.adapter, "model_id", loaded.model_id)
+    identity = run_identity(task, family, model_id, limit, None if spec.kind == "lm_eval" else loaded.adapter)
+    rows = finished_rows(out_dir, identity)
+    if rows is not None and any(r.get("value") is None for r in rows):
+        rows = None  # a "needs a judge" row: try again (a judge may be given now; the predictions are cached)
+    if rows is not None and spec.judge and any(r.get("judge") != getattr(judge, "model_id", None) for r in rows):
+        rows = None  # scored by another judge: rescore (from the cached predictions)
+    stale = None
+    if rows is not None:
+        record = _read_json(out_dir / CODE_RECORD)
+        if changed_files(record) != []:
+            stale = f"stale: evaluated at {made_at(record)}; {describe_change(record)}"
+    if stale is not None and not reuse_stale:
+        # Its predictions came from other code too: start over (the prediction cache goes with the results).
+        log.warning("%s: %s; evaluating again", out_dir, stale)
+        shutil.rmtree(out_dir)
+        rows = None
+    if rows is not None:
+        log.info("%s: finished with the same settings in %s, reused%s", spec.name, out_dir, f" ({stale})" if stale else "")
+        return [{**r, "reused": True, **({"stale": stale} if stale else {})} for r in rows]
+    rows = _run_task(task, loaded, family, data_root, out_dir, limit=limit, batch_size=batch_size, progress=progress,
+                     rank=rank, judge=judge)  # fmt: skip
+    if rows is None:  # not rank 0
+        return None
+    run = {"family": family, "checkpoint": checkpoint_text, "split": spec.split, "limit": limit}
+    if spec.judge:
+        run["judge"] = getattr(judge, "model_id", None)  # who scored the answers (None: nobody, value null)
+    rows = [{**r, **run, "headline": r["metric"] == spec.headline, "reused": False} for r in rows]
+    atomic_write_json(out_dir / CODE_RECORD, code_record(EVAL_PACKAGES))
+    atomic_write_json(out_dir / "results.json", [{k: v for k, v in r.items() if k != "reused"} for r in rows])
+    return rows
+
+
+CODE_RECORD = "code.json"  # which code made a task's results (harness.code_identity)
+# The packages whose loaded modules an evaluation's code record lists: a table script's own module (reproduce/) is
+# loaded in the same process but does not make the predictions.
+EVAL_PACKAGES = ("harness", "model", "train", "eval")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def collect_results(output_dir: str | Path) -> "pd.DataFrame":

@@ -3,6 +3,9 @@
     okvqa_val_4shot, textvqa_val_4shot, coco_karpathy_test_4shot, flickr30k_test_4shot   (+ *_0shot)
     mini_vqa_4shot, mini_caption_4shot                                                   (+ *_0shot, the mini world)
 
+(built by `fewshot_spec` over the registered 0-shot task and its benchmark's train-split pool; both are declared, and
+the tasks registered, in `eval/tasks.py`.)
+
 A k-shot sample is the test query plus k demonstrations (image, question or nothing, answer) drawn from the
 benchmark's *train* split, interleaved before it (`eval.interface.interleaved_sequence`) and sent to the model's
 `generate_interleaved`. The demonstrations of a query are drawn with `random.Random(sha256([seed, query id]))`, so
@@ -44,8 +47,8 @@ from typing import Any, Callable
 from eval.datasets import _field, read_json
 from eval.errors import EvalInputError
 from eval.interface import EvalSample, SampleId
+from eval.registry import TaskSpec
 from eval.runner import MetricFn, get_metric
-from eval import tasks as T
 
 
 @dataclass(frozen=True)
@@ -171,26 +174,10 @@ MINI_VQA_TRAIN_ANNOTATIONS = "eval/vqa_train_annotations.json"
 MINI_TRAIN_IMAGES = "images/train/"
 
 
-def textvqa_pool(data_root: Path) -> list[Demo]:
-    return [Demo(s.image, s.text, tuple(s.references)) for s in T.textvqa_samples(data_root / TEXTVQA_TRAIN)]
-
-
-POOLS: dict[str, tuple[Callable[[Path], list[Demo]], tuple[str, ...]]] = {
-    # benchmark -> (pool reader, the train-split files it needs)
-    "coco": (lambda r: karpathy_pool(r, T.COCO_KARPATHY, ("train", "restval")), (T.COCO_KARPATHY,)),
-    "flickr30k": (lambda r: karpathy_pool(r, T.FLICKR_KARPATHY, ("train",)), (T.FLICKR_KARPATHY,)),
-    "okvqa": (lambda r: vqa_pool(r, OKVQA_TRAIN_QUESTIONS, OKVQA_TRAIN_ANNOTATIONS, coco_train2014_name),
-              (OKVQA_TRAIN_QUESTIONS, OKVQA_TRAIN_ANNOTATIONS)),
-    "textvqa": (textvqa_pool, (TEXTVQA_TRAIN,)),
-    "mini_caption": (lambda r: karpathy_pool(r, MINI_CAPTIONS_TRAIN, ("train",)), (MINI_CAPTIONS_TRAIN, MINI_TRAIN_IMAGES)),
-    "mini_vqa": (lambda r: vqa_pool(r, MINI_VQA_TRAIN_QUESTIONS, MINI_VQA_TRAIN_ANNOTATIONS, lambda i: f"{MINI_TRAIN_IMAGES}{i}.png"),
-                 (MINI_VQA_TRAIN_QUESTIONS, MINI_VQA_TRAIN_ANNOTATIONS, MINI_TRAIN_IMAGES)),
-}  # fmt: skip
-
-
 # =============================================================================================
-# Task specs. Decoding: greedy by default; LaVIT: its released text decoding (beam search, Gumbel keep mask);
-# VILA: greedy with OpenFlamingo's generation lengths (5 new tokens for VQA answers, 20 for captions).
+# Task specs (registered by eval/tasks.py, which holds the 0-shot tasks and the pools). Decoding: greedy by default;
+# LaVIT: its released text decoding (beam search, Gumbel keep mask); VILA: greedy with OpenFlamingo's generation
+# lengths (5 new tokens for VQA answers, 20 for captions).
 
 SEEDS_4SHOT = (0, 1, 2)
 VQA_TEMPLATE = "Question: {text} Short answer: {answer}\n"
@@ -198,64 +185,37 @@ CAPTION_TEMPLATE = "Output: {answer}\n"
 LAVIT_VQA_TEMPLATE = "Question: {text} Answer: {answer}\n"  # LaVIT's VQA prompt (§4.1)
 LAVIT_CAPTION_TEMPLATE = "{answer}\n"  # LaVIT captions without a prompt
 QUESTION_KEYS = ("question_template", "question_processing", "lemmatize")  # the template carries the question here
-FEWSHOT_LAVIT_VQA = {k: v for k, v in T.LAVIT_VQA.items() if k not in QUESTION_KEYS}
-FEWSHOT_LAVIT_CAPTION = dict(T.LAVIT_CAPTION)
 FEWSHOT_VILA_VQA = {"num_beams": 1, "do_sample": False, "max_new_tokens": 5}
 FEWSHOT_VILA_CAPTION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 20}
 
+Pool = tuple[Callable[[Path], list[Demo]], tuple[str, ...]]  # (reader of the demonstrations, the train files it needs)
+
 
 def fewshot_spec(
-    base: str, name: str, k: int, benchmark: str, *, caption: bool, description: str, version: int = 1,
-    lavit: dict[str, Any] | None = None,
-) -> T.TaskSpec:  # fmt: skip
-    """A k-shot task over the registered 0-shot task `base` (its test reader and files) with the train pool."""
-    base_spec = T.get_task(base)
-    pool_reader, pool_files = POOLS[benchmark]
+    base_spec: TaskSpec, k: int, pool: Pool, *, caption: bool, description: str, greedy: dict[str, Any],
+    lavit: dict[str, Any], version: int = 1,
+) -> TaskSpec:  # fmt: skip
+    """`{base}_{k}shot`: the 0-shot task `base_spec` (its test reader and files) with k demonstrations from `pool`.
+    `greedy` is the default decoding, `lavit` LaVIT's."""
+    pool_reader, pool_files = pool
     seeds = SEEDS_4SHOT if k else (0,)
     metric = "cider" if caption else base_spec.metric
 
     def reader(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
         queries, image_root = base_spec.read(data_root, limit)
-        pool = pool_reader(data_root) if k else []
-        return with_shots(queries, pool, k, seeds), image_root
+        demos = pool_reader(data_root) if k else []
+        return with_shots(queries, demos, k, seeds), image_root
 
-    lavit_generation = lavit or (FEWSHOT_LAVIT_CAPTION if caption else FEWSHOT_LAVIT_VQA)
     protocol = f"seeds {', '.join(map(str, seeds))}, mean and std" if k else "no demonstrations"
-    return T.TaskSpec(
-        name=name, version=version, kind="interleaved", split=base_spec.split,
+    return TaskSpec(
+        name=f"{base_spec.name}_{k}shot", version=version, kind="interleaved", split=base_spec.split,
         description=f"{description}, {k}-shot in context ({protocol})",
         files=base_spec.files + (pool_files if k else ()),
         layout=base_spec.layout + (f"; demonstrations: {' + '.join(pool_files)} (train split)" if k else ""),
         metric=metric, headline=base_spec.headline, reader=reader,
         prompt=CAPTION_TEMPLATE if caption else VQA_TEMPLATE,
         prompt_by_family={"lavit": LAVIT_CAPTION_TEMPLATE if caption else LAVIT_VQA_TEMPLATE},
-        generation=T.GREEDY_CAPTION if caption else T.GREEDY_VQA,
-        generation_by_family={"lavit": lavit_generation, "vila": FEWSHOT_VILA_CAPTION if caption else FEWSHOT_VILA_VQA},
+        generation=greedy,
+        generation_by_family={"lavit": lavit, "vila": FEWSHOT_VILA_CAPTION if caption else FEWSHOT_VILA_VQA},
         metric_builder=lambda data_root, out_dir: seed_averaged(metric),
     )  # fmt: skip
-
-
-FEWSHOT_TASKS = (
-    # (base task, benchmark pool, caption?, description)
-    ("okvqa_val", "okvqa", False, "OK-VQA val, VQA accuracy"),
-    ("textvqa_val", "textvqa", False, "TextVQA val, VQA accuracy"),
-    ("coco_karpathy_test", "coco", True, "COCO Karpathy test, CIDEr"),
-    ("flickr30k_test", "flickr30k", True, "Flickr30k Karpathy test, CIDEr"),
-    ("mini_vqa", "mini_vqa", False, "mini world VQA, VQA accuracy"),
-    ("mini_caption", "mini_caption", True, "mini world captions, CIDEr"),
-)
-
-
-def _register() -> None:
-    for base, benchmark, caption, description in FEWSHOT_TASKS:
-        for k in (0, 4):
-            lavit = None
-            if base == "mini_vqa":
-                lavit = {k_: v for k_, v in T.LAVIT_MINI_VQA.items() if k_ not in QUESTION_KEYS}
-            elif base == "mini_caption":
-                lavit = dict(T.LAVIT_MINI_CAPTION)
-            T.register_task(lambda b=base, k=k, bm=benchmark, c=caption, d=description, lv=lavit: fewshot_spec(
-                b, f"{b}_{k}shot", k, bm, caption=c, description=d, lavit=lv))  # fmt: skip
-
-
-_register()

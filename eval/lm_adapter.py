@@ -9,7 +9,8 @@ continuation tokens (no approximations, no caching tricks).
 Registered models, each loading `checkpoint=DIR`:
 - one per model family with a loader (`model/families.py`), named as the family (`lavit`, `vila`): DIR is anything the
   family's loader accepts (a released directory or one of our training run directories, see the family's
-  `checkpoint_help`), and the LLM of the loaded model is scored (`LoadedModel.lm`, a `CausalLMAdapter`);
+  `checkpoint_help`), and the LLM of the loaded model is scored (`text_lm`: a `CausalLMAdapter` over
+  `LoadedModel.llm`);
 - `vila-llm`: only the LLM of a per-component VILA release, `DIR/llm/` (`llm/`, `vision_tower/`, `mm_projector/`),
   read as a transformers folder (the text-only benchmarks without loading the vision tower).
 A plain transformers causal-LM folder is evaluated with lm-eval's own `hf` model (`pretrained=DIR`).
@@ -38,6 +39,10 @@ import lm_eval.models  # noqa: F401  (fills lm-eval's lazy registry first: get_m
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry
+
+from eval.interface import UnsupportedTaskError
+from eval.mmlu_subjects import CATEGORY_NAMES, SUBJECT_CATEGORY, TASK_PREFIX
+from model.families import TextLM, families, get_family
 
 eval_logger = logging.getLogger(__name__)
 
@@ -242,6 +247,19 @@ class CausalLMAdapter(TemplateLM):
         return outputs
 
 
+def text_lm(loaded: Any, **options: Any) -> TemplateLM:
+    """The lm-eval LM of a loaded model's text-only LLM (`model.families.LoadedModel.llm`): a `CausalLMAdapter` over
+    its `TextLM` (options: batch_size, device, max_length, ...; the device defaults to the LLM's), or the lm-eval LM
+    a family handed over as it is (the tests' stand-ins). A model without one cannot run the text tasks."""
+    llm = loaded.llm
+    if llm is None:
+        raise UnsupportedTaskError(f"{loaded.model_id} has no text-only LLM; the lm-eval tasks need one")
+    if not isinstance(llm, TextLM):
+        return llm
+    options.setdefault("device", llm.device)
+    return CausalLMAdapter(llm.model, llm.tokenizer, **options)
+
+
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")  # any one marks a tokenizer folder
 
 
@@ -309,18 +327,16 @@ class VILAAdapter(CheckpointLLMAdapter):
 
 class FamilyLM(TemplateLM):
     """The lm-eval model of one model family (`FAMILY`): `checkpoint=DIR` goes through the family's loader, and
-    the result is that model's `LoadedModel.lm(...)` (a `CausalLMAdapter` over its LLM). lm-eval builds models
+    the result is `text_lm` of that model (a `CausalLMAdapter` over its LLM). lm-eval builds models
     with the `create_from_arg_*` classmethods, which return that LM; the class itself is never instantiated."""
 
     FAMILY = ""
 
     @classmethod
     def load(cls, checkpoint: str, dtype: str = "float32", device: str | None = None, **lm_options: Any) -> TemplateLM:
-        from model.families import get_family
-
         device = available_device(device)
         loaded = get_family(cls.FAMILY).load(checkpoint, device=device, dtype=dtype)
-        return loaded.lm(device=device, **lm_options)
+        return text_lm(loaded, device=device, **lm_options)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> TemplateLM:
@@ -336,8 +352,6 @@ class FamilyLM(TemplateLM):
 def _family_models() -> dict[str, type]:
     """One `FamilyLM` subclass per family with a loader, defined in this module so that lm-eval's lazy
     "module:Class" placeholders resolve to it."""
-    from model.families import families
-
     classes = {}
     for name, family in families().items():
         if family.loader:
@@ -366,8 +380,6 @@ def registered_models() -> list[str]:
 
 def _adapter_help(cls: type) -> str:
     if issubclass(cls, FamilyLM):
-        from model.families import get_family
-
         family = get_family(cls.FAMILY)
         return f"the LLM of {family.title}; DIR is {family.checkpoint_help}"
     return f"the LLM in DIR/{cls.LLM_SUBFOLDER}/ ({(cls.__doc__ or '').strip().splitlines()[0]})"
@@ -376,8 +388,6 @@ def _adapter_help(cls: type) -> str:
 def help_preface() -> str:
     """What this CLI adds to lm-eval's: the registered adapters and the local MMLU tasks (printed before its --help)."""
     import textwrap
-
-    from eval.mmlu import CATEGORY_NAMES, SUBJECT_CATEGORY, TASK_PREFIX
 
     adapters = "\n".join(f"  {alias:6s} checkpoint=DIR: {_adapter_help(cls)}" for alias, cls in ADAPTERS.items())
     subjects = textwrap.fill(", ".join(sorted(SUBJECT_CATEGORY)), width=110, initial_indent="    ", subsequent_indent="    ")

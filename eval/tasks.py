@@ -18,19 +18,19 @@ tasks need more than (references, predictions): NoCaps' per-domain CIDEr needs t
 FID needs the real images, so their specs carry a `metric_builder(data_root, out_dir) -> metric function`.
 
 Kinds: caption / vqa / t2i / multiple_choice / interleaved run through `eval.runner.evaluate` on the family's adapter;
-`lm_eval` tasks run lm-eval on the family's text-only LM (`LoadedModel.lm()`) through `eval.mmlu` (MMLU-format CSVs)
+`lm_eval` tasks run lm-eval on the family's text-only LM (`LoadedModel.llm`) through `eval.mmlu` (MMLU-format CSVs)
 or `eval.text_benchmarks` (BBH, DROP).
 
-More tasks are registered by the modules imported at the end: `eval.fewshot` (0-/4-shot in-context tasks, kind
-interleaved), `eval.vlm_benchmarks` (VILA Table 5: ScienceQA-IMG, POPE, MME, MMBench, SEED-Bench), `eval.judge`
-(LLaVA-Bench, MM-Vet: GPT-4-judged) and `eval.text_benchmarks` (BBH, DROP).
+Every task is registered here, in this order: the benchmarks' own tasks; VILA Table 5's other benchmarks (readers and
+scorers in `eval.vlm_benchmarks` and `eval.judge`: ScienceQA-IMG, POPE, MME, MMBench, SEED-Bench; LLaVA-Bench, MM-Vet);
+the 0-/4-shot in-context versions (kind interleaved, built by `eval.fewshot`); BBH and DROP (`eval.text_benchmarks`).
+The spec type and the lookup are `eval/registry.py`'s, imported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,119 +44,26 @@ from eval.datasets import (
     read_karpathy_captions,
     read_vizwiz,
 )
+from eval import fewshot, text_benchmarks
+from eval import judge as J
+from eval import vlm_benchmarks as B
 from eval.errors import EvalInputError
-from eval.interface import EvalSample, EvalTask
+from eval.interface import EvalSample
+# The spec type and the lookup live in eval/registry.py (below the modules that build specs); `eval.tasks` is where
+# callers find them, with every task registered.
+from eval.registry import (  # noqa: F401
+    KINDS,
+    TASKS,
+    MetricBuilder,
+    Reader,
+    TaskDataError,
+    TaskSpec,
+    describe_tasks,
+    get_task,
+    parse_task_list,
+    register_task,
+)
 from eval.runner import MetricFn, register_metric
-
-Reader = Callable[[Path, "int | None"], "tuple[list[EvalSample], Path]"]
-MetricBuilder = Callable[[Path, Path], MetricFn]  # (data_root, task output dir) -> metric function
-
-KINDS = ("caption", "vqa", "t2i", "multiple_choice", "lm_eval", "interleaved")
-
-
-class TaskDataError(EvalInputError):
-    """A task's expected file is not under the data root; the message names the task, the file and the layout."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str  # `python -m eval NAME`; also the output sub-folder and the results row's task
-    version: int  # bumped when the prompt, decoding, reader or metric change
-    kind: str  # caption / vqa / t2i / multiple_choice / lm_eval
-    description: str  # one line: benchmark, split, metric, as the paper reports it
-    split: str  # the dataset split evaluated ("test", "val", "testdev", ...)
-    files: tuple[str, ...]  # paths under the data root the task needs (files, or folders ending in "/")
-    layout: str  # the data-root layout, for error messages and --help
-    metric: str  # a name in eval.runner.METRICS (lm_eval tasks: "mmlu_accuracy", computed by eval.mmlu)
-    headline: str  # the metric value the paper reports (a key of the metric's output)
-    reader: Reader | None = None  # (data_root, limit) -> (samples, image_root); None for lm_eval tasks
-    variant: str = ""  # the metric's variant ("" = its default)
-    prompt: str = ""  # caption: the instruction; vqa/t2i: template with a {text} field
-    generation: dict[str, Any] = field(default_factory=dict)  # default decoding (keyword args of the model method)
-    generation_by_family: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> keys overriding `generation`
-    prompt_by_family: dict[str, str] = field(default_factory=dict)  # family -> prompt replacing `prompt`
-    metric_builder: MetricBuilder | None = None  # for metrics that need more than references and predictions
-    lm_eval: dict[str, Any] = field(default_factory=dict)  # lm_eval tasks: data folder, num_fewshot, ...
-    judge: str = ""  # a GPT-4-judged benchmark ("llava_bench", "mm_vet"): scored by an eval.judge.Judge, if one is given
-
-    def generation_for(self, family: str | None) -> dict[str, Any]:
-        return {**self.generation, **self.generation_by_family.get(family or "", {})}
-
-    def prompt_for(self, family: str | None) -> str:
-        return self.prompt_by_family.get(family or "", self.prompt)
-
-    def eval_task(self, family: str | None = None) -> EvalTask:
-        """The runner's EvalTask for a model family (its decoding settings; lm_eval tasks get kind multiple_choice)."""
-        kind = "multiple_choice" if self.kind == "lm_eval" else self.kind
-        generation = {} if self.kind == "lm_eval" else self.generation_for(family)
-        return EvalTask(
-            name=self.name,
-            kind=kind,  # type: ignore[arg-type]
-            metric=self.metric,
-            variant=self.variant,
-            prompt=self.prompt_for(family),
-            generation=generation,
-            version=self.version,
-        )
-
-    def missing_files(self, data_root: str | Path) -> list[str]:
-        root = Path(data_root)
-        return [f for f in self.files if not ((root / f).is_dir() if f.endswith("/") else (root / f).is_file())]
-
-    def check_files(self, data_root: str | Path) -> None:
-        """Raise `TaskDataError` naming the first expected file that is not under `data_root`."""
-        missing = self.missing_files(data_root)
-        if missing:
-            raise TaskDataError(f"task {self.name} expects {missing[0]} under {data_root} (layout: {self.layout})")
-
-    def read(self, data_root: str | Path, limit: int | None = None) -> tuple[list[EvalSample], Path]:
-        """The task's samples (the first `limit` in file order) and the folder their image paths are relative to."""
-        if self.reader is None:
-            raise EvalInputError(f"task {self.name} ({self.kind}) has no sample reader; it runs through lm-eval")
-        if limit is not None and limit < 1:
-            raise EvalInputError(f"--limit must be >= 1, got {limit}")
-        self.check_files(data_root)
-        return self.reader(Path(data_root), limit)
-
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(make: Callable[[], TaskSpec]) -> Callable[[], TaskSpec]:
-    """Decorator on a function returning a TaskSpec; registers it under its name (duplicates are rejected)."""
-    spec = make()
-    if spec.name in TASKS:
-        raise ValueError(f"evaluation task {spec.name!r} is registered twice")
-    if spec.kind not in KINDS:
-        raise ValueError(f"task {spec.name!r}: kind {spec.kind!r} is not one of {KINDS}")
-    if (spec.reader is None) != (spec.kind == "lm_eval"):
-        raise ValueError(f"task {spec.name!r}: every kind but lm_eval needs a reader")
-    TASKS[spec.name] = spec
-    return make
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise KeyError(f"unknown evaluation task {name!r}; tasks: {', '.join(TASKS)}")
-    return TASKS[name]
-
-
-def parse_task_list(text: str) -> list[TaskSpec]:
-    """"a,b,c" -> specs; an unknown name lists the valid ones; duplicates are dropped (first kept)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise KeyError(f"no task given; tasks: {', '.join(TASKS)}")
-    return [get_task(n) for n in dict.fromkeys(names)]
-
-
-def describe_tasks() -> str:
-    """One block per task: name, version, description and the files it expects (for --help)."""
-    lines = []
-    for spec in TASKS.values():
-        lines.append(f"  {spec.name} (v{spec.version}, {spec.kind}): {spec.description}")
-        lines.append(f"      files: {', '.join(spec.files)}")
-    return "\n".join(lines)
-
 
 # =============================================================================================
 # Decoding settings. The defaults are greedy; LaVIT's are those of its released evaluation code (paper §4.1 and the
@@ -730,11 +637,7 @@ def spec_as_dict(spec: TaskSpec) -> dict[str, Any]:
 
 
 # =============================================================================================
-# VILA Table 5's other benchmarks (readers and scorers in eval/vlm_benchmarks.py and eval/judge.py), and the text-only
-# BBH and DROP (eval/text_benchmarks.py). These modules import this one, so they come last.
-
-from eval import judge as J  # noqa: E402
-from eval import vlm_benchmarks as B  # noqa: E402
+# VILA Table 5's other benchmarks (readers and scorers in eval/vlm_benchmarks.py and eval/judge.py).
 
 
 @register_task
@@ -830,4 +733,54 @@ def mm_vet() -> TaskSpec:
     )  # fmt: skip
 
 
-from eval import fewshot, text_benchmarks  # noqa: E402, F401  (register their tasks)
+# =============================================================================================
+# In-context versions of six tasks above (eval/fewshot.py builds them): the 0-shot task's test reader and files, with
+# k demonstrations drawn from its benchmark's train split. Decoding: greedy by default; LaVIT: its released text
+# decoding (the question goes into the demonstration template, so the question-processing keys are left out);
+# VILA: greedy with OpenFlamingo's generation lengths (eval/fewshot.py).
+
+
+def _textvqa_pool(data_root: Path) -> list[fewshot.Demo]:
+    return [fewshot.Demo(s.image, s.text, tuple(s.references)) for s in textvqa_samples(data_root / fewshot.TEXTVQA_TRAIN)]
+
+
+FEWSHOT_POOLS: dict[str, fewshot.Pool] = {
+    # benchmark -> (pool reader, the train-split files it needs)
+    "coco": (lambda r: fewshot.karpathy_pool(r, COCO_KARPATHY, ("train", "restval")), (COCO_KARPATHY,)),
+    "flickr30k": (lambda r: fewshot.karpathy_pool(r, FLICKR_KARPATHY, ("train",)), (FLICKR_KARPATHY,)),
+    "okvqa": (lambda r: fewshot.vqa_pool(r, fewshot.OKVQA_TRAIN_QUESTIONS, fewshot.OKVQA_TRAIN_ANNOTATIONS, fewshot.coco_train2014_name),
+              (fewshot.OKVQA_TRAIN_QUESTIONS, fewshot.OKVQA_TRAIN_ANNOTATIONS)),
+    "textvqa": (_textvqa_pool, (fewshot.TEXTVQA_TRAIN,)),
+    "mini_caption": (lambda r: fewshot.karpathy_pool(r, fewshot.MINI_CAPTIONS_TRAIN, ("train",)),
+                     (fewshot.MINI_CAPTIONS_TRAIN, fewshot.MINI_TRAIN_IMAGES)),
+    "mini_vqa": (lambda r: fewshot.vqa_pool(r, fewshot.MINI_VQA_TRAIN_QUESTIONS, fewshot.MINI_VQA_TRAIN_ANNOTATIONS,
+                                            lambda i: f"{fewshot.MINI_TRAIN_IMAGES}{i}.png"),
+                 (fewshot.MINI_VQA_TRAIN_QUESTIONS, fewshot.MINI_VQA_TRAIN_ANNOTATIONS, fewshot.MINI_TRAIN_IMAGES)),
+}  # fmt: skip
+FEWSHOT_TASKS = (
+    # (base task, benchmark pool, caption?, description, LaVIT's decoding)
+    ("okvqa_val", "okvqa", False, "OK-VQA val, VQA accuracy", LAVIT_VQA),
+    ("textvqa_val", "textvqa", False, "TextVQA val, VQA accuracy", LAVIT_VQA),
+    ("coco_karpathy_test", "coco", True, "COCO Karpathy test, CIDEr", LAVIT_CAPTION),
+    ("flickr30k_test", "flickr30k", True, "Flickr30k Karpathy test, CIDEr", LAVIT_CAPTION),
+    ("mini_vqa", "mini_vqa", False, "mini world VQA, VQA accuracy", LAVIT_MINI_VQA),
+    ("mini_caption", "mini_caption", True, "mini world captions, CIDEr", LAVIT_MINI_CAPTION),
+)
+
+
+def _register_fewshot() -> None:
+    for base, benchmark, caption, description, lavit in FEWSHOT_TASKS:
+        for k in (0, 4):
+            register_task(lambda b=base, k=k, bm=benchmark, c=caption, d=description, lv=lavit: fewshot.fewshot_spec(
+                get_task(b), k, FEWSHOT_POOLS[bm], caption=c, description=d, greedy=GREEDY_CAPTION if c else GREEDY_VQA,
+                lavit={key: v for key, v in lv.items() if key not in fewshot.QUESTION_KEYS}))  # fmt: skip
+
+
+_register_fewshot()
+
+
+# =============================================================================================
+# VILA Table 6's text-only BBH and DROP through lm-eval (eval/text_benchmarks.py builds them).
+
+register_task(text_benchmarks.bbh_spec)
+register_task(text_benchmarks.drop_spec)

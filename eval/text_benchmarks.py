@@ -7,7 +7,7 @@
     drop   DROP dev, 3-shot (demonstrations drawn from the train file with lm-eval's seeded sampler), "{passage}
            {question}", greedy until "."; EM and F1 of lm-eval's DROP scorer (`lm_eval.tasks.drop.utils`), in percent.
 
-Both run lm-eval's `simple_evaluate` on the family's text-only LM (`LoadedModel.lm()`) with tasks built here as
+Both run lm-eval's `simple_evaluate` on the family's text-only LM (`LoadedModel.llm`) with tasks built here as
 lm-eval `ConfigurableTask`s over the local files (nothing is downloaded). Files (official releases):
 
     bbh/bbh/<task>.json ({"examples": [{"input", "target"}]}) + bbh/cot-prompts/<task>.txt   (suzgunmirac/BIG-Bench-Hard)
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.errors import EvalInputError
+from eval.registry import TaskSpec
 
 BBH_DATA = "bbh/bbh/"
 BBH_PROMPTS = "bbh/cot-prompts/"
@@ -212,13 +213,13 @@ def evaluate(lm: Any, benchmark: str, data_root: Path, limit: int | None = None)
 
 def rows(prepared: Any, loaded: Any, data_root: Path, out_dir: Path, limit: int | None, family: str) -> list[dict]:
     """evaluate.py's rows for a BBH / DROP task (one per metric value, with its own question count)."""
-    from eval.evaluate import _config_dict
-    from eval.runner import results_rows
+    from eval.lm_adapter import text_lm
+    from eval.runner import _model_config_dict, results_rows
 
     spec = prepared.spec
-    values, counts = evaluate(loaded.lm(), spec.lm_eval["benchmark"], data_root, limit)
+    values, counts = evaluate(text_lm(loaded), spec.lm_eval["benchmark"], data_root, limit)
     task = spec.eval_task(family)
-    config = {"task": dataclasses.asdict(task), "model_id": loaded.model_id, "model_config": _config_dict(loaded.config),
+    config = {"task": dataclasses.asdict(task), "model_id": loaded.model_id, "model_config": _model_config_dict(loaded.config),
               "lm_eval": spec.lm_eval}  # fmt: skip
     out = results_rows(task, values, variant=spec.variant, n_scored=counts[spec.headline], n_missing=0,
                        n_skipped_corrupt=0, dataset_sha256=prepared.dataset_hash, config=config)  # fmt: skip
@@ -227,23 +228,25 @@ def rows(prepared: Any, loaded: Any, data_root: Path, out_dir: Path, limit: int 
     return out
 
 
-def _register() -> None:
-    from eval.tasks import TaskSpec, register_task
+# =============================================================================================
+# The two task specs (registered by eval/tasks.py)
 
-    register_task(lambda: TaskSpec(
+
+def bbh_spec() -> TaskSpec:
+    return TaskSpec(
         name="bbh", version=1, kind="lm_eval", split="test",
         description="BIG-Bench Hard, 27 tasks, 3-shot answer-only through lm-eval, exact match macro-averaged (VILA Table 6: Llama-2 7B 32.0, VILA-7B 38.5)",
         files=(BBH_DATA, BBH_PROMPTS), layout=f"{BBH_DATA}<task>.json + {BBH_PROMPTS}<task>.txt (suzgunmirac/BIG-Bench-Hard)",
         metric="accuracy", headline="accuracy", variant="lm-eval bbh_fewshot protocol, 3-shot, greedy, exact match",
         lm_eval={"runner": "text_benchmarks", "benchmark": "bbh", "num_fewshot": 3},
-    ))  # fmt: skip
-    register_task(lambda: TaskSpec(
+    )  # fmt: skip
+
+
+def drop_spec() -> TaskSpec:
+    return TaskSpec(
         name="drop", version=1, kind="lm_eval", split="dev",
         description="DROP dev (9,536 questions), 3-shot through lm-eval, F1 (VILA Table 6: Llama-2 7B 31.7, VILA-7B 52.7)",
         files=(DROP_DEV, DROP_TRAIN), layout=f"{DROP_DEV} + {DROP_TRAIN} (official drop_dataset release)",
         metric="f1", headline="f1", variant="lm-eval drop protocol, 3-shot from train, greedy until '.', F1/EM",
         lm_eval={"runner": "text_benchmarks", "benchmark": "drop", "num_fewshot": 3},
-    ))  # fmt: skip
-
-
-_register()
+    )  # fmt: skip

@@ -1,1 +1,2 @@
-"""Shared plumbing for every entry point: configuration, atomic file writes, provenance."""
+"""Shared plumbing for every entry point: configuration, errors, atomic file writes and digests, provenance, data-file
+helpers, the mini world. The bottom layer: nothing here imports `model`, `train`, `eval` or `reproduce`."""

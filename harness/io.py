@@ -1,8 +1,10 @@
-"""Atomic file writes and provenance: an output is either complete or absent, and says where it came from."""
+"""Atomic file writes, file digests and provenance: an output is either complete or absent, can be checked, and says
+where it came from."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -55,6 +57,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 24) -> dict[str, Any]:
+    """{"size": bytes, "sha256": hex digest} of a file, read in chunks (checkpoint manifests, the mini release)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return {"size": size, "sha256": h.hexdigest()}
 
 
 def git_revision(root: str | Path | None = None) -> str:

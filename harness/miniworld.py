@@ -27,8 +27,9 @@ Knowledge: 96 facts about 32 invented entities (countries, creatures, people), e
 "facts" corpus in 3-4 phrasings, each asked once (subjects carry MMLU names so `eval.mmlu.list_subjects` accepts
 them; distractors are other entities' values of the same attribute; answer positions balanced per subject).
 
-Baselines for the table (`answer_prior_accuracy`, `chance_caption_scores`, `caption_hit_rate`) read the same samples
-as the model's evaluation (`eval.tasks` mini_vqa / mini_caption) and score them with the same metric.
+Baselines for the table (`eval/baselines.py`: `answer_prior_accuracy`, `chance_caption_scores`, `vqa_accuracy`) read
+the same samples as the model's evaluation (`eval.tasks` mini_vqa / mini_caption) and score them with the same metric,
+from the world's answer priors here (`MiniWorld.prior_answer`, `question_majority_answers`).
 
 Labels: each image's shape and colour come from its questions ("what color is the shape?" -> colour, "what is the
 blue shape?" -> shape and colour, "is there not a red shape?" + "no" -> red, ...); the 12% of images whose questions
@@ -457,13 +458,47 @@ def write_fewshot_pool(root: str | Path) -> int:
 def _write_text_tokenizer(root: Path, texts: dict[str, list[str]], train: Split, labels: dict[str, list[str]]) -> None:
     """A byte-level BPE tokenizer trained on the corpus and the training split's captions and questions only (the
     mini world's LLaMA SentencePiece): `root/tokenizer/`, read by the stages' `text_tokenizer=<folder>`."""
-    from model.lavit.vocabulary import train_bpe_text_tokenizer
-
     corpus_texts = [t for name in sorted(texts) for t in texts[name]]
     image_texts = [c for shape, color in labels.values() for c in captions(shape, color)]
     image_texts += [f"Question: {q} Answer: {a}" for q, a, _ in train[2]]
     tokenizer = train_bpe_text_tokenizer(corpus_texts + image_texts, TEXT_VOCAB_SIZE)
     tokenizer.save_pretrained(str(root / "tokenizer"))
+
+
+def train_bpe_text_tokenizer(texts, vocab_size: int, model_max_length: int = 2048):
+    """LaVIT's byte-level tokenizer (`model.lavit.vocabulary.build_byte_text_tokenizer`) plus BPE merges learnt on
+    `texts` (up to `vocab_size` ids in all).
+
+    The mini world's counterpart of LLaMA's SentencePiece model: frequent words become one id, any other text still
+    round-trips through the 256 byte symbols. Same specials, padding side and BOS rule as the byte tokenizer (which
+    is the zero-merge case). Training is deterministic for the same texts in the same order.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    if vocab_size < len(specials) + 256:
+        raise ValueError(f"vocab_size={vocab_size} leaves no room for the 3 specials and the 256 byte symbols")
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        padding_side="left",
+        model_max_length=model_max_length,
+    )
 
 
 def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None = None, test_images: int | None = None,
@@ -544,29 +579,8 @@ def build_miniworld(root: str | Path, *, seed: int = 0, train_images: int | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Baselines that never see the image, scored like the model (`reproduce/table1.py`): the samples the task reads
-# (the first `limit`, as the model's evaluation) and the task's own metric.
-
-
-def _task_and_samples(task_name: str, data_root: str | Path, limit: int | None):
-    from eval.tasks import get_task
-
-    spec = get_task(task_name)
-    return spec, spec.read(data_root, limit)[0]
-
-
-def _task_metric(spec, references: dict, predictions: dict) -> dict[str, float]:
-    from eval.runner import get_metric
-
-    metric = get_metric(spec.metric)
-    return metric.fn(references, predictions, metric.resolve_variant(spec.metric, spec.variant))
-
-
-ANSWER_TYPES = ("yes/no", "other")  # "other": the colour and shape questions
-
-
-def _answer_type(sample) -> str:
-    return "yes/no" if sample.references and sample.references[0] in ("yes", "no") else "other"
+# What a model that never sees the image can know (the blind baselines of `eval/baselines.py`), and what captions
+# name (`reproduce/mini_chain.py`).
 
 
 def question_majority_answers(world: MiniWorld) -> dict[str, str]:
@@ -578,56 +592,6 @@ def question_majority_answers(world: MiniWorld) -> dict[str, str]:
         if image_id in train_ids:
             by_question.setdefault(q, Counter())[a] += 1
     return {q: c.most_common(1)[0][0] for q, c in by_question.items()}
-
-
-BLIND_BASELINES = ("question_type", "question")
-
-
-def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None, *, predictions_path: str | Path | None = None,
-                 answer_type: str | None = None, blind: str = "question_type") -> float:
-    """VQA accuracy (percent, task mini_vqa's metric) on the task's first `limit` questions, optionally only those of
-    one answer type: of the model's saved predictions (`predictions_path`, the runner's predictions.jsonl), or, with
-    no path, of a blind baseline: `blind="question_type"` answers each question with its type's most frequent train
-    answer, `blind="question"` with the most frequent train answer of the very same question string (falling back
-    to the type's for a question never asked in train)."""
-    if answer_type is not None and answer_type not in ANSWER_TYPES:
-        raise InputError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
-    if blind not in BLIND_BASELINES:
-        raise InputError(f"blind must be one of {BLIND_BASELINES}, got {blind!r}")
-    spec, samples = _task_and_samples("mini_vqa", data_root, limit)
-    samples = [s for s in samples if answer_type is None or _answer_type(s) == answer_type]
-    if predictions_path is None:
-        majority = question_majority_answers(world) if blind == "question" else {}
-        predictions = {s.id: majority.get(s.text) or world.prior_answer(s.text) for s in samples}
-    else:
-        path = Path(predictions_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"VQA predictions not found: {path}")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        saved = {r["id"]: r["prediction"] for r in records if "prediction" in r}
-        predictions = {s.id: saved[s.id] for s in samples if s.id in saved}
-    return _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
-
-
-def answer_prior_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None) -> float:
-    """VQA accuracy (percent, task mini_vqa's metric) of answering each question with its type's train prior."""
-    return vqa_accuracy(world, data_root, limit)
-
-
-def chance_caption_scores(world: MiniWorld, data_root: str | Path, limit: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Captions from the templates with a shape and colour drawn from the train distribution, not from the image.
-
-    Returns {"CIDEr": pycocoevalcap's CIDEr-D (x1, not x100), "shape"/"color": share of captions naming the right one}.
-    """
-    spec, samples = _task_and_samples("mini_caption", data_root, limit)
-    rng = random.Random(f"{seed}/chance_captions")
-    shapes, colors = world.train_distribution["shape"], world.train_distribution["color"]
-    predictions = {s.id: rng.choice(CAPTION_TEMPLATES).format(shape=rng.choices(list(shapes), list(shapes.values()))[0],
-                                                              color=rng.choices(list(colors), list(colors.values()))[0])
-                   for s in samples}
-    cider = _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)["CIDEr"] / 100.0
-    hits = [world.caption_attribute_hits(p, i) for i, p in predictions.items()]
-    return {"CIDEr": cider, "shape": sum(h[0] for h in hits) / len(hits), "color": sum(h[1] for h in hits) / len(hits)}
 
 
 def caption_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: str) -> float:

@@ -10,17 +10,23 @@
 - `strip_prefix`: files are accepted with or without their module prefix (``encoder.``).
 - `weight_shapes` / `sharded_weight_shapes`: the keys, shapes and dtypes of weight files as meta tensors (for the
   strict check before anything is loaded); the streaming loaders then read one file at a time.
+- Our runs' checkpoints (`train/checkpoint.py` writes them): `verify_checkpoint` / `latest_verified` (the manifest's
+  sizes and SHA-256), `read_checkpoint_weights` (either layout), `latest_checkpoint_dir` and `read_weights` (a run
+  directory, a checkpoint directory or a weights file, as the config keys naming an upstream run accept them).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness.errors import InputError
+from harness.io import file_digest
 
 SHOW_KEYS = 8  # how many keys of each kind an error message lists
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
@@ -181,3 +187,162 @@ def check_state_dict(
     if parts:
         raise CheckpointLayoutError(f"{source}: weights do not match {what}; " + "; ".join(parts))
     return ignored
+
+
+# ---------------------------------------------------------------------------------------------
+# Our runs' checkpoints (written by `train/checkpoint.py`, which documents the two layouts): found, verified against
+# their manifest (sizes and SHA-256), read. Here, below `train/`, because the evaluation loaders and the next stage of
+# a chain read them too.
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+MANIFEST = "manifest.json"
+DCP_DIR = "dcp"
+RANDOM_INIT = "random-init"  # the explicit value of an upstream key that starts from random weights (tests, smoke runs)
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used as asked: never completed, damaged, or not what the run is configured for;
+    the message says which file or setting is wrong."""
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of checkpoint directory `path`; raises CheckpointError when it is missing or unreadable."""
+    path = Path(path)
+    file = path / MANIFEST
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (the checkpoint was never completed)") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: unreadable ({err})") from None
+    match = _STEP_DIR.match(path.name)
+    if not isinstance(meta, dict) or "step" not in meta or "files" not in meta:
+        raise CheckpointError(f"{file}: not a checkpoint manifest (no step / files)")
+    if match and meta["step"] != int(match.group(1)):
+        raise CheckpointError(f"{file}: says step {meta['step']}, the directory is {path.name}")
+    if isinstance(meta["files"], list):  # written before checksums were recorded: presence is all we can check
+        meta["files"] = {name: {} for name in meta["files"]}
+    return meta
+
+
+def check_file(path: Path, name: str, expected: dict[str, Any], checksum: bool = True) -> str | None:
+    """What is wrong with file `name` of checkpoint `path` (None when it matches the manifest)."""
+    file = path / name
+    if not file.is_file():
+        return f"{file}: missing"
+    size = file.stat().st_size
+    if "size" in expected and size != expected["size"]:
+        return f"{file}: {size} bytes, the manifest says {expected['size']} (truncated or overwritten)"
+    if checksum and "sha256" in expected and file_digest(file)["sha256"] != expected["sha256"]:
+        return f"{file}: SHA-256 differs from the manifest (corrupted)"
+    return None
+
+
+def verify_checkpoint(path: str | Path, checksum: bool = True, rank: int = 0, world_size: int = 1) -> str | None:
+    """The first problem of checkpoint `path` (manifest, then each file in manifest order), or None if it verifies.
+
+    With several processes each checks every world_size-th file (rank, rank + W, ...); see
+    `train.checkpoint.CheckpointManager._verify_collective`."""
+    path = Path(path)
+    try:
+        meta = read_manifest(path)
+    except CheckpointError as err:
+        return str(err)
+    for i, (name, expected) in enumerate(meta["files"].items()):
+        if i % world_size != rank:
+            continue
+        problem = check_file(path, name, expected, checksum)
+        if problem:
+            return problem
+    return None
+
+
+def step_dirs(directory: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step_XXXXXXXX` directory, verified or not, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_verified(directory: str | Path) -> tuple[Path | None, list[str]]:
+    """Newest checkpoint under `directory` that verifies (checksums included), and the problems of newer ones."""
+    problems = []
+    for _, path in reversed(step_dirs(directory)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, problems
+        problems.append(problem)
+    return None, problems
+
+
+def dcp_model_state(checkpoint: Path, scratch: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The full model state of a sharded checkpoint, its DCP shards merged in this one process."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        dcp_to_torch_save(str(checkpoint / DCP_DIR), f"{tmp}/state.pt")
+        state = torch.load(f"{tmp}/state.pt", weights_only=True)
+    return state["model"]
+
+
+def read_checkpoint_weights(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The model weights of one checkpoint directory (either layout) and the file they came from.
+
+    model.safetensors where the checkpoint has one (every full-layout checkpoint, and the last one of a sharded run);
+    else the DCP shards of a sharded checkpoint written before the end of its run, merged here. The caller chose a
+    checkpoint that verifies (`latest_verified`, `latest_checkpoint_dir`)."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    file = checkpoint / "model.safetensors"
+    if file.is_file():
+        return load_file(str(file)), file
+    meta = read_manifest(checkpoint)
+    if meta.get("layout", "full") != "sharded" or not (checkpoint / DCP_DIR).is_dir():
+        raise CheckpointError(f"{checkpoint}: no model.safetensors and no {DCP_DIR}/ shards (not a complete checkpoint)")
+    return dcp_model_state(checkpoint), checkpoint / DCP_DIR
+
+
+def latest_checkpoint_dir(path: str) -> str:
+    """A run directory (OUTPUT with checkpoints/step_*) -> its newest checkpoint that verifies against its manifest
+    (sizes and checksums); one checkpoint directory (with a manifest.json) -> itself, once it verifies; anything else
+    unchanged. A run with checkpoints of which none verifies, or a given checkpoint that does not, is an error."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        problem = verify_checkpoint(p)
+        if problem:
+            raise InputError(f"{path}: the checkpoint does not verify ({problem})")
+        return path
+    if not (p / "checkpoints").is_dir():
+        return path
+    found, problems = latest_verified(p / "checkpoints")
+    if found is None:
+        if problems:
+            raise InputError(f"{path}: no checkpoint of this run verifies ({'; '.join(problems)})")
+        return path
+    if problems:
+        print(f"[upstream] {path}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {found.name}", flush=True)
+    return str(found)
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The model weights at `path` and the file they came from: a run directory (its newest checkpoint that
+    verifies), one checkpoint directory (either layout: `read_checkpoint_weights`), or a weights
+    file (.safetensors, or a torch file read with weights_only). Other directories are a FileNotFoundError."""
+    p = Path(latest_checkpoint_dir(path))
+    if p.is_dir() and not (p / MANIFEST).is_file() and (p / "model.safetensors").is_file():
+        p = p / "model.safetensors"  # weights exported on their own, outside a run
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path}: a directory without checkpoints/step_*/ or {MANIFEST} (expected a run directory, a checkpoint directory or a weights file)")
+        state, file = read_checkpoint_weights(p)
+        return state, str(file)
+    return read_state_dict(p), str(p)  # FileNotFoundError naming the file

@@ -28,21 +28,23 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
 from harness.errors import InputError
-from harness.io import atomic_write_text, provenance
+
 from reproduce.reference import Check, ReferenceTable, get_reference
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 Mode = Literal["numeric", "claim"]
 
-NUMBER_VERDICTS = ("match", "mismatch", "not measured", "reference only", "measured only")
+NUMBER_VERDICTS = ("match", "mismatch", "not measured", "reference only", "measured only", "needs a judge")
+# A target whose metric is GPT-4's judgment (VILA Table 5's LLaVA-Bench, MM-Vet: `eval/judge.py`) cannot be measured
+# offline: not measured, it reads "needs a judge" (no number is invented) and does not fail --check.
+NEEDS_JUDGE = "needs a judge"
 UNDECIDED = "undecided (within seed spread)"
 CLAIM_VERDICTS = ("holds", "fails", UNDECIDED, "not measured")
 # Seed spreads of the measured cells: (row, column) -> max - min over the row's training seeds (rows with seeds only).
@@ -123,7 +125,7 @@ def compare_numbers(ref: ReferenceTable, measured: pd.DataFrame) -> pd.DataFrame
         delta = got - cell.value if not (math.isnan(got) or math.isnan(cell.value)) else math.nan
         if cell.target:
             if math.isnan(got):
-                verdict = "not measured"
+                verdict = NEEDS_JUDGE if str(cell.metric).startswith("GPT-4") else "not measured"
             else:
                 verdict = "match" if abs(delta) <= cell.tolerance + 1e-9 else "mismatch"
         else:
@@ -308,6 +310,42 @@ def compare_band(band: dict, measured: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["row", "column", "band", "tolerance", "measured", "verdict"])
 
 
+@dataclass
+class BandResult:
+    check: pd.DataFrame | None  # compare_band's frame; None when there is no band file (and none was written)
+    section: str  # the markdown section for the result file ("" without a band)
+
+    @property
+    def inside(self) -> int:
+        return 0 if self.check is None else int((self.check["verdict"] == "inside").sum())
+
+    @property
+    def outside(self) -> pd.DataFrame | None:
+        """The cells that fail the band (outside it, not measured, not banded), or None when all are inside."""
+        if self.check is None:
+            return None
+        bad = self.check[self.check["verdict"] != "inside"]
+        return None if bad.empty else bad
+
+
+def regression_band(path: Path, measured: pd.DataFrame, key: str, profile: str, rules: dict[str, BandRule] | None = None,
+                    *, update: bool = False, shown_as: str = "", leave_out: tuple[str, ...] = ()) -> BandResult:
+    """The whole band step of a claim profile: (re)write the band from `measured` with `update`, then compare
+    `measured` with the band file when there is one. `leave_out` columns (machine-dependent ones) have no band."""
+    measured = measured.drop(columns=list(leave_out), errors="ignore")
+    if update:
+        from harness.io import atomic_write_json
+
+        atomic_write_json(path, make_band(measured, key, profile, rules))
+        print(f"wrote the regression band {path}")
+    if not Path(path).is_file():
+        return BandResult(None, "")
+    band = read_band(path)
+    band = {**band, "cells": {row: {c: v for c, v in cells.items() if c not in leave_out} for row, cells in band["cells"].items()}}
+    check = compare_band(band, measured)
+    return BandResult(check, "\n" + band_markdown(check, shown_as or str(path)))
+
+
 def band_markdown(band_check: pd.DataFrame, path: str) -> str:
     lines = [f"## Regression band (`{path}`: a previous mini run, not the paper)", "",
              "| row | column | band | tolerance | measured | verdict |", "|---|---|---|---|---|---|"]
@@ -353,16 +391,14 @@ def comparison_frame(result: Comparison) -> pd.DataFrame:
     return pd.concat([numbers, claims], ignore_index=True).assign(**meta)
 
 
-def write_comparison(result: Comparison, results_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
+def write_comparison(result: Comparison, results_dir: str | Path = RESULTS_DIR, extra_markdown: str = "",
+                     side_files: dict[str, str] | None = None) -> tuple[Path, Path]:
     """Write `results/<paper>_table<N>.csv` (cells and claims, long format), its markdown twin, and the run's
     provenance to `results/provenance/<key>.json` (ignored by git)."""
-    results_dir = Path(results_dir)
-    key = result.reference.key
-    csv_path = atomic_write_text(results_dir / f"{key}.csv", comparison_frame(result).to_csv(index=False))
-    md_path = atomic_write_text(results_dir / f"{key}.md", to_markdown(result))
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_text(results_dir / "provenance" / f"{key}.json", json.dumps({"profile": result.profile, "written": stamp, "provenance": provenance()}, indent=2) + "\n")
-    return csv_path, md_path
+    from reproduce.result_files import write_result_files
+
+    return write_result_files(results_dir, result.reference.key, comparison_frame(result), to_markdown(result) + extra_markdown,
+                              extra={"profile": result.profile}, side_files=side_files)  # fmt: skip
 
 
 def read_measured(path: str | Path) -> pd.DataFrame:

@@ -36,7 +36,7 @@ def _release_file(part: str) -> str:
     1a's input check reports by name when the release has no such part."""
     import json
 
-    from reproduce.mini_release import MANIFEST, RELEASE_DIR
+    from reproduce.release import MANIFEST, RELEASE_DIR
 
     manifest = RELEASE_DIR / MANIFEST
     parts = json.loads(manifest.read_text())["parts"] if manifest.is_file() else {}
@@ -126,7 +126,7 @@ def vqa_by_type(answer_type: str):
     """VQA accuracy on the questions of one answer type, from the saved predictions."""
 
     def derive(ctx, task_dir: Path) -> float:
-        from harness.miniworld import vqa_accuracy
+        from eval.baselines import vqa_accuracy
 
         from reproduce.table import task_limit
 

@@ -45,9 +45,10 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-CHECKOUT = Path(__file__).resolve().parent.parent
-RELEASE_DIR = CHECKOUT / "model" / "mini_release"
-MANIFEST = "MANIFEST.json"
+# Where the release lies and how its files are checked (below the table machinery, which names the release in run
+# configs; reproduce/release.py).
+from reproduce.release import CHECKOUT, MANIFEST, RELEASE_DIR, read_manifest, release_file  # noqa: E402, F401
+
 PREFIX_STEPS = 20  # steps of a recipe the test retrains and compares bit for bit
 # The world the prefix is trained on: a reduced build (the first 200 / 50 images, seed 0), seconds to make, so the test
 # exercises the recipe, its code and its data path on the same bytes every time without the full world.
@@ -93,33 +94,6 @@ ENCODER = StandIn(
 STAND_INS = (ENCODER,)
 
 
-def read_manifest(release_dir: Path = RELEASE_DIR) -> dict:
-    path = release_dir / MANIFEST
-    if not path.is_file():
-        from harness.errors import InputError
-
-        raise InputError(f"no mini release at {release_dir} ({MANIFEST} missing): build it with python reproduce/mini_release.py build")
-    return json.loads(path.read_text())
-
-
-def release_file(part: str, release_dir: Path = RELEASE_DIR) -> Path:
-    """The committed weights file of `part`, checked against the manifest's SHA-256 (a damaged file is an error)."""
-    from harness.errors import InputError
-
-    entry = read_manifest(release_dir)["parts"].get(part)
-    if entry is None:
-        raise InputError(f"the mini release at {release_dir} has no part {part!r}")
-    path = release_dir / entry["file"]
-    if not path.is_file():
-        raise InputError(f"mini release file missing: {path}")
-    from train.checkpoint import file_digest
-
-    digest = file_digest(path)["sha256"]
-    if digest != entry["sha256"]:
-        raise InputError(f"mini release file {path}: SHA-256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}…")
-    return path
-
-
 def train_stand_in(stand_in: StandIn, world_root: Path, output_dir: Path, steps: int | None = None, quiet: bool = False) -> None:
     """Train `stand_in`'s recipe with `python -m train` (its first `steps` steps only, if given)."""
     overrides = [o.replace("{data}", str(world_root)) for o in stand_in.overrides]
@@ -138,7 +112,7 @@ def finished_with_recipe(run: Path, stand_in: StandIn, world_root: Path) -> bool
     import yaml
 
     from harness.config import get_preset, resolve, to_dict
-    from model.families import get_stage
+    from train.registry import get_stage
     from train.config import preset_group
 
     summary, config = run / "run.json", run / "config.yaml"
@@ -156,7 +130,7 @@ def finished_with_recipe(run: Path, stand_in: StandIn, world_root: Path) -> bool
 
 def encoder_state(run_or_file: Path) -> dict:
     """The ViT's weights of an encoder_pretrain run (or checkpoint), bare keys (EVA-CLIP's released layout)."""
-    from model.lavit.stages.common import read_encoder_weights
+    from model.lavit.checkpoints import read_encoder_weights
 
     state, _ = read_encoder_weights(str(run_or_file))
     return {k: v.contiguous() for k, v in sorted(state.items())}
@@ -260,7 +234,7 @@ def card(stand_in: StandIn, entry: dict) -> str:
 
 def encoder_competence(encoder_path: Path, world, images=None) -> dict[str, float]:
     """Linear-probe test accuracy (%) of shape and colour on the ViT's frozen patch features."""
-    from model.lavit.stages.common import load_encoder_weights
+    from model.lavit.checkpoints import load_encoder_weights
     from model.lavit.tokenizer import build_tokenizer
     from model.lavit.tokenizer_config import tiny
     from reproduce.competence import encoder_features, linear_probe, probe_images
@@ -283,6 +257,7 @@ def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
     import torch
 
     from eval.evaluate import evaluate_tasks
+    from eval.lm_adapter import text_lm
     from harness.miniworld import corpus
     from model.lavit.checkpoints import load_for_eval
 
@@ -292,7 +267,7 @@ def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
     seed = json.loads((Path(world.root) / "DONE").read_text())["params"]["seed"]
     held_out = corpus(random.Random(f"{seed}/held-out corpus"), facts, docs_per_source=50)
     loaded = load_for_eval(str(llm_run), device="cpu")
-    lm = loaded.lm()
+    lm = text_lm(loaded)
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
         for docs in held_out.values():
@@ -307,10 +282,10 @@ def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
 
 def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, float]:
     """Stage 1a on the test images under the argmax keep mask, and a bag-of-codes shape probe (fitted on train)."""
-    from model.lavit.stages.common import load_tokenizer_checkpoint
+    from model.lavit.checkpoints import load_tokenizer_checkpoint
     from model.lavit.tokenizer import build_tokenizer
     from harness.config import load_config
-    from model.lavit.stages.config import TokenizerStageConfig
+    from train.lavit.config import TokenizerStageConfig
     from reproduce.competence import linear_probe, probe_images, tokenizer_statistics
     from train.stages.common import latest_checkpoint_dir
 

@@ -128,6 +128,9 @@ class Column:
     # fn(ctx, run_dir), run_dir = the last stage's run directory of a Trained row (the checkpoint of a Released
     # one), e.g. a number from the training run's metrics.jsonl.
     derive: Callable[["Context", Path], float] | None = None
+    # A wall-time figure (ms per pair, ...): differs between machines and runs, so the committed result files show
+    # it as "machine-dependent" and its cells (and the claims that read them) go to results/provenance/<key>.machine.csv.
+    machine_dependent: bool = False
 
 
 @dataclass
@@ -179,6 +182,9 @@ class Context:
     run_dirs: dict[str, dict[str, Path]] = field(default_factory=dict)  # Trained row label -> stage key -> run directory
     measured: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> cells, filled in row order
     slurm: dict[str, Any] = field(default_factory=dict)
+    reuse_stale: bool = False  # reuse runs and evaluations made by other code (marked stale) instead of redoing them
+    wait: bool = True  # wait for runs and evaluations owned by another process (False: fail naming the owner)
+    stale: dict[str, str] = field(default_factory=dict)  # row label -> "stale: trained at <rev> (...)" (--reuse-stale)
 
 
 _TABLES: dict[str, TableSpec] = {}
@@ -202,6 +208,10 @@ TABLE_MODULES = (
     "reproduce.table7",
     "reproduce.table8",
     "reproduce.table9",
+    "reproduce.vila_table1",
+    "reproduce.vila_table2",
+    "reproduce.vila_table5",
+    "reproduce.vila_table6",
 )
 
 
@@ -219,7 +229,7 @@ def tables() -> dict[str, TableSpec]:
 
 def _placeholders(ctx: Context) -> dict[str, str]:
     """{data}: the profile's data root; {release}: the committed mini release (model/mini_release/)."""
-    from reproduce.mini_release import RELEASE_DIR
+    from reproduce.release import RELEASE_DIR
 
     return {"{data}": str(ctx.data_root) if ctx.data_root else "", "{release}": str(RELEASE_DIR)}
 
@@ -239,15 +249,37 @@ class PlannedStage:
     digest: str  # hash of the config with upstream runs and local paths replaced by stable tokens
     directory: Path
 
+    def summary(self) -> dict[str, Any] | None:
+        """The run's run.json when it holds a finished run, else None."""
+        try:
+            summary = json.loads((self.directory / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) and summary.get("finished") else None
+
     @property
     def done(self) -> bool:
-        summary = self.directory / "run.json"
-        if not summary.is_file():
-            return False
-        try:
-            return bool(json.loads(summary.read_text()).get("finished"))
-        except ValueError:
-            return False
+        return self.summary() is not None
+
+    def stale_reason(self) -> str | None:
+        """Why this finished run no longer is what today's code and upstream runs would train, or None.
+
+        Stale: a source file it loaded has changed since (`harness.code_identity`), or an upstream run's run.json is
+        not the one it trained from (that run was retrained)."""
+        from harness.code_identity import changed_files, describe_change, made_at
+
+        summary = self.summary()
+        if summary is None:
+            return None
+        record = summary.get("code")
+        if changed_files(record) != []:
+            return f"trained at {made_at(record)}; {describe_change(record)}"
+        for key, digest in (summary.get("inputs") or {}).items():
+            upstream = next((o.split("=", 1)[1] for o in self.overrides if o.startswith(f"{key}=")), None)
+            path = Path(upstream) / "run.json" if upstream else None
+            if path is not None and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                return f"trained at {made_at(record)}; its input {key} ({path.parent.name}) was retrained since"
+        return None
 
 
 # Config keys added after runs were cached, with the value that keeps the old behaviour: at that value a key is left
@@ -286,19 +318,19 @@ _REPORTING_ONLY = {"loop.progress": False, "loop.log_every": 1, "loop.tensorboar
 def plan_chain(row: Trained, ctx: Context) -> list[PlannedStage]:
     """Resolve every stage of `row`'s chain to its config, hash and run directory (nothing runs here)."""
     from harness.config import get_preset, resolve
-    from model.families import get_family, get_stage
     from train.config import preset_group
+    from train.registry import family_stages, get_stage
 
-    family = get_family(row.family)
+    stages = family_stages(row.family)
     planned: dict[str, PlannedStage] = {}
     out = []
     for run in row.chain:
         spec = get_stage(run.stage)
-        if spec not in family.stages:
+        if spec not in stages:
             raise InputError(f"stage {run.stage!r} is not a stage of family {row.family!r}")
         spec.config_class()  # registers the presets
         overrides = [_fill(o, ctx) for o in run.overrides]
-        from reproduce.mini_release import RELEASE_DIR
+        from reproduce.release import RELEASE_DIR
 
         replacements = {str(RELEASE_DIR): "$RELEASE", **({str(ctx.data_root): _data_token(ctx)} if ctx.data_root else {})}
         for key, upstream in run.inputs:
@@ -343,11 +375,14 @@ def _log(message: str) -> None:
 
 
 def _train_local(stage: PlannedStage, ctx: Context) -> None:
+    from train.stages import LOCK_WAIT_ENV
+
     command = [sys.executable, "-m", "train", stage.run.stage, "--config", stage.run.preset or ctx.profile.preset,
                "--output-dir", str(stage.directory), "--set", "loop.progress=true"]
     for override in stage.overrides:
         command += ["--set", override]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           LOCK_WAIT_ENV: "1" if ctx.wait else "0"}  # fmt: skip
     done = subprocess.run(command, env=env, cwd=CHECKOUT)
     if done.returncode == 2:  # the launcher refused its input and printed the one `error:` line above
         raise InputError(f"training stage {stage.run.key!r} ({stage.directory}) refused its input (see the error line above)")
@@ -391,10 +426,24 @@ def train_rows(ctx: Context) -> dict[tuple[str, int], list[PlannedStage]]:
         for i, stage in enumerate(chain):
             unique.setdefault(stage.directory, stage)
             depth[stage.directory] = max(depth.get(stage.directory, 0), i)
-    todo = [s for s in unique.values() if not s.done]
-    _log(f"{len(unique)} training runs ({len(unique) - len(todo)} already finished, reused) in {ctx.runs_dir}")
-    for level in sorted({depth[s.directory] for s in todo}):
-        batch = [s for s in todo if depth[s.directory] == level]
+    finished = sum(s.done for s in unique.values())
+    _log(f"{len(unique)} training runs ({finished} already finished, reused unless made by other code) in {ctx.runs_dir}")
+    stale_runs: dict[Path, str] = {}
+    for level in sorted(set(depth.values())):
+        # A level's staleness is decided after the levels above it are (re)trained: a retrained upstream run makes
+        # every run trained from it stale.
+        batch = []
+        for stage in (s for s in unique.values() if depth[s.directory] == level):
+            reason = stage.stale_reason()
+            if reason is not None and ctx.reuse_stale:
+                stale_runs[stage.directory] = reason
+                _log(f"reuse STALE run {stage.directory.name} (--reuse-stale): {reason}")
+            elif reason is not None:
+                _log(f"run {stage.directory.name} is stale ({reason}): moved to {_set_aside(stage.directory, ctx).parent.name}/, retraining")
+            if not stage.done:
+                batch.append(stage)
+        if not batch:
+            continue
         if ctx.cluster == "slurm":
             _train_slurm(batch, ctx)
             continue
@@ -406,7 +455,24 @@ def train_rows(ctx: Context) -> dict[tuple[str, int], list[PlannedStage]]:
     missing = [s.directory for s in unique.values() if not s.done]
     if missing:
         raise RuntimeError(f"training runs did not finish: {[str(m) for m in missing]}")
+    for (label, _seed), chain in chains.items():
+        notes = [stale_runs[s.directory] for s in chain if s.directory in stale_runs]
+        if notes and label not in ctx.stale:  # the first stale run of the chain is the cause of the others
+            ctx.stale[label] = f"stale: {notes[0]}"
     return chains
+
+
+def _set_aside(directory: Path, ctx: Context) -> Path:
+    """Move a stale run out of the way (RUNS/.stale/<name>, replacing an older one there): kept for inspection,
+    never reused."""
+    import shutil
+
+    aside = ctx.runs_dir / ".stale" / directory.name
+    if aside.exists():
+        shutil.rmtree(aside)
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    directory.rename(aside)
+    return aside
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +518,8 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
     if len(groups) == 1 and not load_options:  # the common case: evaluate_tasks loads the model itself (and on every rank)
         ((root, limit), tasks), = groups.items()
         return evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
-                              batch_size=profile.eval_batch_size, device=ctx.device)  # fmt: skip
+                              batch_size=profile.eval_batch_size, device=ctx.device, reuse_stale=ctx.reuse_stale,
+                              wait=ctx.wait)  # fmt: skip
     from model.families import get_family
 
     if load_options:  # evaluate_tasks checks the data before it loads a model; here the model is loaded first
@@ -461,13 +528,21 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
     loaded = get_family(family).load(str(checkpoint), device=ctx.device, **(load_options or {}))
     frames = [
         evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
-                       batch_size=profile.eval_batch_size, device=ctx.device, loaded=loaded)  # fmt: skip
+                       batch_size=profile.eval_batch_size, device=ctx.device, loaded=loaded, reuse_stale=ctx.reuse_stale,
+                       wait=ctx.wait)  # fmt: skip
         for (root, limit), tasks in groups.items()
     ]
     return pd.concat(frames, ignore_index=True)
 
 
+def _note_stale(results: pd.DataFrame, label: str, ctx: Context) -> None:
+    """A row whose evaluation was reused from other code (--reuse-stale) is marked, like a stale run."""
+    if "stale" in results and results["stale"].notna().any() and label not in ctx.stale:
+        ctx.stale[label] = str(results["stale"].dropna().iloc[0])
+
+
 def _cells(results: pd.DataFrame, profile: Profile, label: str, ctx: Context, eval_dir: Path, run_dir: Path) -> dict[str, float]:
+    _note_stale(results, label, ctx)
     cells = {}
     for column in profile.columns:
         if not column.task:
@@ -537,43 +612,73 @@ def band_path(spec: TableSpec, profile_name: str) -> Path:
     return MINI_REFERENCE_DIR / f"{spec.key}{suffix}.band.json"
 
 
-def write_outputs(spec: TableSpec, profile_name: str, comparison, measured: pd.DataFrame, results_dir: Path, seconds: float,
-                  band_section: str = "") -> tuple[Path, Path]:
-    """results/<key>.csv/.md (stable across reruns) and results/provenance/<key>.json (timestamps, versions)."""
-    from harness.io import atomic_write_json, provenance
-    from reproduce.compare import comparison_frame, to_markdown
+MACHINE_DEPENDENT = "machine-dependent"
 
-    frames = [comparison_frame(comparison).assign(section=profile_name)]
-    md = [to_markdown(comparison)]
-    if band_section:
-        md.append(band_section)
+
+def machine_columns(profile: Profile) -> tuple[str, ...]:
+    return tuple(c.label for c in profile.columns if c.machine_dependent)
+
+
+def split_machine_dependent(comparison, columns: tuple[str, ...], where: str):
+    """(the comparison as committed, the machine-dependent part as a frame): cells of `columns`, and the claims
+    that read them, keep their values only in the uncommitted file `where`."""
+    import dataclasses
+
+    from reproduce.compare import comparison_frame
+
+    if not columns:
+        return comparison, None
+    ids = {c.id for c in comparison.reference.claims if any(set(check.columns) & set(columns) for check in c.checks)}
+    numbers, claims = comparison.numbers.copy(), comparison.claims.copy()
+    cell_mask = numbers["column"].isin(columns) & numbers["measured"].notna()
+    claim_mask = claims["claim"].isin(ids) if len(claims) else pd.Series(dtype=bool)
+    machine = comparison_frame(dataclasses.replace(comparison, numbers=numbers[cell_mask], claims=claims[claim_mask]))
+    note = f"{MACHINE_DEPENDENT} (this machine's value: {where})"
+    numbers.loc[cell_mask, ["measured", "delta"]] = float("nan")
+    numbers.loc[cell_mask, "verdict"] = note
+    if len(claims):
+        claims.loc[claim_mask, "verdict"] = MACHINE_DEPENDENT
+        claims.loc[claim_mask, "details"] = note
+    return dataclasses.replace(comparison, numbers=numbers, claims=claims), machine
+
+
+def write_outputs(ctx: Context, comparison, measured: pd.DataFrame, seconds: float, sections: str = "") -> tuple[Path, Path]:
+    """results/<key>.csv/.md: what a rerun of the same code writes byte for byte on any machine (machine-dependent
+    cells aside, see `split_machine_dependent`); provenance, wall time and the measured frame go to results/provenance/."""
+    from reproduce.compare import comparison_frame, compare, to_markdown
+    from reproduce.result_files import machine_cells_path, write_result_files
+
+    spec, profile_name = ctx.spec, ctx.profile_name
+    where = _relative(machine_cells_path(ctx.results_dir, spec.key))
+    comparison, machine = split_machine_dependent(comparison, machine_columns(ctx.profile), where)
+    frame = comparison_frame(comparison).assign(section=profile_name)
+    if ctx.stale:  # --reuse-stale: every cell of an affected row says so (the column exists only then)
+        frame["stale"] = frame["row"].map(ctx.stale)
+    frames, md = [frame], [to_markdown(comparison)]
+    if ctx.stale:
+        md.append("\n## STALE rows (--reuse-stale: made by other code; rerun without it to redo them)\n\n"
+                  + "\n".join(f"- {row}: {note}" for row, note in ctx.stale.items()) + "\n")
+    if sections:
+        md.append(sections)
     if profile_name != "paper" or comparison.reference.key != spec.key:
-        from reproduce.compare import compare
-
         paper = compare(reference_for(spec.key), pd.DataFrame(), mode="numeric", profile=profile_name)
         frames.append(comparison_frame(paper).assign(section="paper reference"))
         md.append("\n## The paper's table (reference only; not comparable with this profile's numbers)\n\n" + _reference_markdown(paper.reference))
     for extra in spec.extra_references:
         ref = reference_for(extra)
         md.append(f"\n## {ref.source}: {ref.title} (reference)\n\n" + _reference_markdown(ref))
-    frame = pd.concat(frames, ignore_index=True)
-    from harness.io import atomic_write_text
-
-    csv_path = atomic_write_text(results_dir / f"{spec.key}.csv", frame.to_csv(index=False))
-    md_path = atomic_write_text(results_dir / f"{spec.key}.md", "\n".join(md))
-    atomic_write_json(
-        results_dir / "provenance" / f"{spec.key}.json",
-        {"profile": profile_name, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": round(seconds, 1),
-         "measured": json.loads(measured.to_json(orient="index")), "provenance": provenance()},
-    )
-    return csv_path, md_path
+    extra = {"profile": profile_name, "wall_time_s": round(seconds, 1), "measured": json.loads(measured.to_json(orient="index"))}
+    return write_result_files(ctx.results_dir, spec.key, pd.concat(frames, ignore_index=True), "\n".join(md), extra=extra, machine=machine)
 
 
 def seed_frame(ctx: Context) -> pd.DataFrame:
-    """Rows trained with several seeds: each cell per seed, its mean (the table's value) and spread (max - min)."""
+    """Rows trained with several seeds: each cell per seed, its mean (the table's value) and spread (max - min).
+    Machine-dependent columns are left out (they are not committed)."""
     records = []
     for label, per_seed in ctx.seed_cells.items():
         for column in next(iter(per_seed.values())):
+            if column in machine_columns(ctx.profile):
+                continue
             values = {seed: cells[column] for seed, cells in per_seed.items()}
             records.append({"row": label, "column": column, **{f"seed {s}": v for s, v in values.items()},
                             "mean": sum(values.values()) / len(values), "spread": max(values.values()) - min(values.values())})
@@ -632,6 +737,12 @@ def build_parser(spec: TableSpec) -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a verdict fails: a gating claim or a cell not measured, a numeric mismatch, or (claim "
                              "profiles) a cell outside the regression band of results/mini/<table>.band.json")
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="reuse runs and evaluations made by other code (a changed source file, a retrained upstream run) "
+                             "instead of redoing them; their rows are marked 'stale: trained at <rev>' in the outputs")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="fail at once, naming the owner, when another process is training a run or evaluating a task "
+                             "this table needs (default: wait for it, then reuse what it made)")
     parser.add_argument("--update-band", action="store_true",
                         help="claim profiles: (re)write results/mini/<table>.band.json from this run's cells (a regression band, "
                              "not paper numbers; commit it)")
@@ -654,7 +765,8 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
         raise InputError(f"--update-band: profile {args.profile!r} is checked against the paper's numbers, it has no regression band")
     runs_dir = Path(args.runs_dir).resolve()
     ctx = Context(spec, args.profile, profile, runs_dir, Path(args.results_dir), None, args.checkpoint, args.cluster, args.device,
-                  slurm={"gpus_per_node": args.gpus_per_node, "partition": args.partition, "timeout_min": args.time})
+                  slurm={"gpus_per_node": args.gpus_per_node, "partition": args.partition, "timeout_min": args.time},
+                  reuse_stale=args.reuse_stale, wait=not args.no_wait)
     if profile.data == "miniworld":
         from harness.miniworld import build_miniworld
 
@@ -676,28 +788,23 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
 
         read_band(band_file)  # a missing band fails before anything is trained
     measured = measure(ctx)
-    from reproduce.compare import band_markdown, compare, compare_band, make_band, read_band
+    from reproduce.compare import compare, regression_band
 
     comparison = compare(reference_for(profile.reference), measured, mode=profile.mode, profile=args.profile, spreads=seed_spreads(ctx))
-    band_check, band_section = None, ""
-    if profile.mode == "claim":
-        if args.update_band:
-            from harness.io import atomic_write_json
-
-            atomic_write_json(band_file, make_band(measured, spec.key, args.profile, profile.band_rules))
-            print(f"wrote the regression band {band_file}")
-        if band_file.is_file():
-            band_check = compare_band(read_band(band_file), measured)
-            band_section = "\n" + band_markdown(band_check, _relative(band_file))
+    band = None
+    if profile.mode == "claim":  # machine-dependent cells have no band: they differ between machines by design
+        band = regression_band(band_file, measured, spec.key, args.profile, profile.band_rules, update=args.update_band,
+                               shown_as=_relative(band_file), leave_out=machine_columns(profile))
     seconds = time.perf_counter() - start
     seeds_section = seed_markdown(ctx)
-    csv_path, md_path = write_outputs(spec, args.profile, comparison, measured, ctx.results_dir, seconds, seeds_section + band_section)
+    csv_path, md_path = write_outputs(ctx, comparison, measured, seconds, seeds_section + (band.section if band else ""))
     print_table(comparison, measured, profile)
     if seeds_section:
         print(seeds_section)
-    if band_check is not None:
-        outside = band_check[band_check["verdict"] != "inside"]
-        print(f"regression band {_relative(band_file)}: {len(band_check) - len(outside)}/{len(band_check)} cells inside")
+    if band is not None and band.check is not None:
+        print(f"regression band {_relative(band_file)}: {band.inside}/{len(band.check)} cells inside")
+    for row, note in ctx.stale.items():
+        print(f"STALE row {row!r}: {note}")
     print(f"wrote {csv_path} and {md_path} ({seconds:.0f} s)")
     if profile.figure is not None:
         print(f"wrote {profile.figure(ctx, ctx.results_dir / f'{spec.key}.png')}")
@@ -705,9 +812,12 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
     if args.check and not comparison.passed:
         print(f"CHECK FAILED:\n{comparison.failures.to_string(index=False)}", file=sys.stderr)
         failed = True
-    if args.check and band_check is not None and (band_check["verdict"] != "inside").any():
+    if args.check and band is not None and band.outside is not None:
         print(f"CHECK FAILED: cells outside the regression band {_relative(band_file)} (a previous mini run, not the paper):\n"
-              f"{band_check[band_check['verdict'] != 'inside'].to_string(index=False)}", file=sys.stderr)
+              f"{band.outside.to_string(index=False)}", file=sys.stderr)
+        failed = True
+    if args.check and ctx.stale:
+        print(f"CHECK FAILED: {len(ctx.stale)} rows were made by other code (--reuse-stale); rerun without it", file=sys.stderr)
         failed = True
     return 1 if failed else 0
 

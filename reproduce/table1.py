@@ -40,8 +40,8 @@ OURS = "Ours (mini LaVIT)"
 
 def _vqa_cells(ctx, **how) -> dict[str, float]:
     """The three VQA columns on the task's questions: of saved predictions (`predictions_path=`) or a blind baseline
-    (`blind=`), as `harness.miniworld.vqa_accuracy` scores them."""
-    from harness.miniworld import vqa_accuracy
+    (`blind=`), as `eval.baselines.vqa_accuracy` scores them."""
+    from eval.baselines import vqa_accuracy
 
     limit = task_limit("mini_vqa", ctx.profile)
     return {
@@ -67,7 +67,7 @@ def _image_shuffle(ctx) -> dict[str, float]:
 
 
 def _chance_captions(ctx) -> dict[str, float]:
-    from harness.miniworld import chance_caption_scores
+    from eval.baselines import chance_caption_scores
 
     scores = chance_caption_scores(ctx.world, ctx.data_root, ctx.profile.eval_limit)
     return {"Caption CIDEr": scores["CIDEr"] * 100, "Shape named": scores["shape"] * 100, "Colour named": scores["color"] * 100}

@@ -128,10 +128,11 @@ def _real_codes(ctx):
         import torch
         from PIL import Image
 
-        from model.lavit.checkpoints import run_stage_config
-        from model.lavit.stages.unified import select_and_code
+        from harness.config import load_config
+        from train.lavit.config import UnifiedStageConfig
+        from train.lavit.unified import select_and_code
 
-        cfg = run_stage_config(ctx.run_dirs[OURS]["unified"])
+        cfg = load_config(UnifiedStageConfig, ctx.run_dirs[OURS]["unified"] / "config.yaml")
         tokenizer = model.visual_tokenizer
         codes = []
         for start in range(0, len(samples), 64):

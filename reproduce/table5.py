@@ -27,7 +27,6 @@ if __name__ == "__main__":  # run as a script: import this checkout's packages a
 
 import pandas as pd
 
-from harness.io import atomic_write_text
 from reproduce.compare import RESULTS_DIR, compare, write_comparison
 from reproduce.table import TableSpec, register_table
 
@@ -42,7 +41,7 @@ TABLE = register_table(TableSpec(key="lavit_table5", script="reproduce/table5.py
 
 def paper_config():
     from harness.config import get_preset
-    from model.families import get_stage
+    from train.registry import get_stage
     from train.config import preset_group
 
     get_stage(STAGE).config_class()  # registers the stage's presets
@@ -61,7 +60,8 @@ def stated_table(cfg) -> pd.DataFrame:
 
 def draw(cfg, samples: int, directory: Path) -> dict[str, int]:
     """Draw `samples` documents from the stage's text mixture over one tiny JSONL file per source; counts per source."""
-    from model.families import get_stage, resolve
+    from model.families import resolve
+    from train.registry import get_stage
 
     # The stage's own text stream builder, next to its trainer task (what build_data iterates).
     text_mixture = resolve(get_stage(STAGE).task.split(":")[0] + ":text_mixture")
@@ -118,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     claim = (f"every subset within {MAX_DEVIATION_PP} percentage points of its stated share: {verdict} (largest deviation "
              f"{stats['max_abs_deviation_pp']:.3f} pp over {stats['samples']:,} draws; chi-square {stats['chi2']:.2f}, "
              f"{stats['dof']} dof, p = {stats['p_value']:.3f})")
-    csv_path, md_path = write_comparison(result, args.results_dir)
     section = (f"\n## Drawn by stage 2's text sampler (`{STAGE}` stage, `paper` preset, seed {cfg.loop.seed})\n\n"
                f"{drawn.round(4).to_markdown()}\n\nClaim: {claim}.\n")
-    atomic_write_text(md_path, md_path.read_text() + section)
-    drawn_path = atomic_write_text(Path(args.results_dir) / "lavit_table5_drawn.csv", drawn.rename_axis("subset").assign(**stats).to_csv())
+    drawn_name = "lavit_table5_drawn.csv"
+    csv_path, md_path = write_comparison(result, args.results_dir, extra_markdown=section,
+                                         side_files={drawn_name: drawn.rename_axis("subset").assign(**stats).to_csv()})
+    drawn_path = Path(args.results_dir) / drawn_name
     shown = result.numbers[result.numbers["target"]][["row", "column", "printed", "measured", "verdict"]]
     print(shown.to_markdown(index=False, tablefmt="simple"))
     print()

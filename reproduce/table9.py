@@ -21,7 +21,7 @@ import pandas as pd
 from harness.config import get_preset
 from reproduce.compare import RESULTS_DIR, compare, write_comparison
 from reproduce.table import TableSpec, register_table
-import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
 from train.config import preset_group
 
 STAGE_COLUMNS = {"unified": "VL Pre-training", "tokenizer": "Tokenizer training"}

@@ -475,7 +475,7 @@ def load_standin(path: str, device: str = "cpu", **options: Any):
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"stand-in checkpoint directory {path} does not exist")
-    return LoadedModel(model_id=ColorModel.model_id, adapter=ColorModel(), lm=answer_a_lm, config={"kind": "standin"},
+    return LoadedModel(model_id=ColorModel.model_id, adapter=ColorModel(), llm=answer_a_lm(), config={"kind": "standin"},
                        source="released")  # fmt: skip
 
 
@@ -483,5 +483,5 @@ def register_standin_family() -> str:
     from model.families import Family, families, register_family
 
     if "standin" not in families():
-        register_family(Family(name="standin", title="stand-in (tests)", stages=(), loader="fixtures_official:load_standin"))
+        register_family(Family(name="standin", title="stand-in (tests)", loader="fixtures_official:load_standin"))
     return "standin"

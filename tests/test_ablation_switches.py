@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(stage: str, out: Path, *overrides: str) -> dict:
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
     from train.stages import run_stage
 
     summary = run_stage(stage, resolve(get_preset(f"train/{stage}", "mini"), overrides=list(overrides)), out)
@@ -237,8 +237,8 @@ def test_quantized_understanding_input_freezes_the_understanding_merger(unified_
 def test_frozen_llm_trains_only_the_understanding_merger_and_vit_proj(tmp_path, capsys):
     """Table 7b: the LLM's weights are bitwise unchanged and never reach the optimizer; the preset's group_lr for
     "llm" is no error (the frozen group is skipped with an info line)."""
-    import model.lavit.stages.config  # noqa: F401
-    from model.lavit.stages.unified import UnifiedTask
+    import train.lavit.config  # noqa: F401
+    from train.lavit.unified import UnifiedTask
     from train.distributed import DistInfo
     from train.trainer import seed_everything
 
@@ -268,7 +268,7 @@ def test_frozen_llm_trains_only_the_understanding_merger_and_vit_proj(tmp_path, 
 
 def test_frozen_llm_with_quantized_input_is_refused_before_building():
     """Nothing would train (the LLM is frozen and the understanding path is bypassed): one clear error."""
-    import model.lavit.stages.config  # noqa: F401
+    import train.lavit.config  # noqa: F401
 
     cfg = resolve(get_preset("train/unified", "mini"), overrides=["model.ablation.freeze_llm=true", "model.ablation.understanding_input=quantized"])
     with pytest.raises(ValueError, match="freeze_llm.*quantized"):

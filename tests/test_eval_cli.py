@@ -204,6 +204,30 @@ def test_library_reuses_finished_tasks_without_model_calls(data_root, family, tm
         evaluate_tasks([bumped], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
 
 
+def test_results_made_by_other_code_are_redone_or_reused_marked_stale(data_root, family, tmp_path):
+    from harness.runlock import RunLockedError, eval_lock
+
+    loaded = F.load_standin(str(tmp_path))
+    evaluate_tasks(["okvqa_val"], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
+    code = tmp_path / "out" / "okvqa_val" / "code.json"
+    record = json.loads(code.read_text())
+    assert "eval/evaluate.py" in record["files"] and not any(f.startswith("reproduce/") for f in record["files"])
+    record["files"]["eval/evaluate.py"] = "0" * 16  # as if the evaluation code had changed since
+    record["git_revision"] = "feedface00112233"
+    code.write_text(json.dumps(record))
+    n_calls = len(loaded.adapter.calls)
+    reused = evaluate_tasks(["okvqa_val"], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded, reuse_stale=True)
+    assert list(reused["reused"]) == [True] and len(loaded.adapter.calls) == n_calls
+    assert reused["stale"].iloc[0].startswith("stale: evaluated at feedface00; changed since: eval/evaluate.py")
+    redone = evaluate_tasks(["okvqa_val"], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
+    assert list(redone["reused"]) == [False] and "stale" not in redone and len(loaded.adapter.calls) == n_calls + 1
+    assert redone["value"].iloc[0] == reused["value"].iloc[0]
+    # A task output another live process is evaluating: --no-wait names the owner instead of waiting.
+    with eval_lock(tmp_path / "out" / "okvqa_val").held():
+        with pytest.raises(RunLockedError, match="evaluation .*okvqa_val is owned by"):
+            evaluate_tasks(["okvqa_val"], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded, wait=False)
+
+
 def test_missing_file_is_one_line_and_exit_2_before_loading(tmp_path):
     F.write_vqav2(tmp_path / "data")
     (tmp_path / "data" / T.VQAV2_ANNOTATIONS).unlink()

@@ -102,7 +102,7 @@ class CopyLastDemonstration:
 def _loaded(model):
     from model.families import LoadedModel
 
-    return LoadedModel(model_id=model.model_id, adapter=model, lm=None, config={"kind": "copy"}, source="released")
+    return LoadedModel(model_id=model.model_id, adapter=model, llm=None, config={"kind": "copy"}, source="released")
 
 
 def test_four_shot_end_to_end_per_seed_values_by_hand(data_root, tmp_path):

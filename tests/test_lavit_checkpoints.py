@@ -3,7 +3,7 @@
 - a tiny LaVIT written in the released layout loads from the directory alone (its lavit_config.yaml), and the
   loaded adapter captions and answers exactly as the in-memory model's;
 - a 2-step `unified` mini run loads from its run directory (and from one checkpoint directory): the loaded weights
-  are the checkpoint's and the tokenizer checkpoint's, and the LLM scored through lm-eval (`LoadedModel.lm`, also the
+  are the checkpoint's and the tokenizer checkpoint's, and the LLM scored through lm-eval (`text_lm(LoadedModel)`, also the
   registered lm-eval model `lavit` and `python -m eval.mmlu --model lavit`) gives the log-likelihoods of a plain
   transformers Llama holding the checkpoint's LLM weights;
 - anything else is an error naming the path (and the layouts looked for, or the key / file at fault).
@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from harness.config import get_preset, resolve
+from harness.io import file_digest
 from model.families import get_family
 from model.lavit.checkpoints import load_for_eval
 from model.lavit.configuration import lavit_tiny
@@ -31,7 +32,6 @@ from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.official import write_official_layout
 from model.lavit.vocabulary import build_byte_text_tokenizer
 from model.weights import CheckpointLayoutError
-from train.checkpoint import file_digest
 
 CAPTION = {"num_beams": 2, "min_new_tokens": 2, "max_new_tokens": 6, "length_penalty": 1.0, "early_stopping": False,
            "decoding": "released", "selection": "argmax"}  # fmt: skip
@@ -103,7 +103,7 @@ def test_released_directory_without_pixel_decoding_loads_for_understanding(relea
 @pytest.fixture(scope="module")
 def unified_run(tmp_path_factory):
     """A stage-1a tokenizer checkpoint (a .safetensors with keys tokenizer.*) and a 2-step unified mini run on it."""
-    import model.lavit.stages.config  # noqa: F401  (registers the stage presets)
+    import train.lavit.config  # noqa: F401  (registers the stage presets)
     from model.lavit.tokenizer import build_tokenizer
     from train.stages import run_stage
 
@@ -126,7 +126,7 @@ def _llama_with_checkpoint_llm(run: Path):
 
     from harness.config import load_config
     from model.lavit.modeling_lavit import llama_config
-    from model.lavit.stages.config import UnifiedStageConfig
+    from train.lavit.config import UnifiedStageConfig
 
     cfg = load_config(UnifiedStageConfig, run / "config.yaml")
     state = load_file(str(run / "checkpoints" / "step_00000002" / "model.safetensors"))
@@ -179,7 +179,7 @@ def test_run_llm_scores_equal_a_plain_llama_with_the_checkpoint_weights(unified_
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
 
-    import eval.lm_adapter  # noqa: F401  (registers the per-family lm-eval models)
+    from eval.lm_adapter import text_lm  # importing it registers the per-family lm-eval models
 
     run, _ = unified_run
     loaded = load_for_eval(run)
@@ -193,7 +193,7 @@ def test_run_llm_scores_equal_a_plain_llama_with_the_checkpoint_weights(unified_
             logprobs = torch.log_softmax(llama(torch.tensor([whole])).logits[0].float(), dim=-1)
         expected.append(sum(float(logprobs[t - 1, whole[t]]) for t in range(n_context, len(whole))))
     instances = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)]
-    scores = [ll for ll, _ in loaded.lm(batch_size=2).loglikelihood(instances, disable_tqdm=True)]
+    scores = [ll for ll, _ in text_lm(loaded, batch_size=2).loglikelihood(instances, disable_tqdm=True)]
     assert scores == pytest.approx(expected, abs=1e-4)
     # The same numbers through the registered lm-eval model, and through the adapter's own scoring path.
     registered = get_model("lavit").create_from_arg_obj({"checkpoint": str(run)}, {"batch_size": 3, "device": "cpu"})
@@ -254,6 +254,23 @@ def test_unknown_layouts_name_the_path_and_both_layouts(tmp_path):
         load_for_eval(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("stage", ["unified", "pixel_decoder", "llm_pretrain"])
+def test_the_loader_reads_a_run_config_as_its_stage_wrote_it(stage, tmp_path):
+    """The loader reads a run's config.yaml as plain data (`RUN_KEYS`), not through the training configs: each key it
+    reads is a field of the stage's config, and a saved preset reads back with the preset's values."""
+    import dataclasses
+
+    from harness.config import save_config
+    from model.lavit.checkpoints import RUN_KEYS, RunRecord, read_run_record
+    from train.registry import stage_config_class
+
+    cls = stage_config_class(stage)
+    assert set(RUN_KEYS[stage]) <= {f.name for f in dataclasses.fields(cls)}
+    cfg = resolve(get_preset(f"train/{stage}", "mini"), overrides=["model.llm.num_layers=3"])
+    save_config(cfg, tmp_path)
+    assert read_run_record(tmp_path, stage) == RunRecord(**{k: getattr(cfg, k) for k in RUN_KEYS[stage]})
+
+
 def test_broken_runs_are_named(unified_run, tmp_path):
     run, _ = unified_run
     copy = _copy_run(run, tmp_path)
@@ -299,7 +316,7 @@ def test_broken_runs_are_named(unified_run, tmp_path):
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CheckpointLayoutError, match=r"config.yaml: tokenizer_checkpoint is 'random-init'"):
         load_for_eval(copy)
-    import model.lavit.stages.config  # noqa: F401
+    import train.lavit.config  # noqa: F401
     from harness.config import save_config
 
     save_config(get_preset("train/tokenizer", "mini"), copy)  # a run of another stage

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from model.lavit.configuration import lavit_tiny
 from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
 from model.lavit.packed_attention import BLOCK_DIAGONAL, block_diagonal_attention, document_block_mask
-from model.lavit.stages.unified import Doc, UnifiedTrainModule
+from train.lavit.unified import Doc, UnifiedTrainModule
 from train.data import PackedSequence
 
 pytestmark = pytest.mark.usefixtures("one_thread")

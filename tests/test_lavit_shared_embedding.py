@@ -8,7 +8,7 @@ import torch
 
 from model.lavit.configuration import lavit_tiny
 from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
-from model.lavit.stages.unified import Doc, UnifiedTrainModule
+from train.lavit.unified import Doc, UnifiedTrainModule
 from train.data import PackedSequence
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # restored after the module: later tests keep theirs

@@ -198,9 +198,11 @@ def test_tokenizer_config_options(sp_model_file, tmp_path):
     tokenizer = load_text_tokenizer(folder)
     ids = tokenizer("a cat")["input_ids"]
     assert ids[0] != 1 and ids[-1] == 2
+    # legacy=false (what VILA's training saves) is honoured: non-legacy encoding (tests/test_vila_tokenizer.py)
     (folder / "tokenizer_config.json").write_text(json.dumps({"legacy": False}))
-    with pytest.raises(ValueError, match=r"tokenizer_config.json: legacy=false"):
-        load_text_tokenizer(folder)
+    assert load_text_tokenizer(folder).legacy is False
+    (folder / "tokenizer_config.json").write_text(json.dumps({"legacy": None}))
+    assert load_text_tokenizer(folder).legacy is True  # null: LlamaTokenizer's default (legacy), as LaVIT ran it
 
 
 def test_other_loaders_read_a_tokenizer_model_only_folder(sp_model_file, tmp_path):
@@ -211,7 +213,7 @@ def test_other_loaders_read_a_tokenizer_model_only_folder(sp_model_file, tmp_pat
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from eval.lm_adapter import _load_llm_folder
-    from model.lavit.stages.unified import UnifiedTask
+    from train.lavit.unified import UnifiedTask
     from model.text_tokenizer import sentencepiece_only
 
     processor = spm.SentencePieceProcessor(model_file=sp_model_file)

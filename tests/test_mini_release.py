@@ -39,7 +39,7 @@ def test_a_damaged_release_file_is_refused_by_name(tmp_path):
 
 
 def test_the_encoder_loads_through_stage_1a_encoder_path_as_eva_clip_weights_do():
-    from model.lavit.stages.common import load_encoder_weights
+    from model.lavit.checkpoints import load_encoder_weights
     from model.lavit.tokenizer import build_tokenizer
     from model.lavit.tokenizer_config import tiny
     from reproduce.mini_chain import STAGE_1A

@@ -13,16 +13,15 @@ from pathlib import Path
 import easy_vqa
 import pytest
 
+from eval.baselines import answer_prior_accuracy, chance_caption_scores
 from eval.datasets import read_karpathy_captions, read_vqa_official
 from eval.mmlu import list_subjects, read_subject_csv
 from harness.miniworld import (
     CAPTIONS_PER_IMAGE,
     QA_PER_IMAGE,
     SHAPES,
-    answer_prior_accuracy,
     build_miniworld,
     caption_hit_rate,
-    chance_caption_scores,
     main,
     pixel_labels,
     question_labels,
@@ -246,7 +245,8 @@ def test_fewshot_pool_holds_train_images_only_and_is_added_to_an_older_world(wor
 
 
 def test_question_prior_is_the_majority_answer_of_each_question_string_and_at_least_the_type_prior(world):
-    from harness.miniworld import question_majority_answers, vqa_accuracy
+    from eval.baselines import vqa_accuracy
+    from harness.miniworld import question_majority_answers
 
     majority = question_majority_answers(world)
     train_ids = {int(i) for i in world.labels["train"]}

@@ -23,7 +23,7 @@ RANDOM_TOKENIZER = "tokenizer_checkpoint=random-init"
 
 
 def _cfg(stage: str, *overrides: str):
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
 
     return resolve(get_preset(f"train/{stage}", "mini"), overrides=list(overrides))
 
@@ -85,8 +85,8 @@ def test_encoder_checkpoint_keys_are_the_tokenizers_encoder_keys(encoder_run):
 
 def test_stage_1a_starts_from_the_pretrained_encoder_and_keeps_it_frozen(encoder_run, tmp_path):
     from harness.config import save_config
-    from model.lavit.stages.common import load_encoder_weights, load_tokenizer_checkpoint
-    from model.lavit.stages.tokenizer import TokenizerTask
+    from model.lavit.checkpoints import load_encoder_weights, load_tokenizer_checkpoint
+    from train.lavit.tokenizer import TokenizerTask
     from model.lavit.tokenizer import build_tokenizer
     from train.distributed import init_distributed, shutdown_distributed
     from train.stages.common import latest_checkpoint_dir
@@ -120,7 +120,7 @@ def test_stage_1a_starts_from_the_pretrained_encoder_and_keeps_it_frozen(encoder
 
 
 def test_encoder_weights_errors_name_the_path(encoder_run, tmp_path):
-    from model.lavit.stages.common import load_encoder_weights
+    from model.lavit.checkpoints import load_encoder_weights
     from model.lavit.tokenizer import build_tokenizer
     from model.weights import CheckpointLayoutError
 
@@ -153,7 +153,7 @@ def test_llm_pretrain_loss_falls(llm_run):
 
 
 def test_stage_2_starts_from_the_pretrained_llm(llm_run, tmp_path):
-    from model.lavit.stages.unified import UnifiedTask
+    from train.lavit.unified import UnifiedTask
     from train.distributed import DistInfo
 
     saved = _latest_weights(llm_run)
@@ -175,7 +175,7 @@ def test_llm_weights_errors_name_the_path(llm_run, tmp_path):
     from transformers import LlamaForCausalLM
 
     from model.lavit.modeling_lavit import llama_config
-    from model.lavit.stages.unified import load_llama_weights
+    from train.lavit.unified import load_llama_weights
     from model.weights import CheckpointLayoutError
 
     lm = LlamaForCausalLM(llama_config(_cfg("unified").model))
@@ -193,8 +193,8 @@ def test_llm_weights_errors_name_the_path(llm_run, tmp_path):
 
 @pytest.mark.parametrize("stage", ["encoder_pretrain", "llm_pretrain"])
 def test_paper_presets_refuse_with_the_downstream_key(stage, tmp_path):
-    from model.lavit.stages.encoder_pretrain import EncoderPretrainTask
-    from model.lavit.stages.llm_pretrain import LlmPretrainTask
+    from train.lavit.encoder_pretrain import EncoderPretrainTask
+    from train.lavit.llm_pretrain import LlmPretrainTask
 
     task = {"encoder_pretrain": EncoderPretrainTask, "llm_pretrain": LlmPretrainTask}[stage]
     key = {"encoder_pretrain": "encoder_path", "llm_pretrain": "llm_path"}[stage]
@@ -207,7 +207,7 @@ def test_encoder_preprocessing_is_the_tokenizers():
 
     from PIL import Image
 
-    from model.lavit.stages.encoder_pretrain import preprocess_image
+    from train.lavit.encoder_pretrain import preprocess_image
     from model.lavit.tokenizer import build_tokenizer
     from train.data import synthetic_image_text
 
@@ -236,8 +236,8 @@ def test_an_interrupted_run_resumes_to_the_same_losses(stage, tmp_path):
 def test_encoder_pretrain_positive_keys_make_same_content_pairs_positives_unicl():
     """With data.positive_keys the contrastive target spreads over the pairs of the same content (UniCL); without,
     each pair is its own only positive (CLIP)."""
-    from model.lavit.stages.config import encoder_pretrain_mini_preset
-    from model.lavit.stages.encoder_pretrain import ContrastiveModule, collate
+    from train.lavit.config import encoder_pretrain_mini_preset
+    from train.lavit.encoder_pretrain import ContrastiveModule, collate
 
     pixels = torch.zeros(3, 56, 56)
     pairs = [(pixels, [1, 2], ("circle", "red")), (pixels, [3], ("circle", "red")), (pixels, [4, 5, 6], ("triangle", "red"))]

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from harness.config import get_preset, resolve
 from harness.miniworld import PALETTE, image_attributes
-import model.lavit.stages.config  # noqa: F401,E402  (registers the stage presets)
+import train.lavit.config  # noqa: F401,E402  (registers the stage presets)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,7 +70,7 @@ def test_the_added_config_key_leaves_existing_run_hashes_alone():
 def runs(tmp_path_factory):
     """Two stage-1a tokenizers (.safetensors), a 2-step unified run on the first and 2-step pixel-space pixel decoder
     runs on each."""
-    import model.lavit.stages.config  # noqa: F401  (registers the stage presets)
+    import train.lavit.config  # noqa: F401  (registers the stage presets)
     from model.lavit.tokenizer import build_tokenizer
     from train.stages import run_stage
 

@@ -4,7 +4,6 @@ and the bars figure. Nothing here trains more than a 2-step llm_pretrain run."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -26,26 +25,22 @@ def test_the_grid_switches_one_setting_per_row_and_reuses_table1(tmp_path):
     from reproduce.table1 import TABLE as TABLE1
 
     table1 = [s.directory for s in _plans(TABLE1, "mini", tmp_path)["Ours (mini LaVIT)"]]
-    plans = _plans(table4.TABLE, "mini", tmp_path)
+    ctx = T.Context(table4.TABLE, "mini", table4.MINI, tmp_path / "runs", tmp_path, tmp_path / "data", None, "local", "cpu")
     high, less, standard = (s for s, _ in table4.SETTINGS)
+    rows = table4.MINI.rows
+    assert all(rows[s].seeds == table4.SEEDS == (0, 1) for s in (high, less, standard))
+    plans = {(label, seed): T.plan_chain(rows[label].with_seed(seed), ctx) for label in (high, less, standard) for seed in table4.SEEDS}
     # The standard setting at seed 0 is Table 1's model: the same run directories, nothing retrained.
-    assert [s.directory for s in plans[table4.seed_label(standard, 0)]] == table1
+    assert [s.directory for s in plans[standard, 0]] == table1
     # The base LLM row is the chain's llm_pretrain run itself.
-    assert [s.directory for s in plans[table4.BASE]] == [table1[0]]
-    stage2 = {label: chain[-1] for label, chain in plans.items() if label != table4.BASE}
-    assert all([s.directory for s in chain[:2]] == table1[:2] for label, chain in plans.items() if label != table4.BASE)
-    assert len({s.directory for s in stage2.values()}) == 6  # 3 settings x 2 seeds, all distinct
-    for label, stage in stage2.items():
-        cfg = stage.config
-        seed = int(label.rsplit("seed ", 1)[1].rstrip("]"))
+    assert [s.directory for s in T.plan_chain(rows[table4.BASE], ctx)] == [table1[0]]
+    assert all([s.directory for s in chain[:2]] == table1[:2] for chain in plans.values())
+    assert len({chain[-1].directory for chain in plans.values()}) == 6  # 3 settings x 2 seeds, all distinct
+    for (label, seed), chain in plans.items():
+        cfg = chain[-1].config
         assert cfg.loop.seed == seed
         lr, mix = cfg.optim.group_lr["llm"], tuple(cfg.data.text_to_image_text)
-        if label.startswith(high):
-            assert (lr, mix) == (1.5e-3, (1.0, 2.0))
-        elif label.startswith(less):
-            assert (lr, mix) == (5e-4, (1.0, 4.0))
-        else:
-            assert (lr, mix) == (5e-4, (1.0, 2.0))
+        assert (lr, mix) == {high: (1.5e-3, (1.0, 2.0)), less: (5e-4, (1.0, 4.0)), standard: (5e-4, (1.0, 2.0))}[label]
         assert cfg.loop.steps == table1_steps(tmp_path)  # same length as Table 1's stage 2
 
 
@@ -73,16 +68,6 @@ def test_paper_profile_plans_the_two_switched_settings(tmp_path):
     assert high.optim.group_lr == {"llm": 1.5e-4} and tuple(high.data.text_to_image_text) == (2.0, 1.0)
     assert less.optim.group_lr == {"llm": 5e-5} and tuple(less.data.text_to_image_text) == (1.0, 1.0)
     assert not (tmp_path / "runs").exists()
-
-
-def test_seed_summary_is_the_mean_and_the_range():
-    setting = table4.SETTINGS[0][0]
-    cells = [{"Knowledge": 30.0, "Average": 24.0, "Text": 33.3, "Knowledge spread": math.nan, "Average spread": math.nan},
-             {"Knowledge": 20.0, "Average": 27.0, "Text": 33.3, "Knowledge spread": math.nan, "Average spread": math.nan}]
-    ctx = T.Context(table4.TABLE, "mini", table4.MINI, Path("."), Path("."), None, None, "local", "cpu")
-    ctx.measured = {table4.seed_label(setting, s): c for s, c in zip(table4.SEEDS, cells)}
-    out = table4.seed_summary(setting)(ctx)
-    assert out == pytest.approx({"Knowledge": 25.0, "Average": 25.5, "Text": 33.3, "Knowledge spread": 10.0, "Average spread": 3.0})
 
 
 def test_settings_are_read_from_the_run_config(tmp_path):
@@ -137,7 +122,7 @@ def llm_run(tmp_path_factory) -> Path:
     from harness.config import get_preset, resolve
     from train.stages import run_stage
 
-    import model.lavit.stages.config  # noqa: F401  (registers the presets)
+    import train.lavit.config  # noqa: F401  (registers the presets)
 
     out = tmp_path_factory.mktemp("llm_pretrain")
     cfg = resolve(get_preset("train/llm_pretrain", "mini"), overrides=["loop.steps=2", "loop.checkpoint_every=2"])
@@ -151,10 +136,11 @@ def test_llm_pretrain_run_loads_as_its_text_only_llm(llm_run):
     from transformers import LlamaForCausalLM
 
     from eval.interface import EvalTask, UnsupportedTaskError, require_method
+    from eval.lm_adapter import text_lm
     from model.families import get_family
     from model.lavit.checkpoints import detect_layout
-    from model.lavit.stages.config import LlmPretrainStageConfig
-    from model.lavit.stages.llm_pretrain import text_llama_config
+    from train.lavit.config import LlmPretrainStageConfig
+    from model.lavit.modeling_lavit import text_llama_config
     from harness.config import load_config
     from train.stages.common import latest_checkpoint_dir
 
@@ -167,7 +153,7 @@ def test_llm_pretrain_run_loads_as_its_text_only_llm(llm_run):
     llama = LlamaForCausalLM(text_llama_config(cfg.model)).eval()
     weights = load_file(str(checkpoint / "model.safetensors"))
     llama.load_state_dict({k[len("language_model."):]: v for k, v in weights.items()})
-    lm = loaded.lm(batch_size=2)
+    lm = text_lm(loaded, batch_size=2)
     pairs = [("The cat", " sat"), ("a b", " c d")]
     expected = []
     for context, continuation in pairs:

@@ -351,3 +351,56 @@ def test_seeded_rows_share_seed_zero_runs_and_report_mean_and_spread(tmp_path):
     assert frame.loc["VQA", "seed 0"] == 37.0 and frame.loc["VQA", "seed 1"] == 38.0
     assert "Seeds" in T.seed_markdown(ctx)
     assert T.seed_spreads(ctx) == {("Causal Attention", "CIDEr"): 20.0, ("Causal Attention", "VQA"): 1.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Code-aware reuse: a run records the code that trained it (harness/code_identity.py).
+
+
+def test_a_run_made_by_other_code_is_retrained_or_with_reuse_stale_marked(spec, fake_eval, tmp_path, capsys):
+    from train.stages import trainings
+
+    spec, _ = spec
+    assert T._main(spec, _argv(tmp_path)) == 0
+    tokenizer = next((tmp_path / "runs").glob("tokenizer-*"))
+    summary = json.loads((tokenizer / "run.json").read_text())
+    changed = "model/lavit/token_merger.py"
+    assert changed in summary["code"]["files"]  # stage 1a loaded the merger's source
+    summary["code"]["files"][changed] = "0" * 16  # as if the merger had changed since this run was trained
+    summary["code"]["git_revision"] = "abcdef1234567890"
+    (tokenizer / "run.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+
+    assert T._main(spec, _argv(tmp_path, "--reuse-stale")) == 0
+    out = capsys.readouterr().out
+    assert f"reuse STALE run {tokenizer.name}" in out and "STALE row 'A'" in out
+    frame = pd.read_csv(tmp_path / "results" / "lavit_table1.csv")
+    stale = frame[frame["row"].isin(["A", "B"])]["stale"]
+    assert stale.notna().all() and stale.str.startswith("stale: trained at abcdef1234; changed since: ").all()
+    assert stale.str.contains(changed, regex=False).all()
+    assert frame[frame["row"] == "Baseline"]["stale"].isna().all()  # a computed row is not affected
+    assert "STALE rows" in (tmp_path / "results" / "lavit_table1.md").read_text()
+    assert T._main(spec, _argv(tmp_path, "--reuse-stale", "--check", "--update-band")) == 1  # stale numbers never pass a check
+
+    # By default the stale run is set aside and retrained, and so is every run trained from it.
+    assert T._main(spec, _argv(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert f"run {tokenizer.name} is stale (trained at abcdef1234; changed since: " in out and changed in out
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs" / ".stale").iterdir()) == ["tokenizer", "unified", "unified"]
+    for run in (tmp_path / "runs").glob("*-*"):
+        assert trainings(run) == 1
+    assert "stale" not in pd.read_csv(tmp_path / "results" / "lavit_table1.csv").columns
+
+
+def test_changed_files_names_what_changed(tmp_path, monkeypatch):
+    import harness.code_identity as C
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(C, "CHECKOUT", tmp_path)
+    record = {"files": {"model/a.py": C._digest(tmp_path / "model" / "a.py")}, "git_revision": "0123456789abcdef+dirty"}
+    assert C.changed_files(record) == []
+    (tmp_path / "model" / "a.py").write_text("x = 2\n")
+    assert C.changed_files(record) == ["model/a.py"]
+    assert C.made_at(record) == "0123456789+dirty"
+    assert C.changed_files(None) is None and "no record" in C.describe_change({})

@@ -122,7 +122,7 @@ def test_weight_decay_skips_biases_and_group_lrs_apply():
 
 
 def test_paper_presets_are_table_9():
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
 
     tok = get_preset("train/tokenizer", "paper")
     assert (tok.optim.betas, tok.optim.eps, tok.optim.lr, tok.optim.warmup_steps, tok.optim.weight_decay) == ((0.9, 0.99), 1e-6, 2e-4, 4000, 0.01)
@@ -140,7 +140,7 @@ def test_paper_presets_are_table_9():
 def test_launcher_parses_and_the_job_config_roundtrips():
     from harness.config import from_dict
     from train.__main__ import build_parser
-    from model.families import stage_config_class
+    from train.registry import stage_config_class
     from train.slurm import SlurmOptions, sweep_points
 
     args = build_parser().parse_args(

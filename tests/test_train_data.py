@@ -150,7 +150,7 @@ class Counter:
 
 
 def test_mixture_follows_the_proportions_text_2_to_1_and_table5():
-    from model.lavit.stages.config import REDPAJAMA_PROPORTIONS
+    from train.lavit.config import REDPAJAMA_PROPORTIONS
 
     text = Mixture({n: Counter(n) for n in REDPAJAMA_PROPORTIONS}, REDPAJAMA_PROPORTIONS, seed=0)
     top = Mixture({"text": text, "image_text": Counter("img")}, {"text": 2.0, "image_text": 1.0}, seed=0)

@@ -28,7 +28,7 @@ OVERRIDES = [
 WORKER = """
 import sys
 from harness.config import get_preset, resolve
-import model.lavit.stages.config  # noqa: F401
+import train.lavit.config  # noqa: F401
 from train.distributed import init_distributed, shutdown_distributed
 from train.stages import run_stage
 overrides = sys.argv[2:]
@@ -45,7 +45,7 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def test_ddp_and_fsdp2_match_one_process(tmp_path):
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
     from train.stages import run_stage
 
     single = run_stage("unified", resolve(get_preset("train/unified", "mini"), overrides=OVERRIDES), tmp_path / "single")

@@ -24,7 +24,7 @@ FILES = ("model.safetensors", "optimizer.pt", "trainer.pt", "rank_00000.pt")
 
 
 def _config(*extra: str):
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
 
     return resolve(get_preset("train/tokenizer", "mini"), overrides=[*OVERRIDES, *extra])
 
@@ -169,7 +169,7 @@ def test_strict_loading_names_the_keys_that_do_not_fit(finished_run, tmp_path):
 
 @pytest.mark.parametrize("stage", ["unified", "pixel_decoder"])
 def test_paper_preset_without_upstream_fails_in_seconds_before_any_model(stage, tmp_path, monkeypatch):
-    import model.lavit.stages.config  # noqa: F401
+    import train.lavit.config  # noqa: F401
     import model.summary
     from train.stages import run_stage, task_class
 
@@ -187,7 +187,7 @@ def test_paper_preset_without_upstream_fails_in_seconds_before_any_model(stage, 
 
 
 def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path, monkeypatch):
-    import model.lavit.stages.config  # noqa: F401
+    import train.lavit.config  # noqa: F401
     import train.stages as stages
     from train.stages import check_memory, task_class
 

@@ -29,12 +29,12 @@ OVERRIDES = {
 
 
 def _config(stage: str):
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
 
     return resolve(get_preset(f"train/{stage}", "mini"), overrides=OVERRIDES[stage])
 
 
-def _kill_after_checkpoint(stage: str, out: Path, step: int) -> None:
+def _kill_after_checkpoint(stage: str, out: Path, step: int) -> int:
     command = [sys.executable, "-m", "train", stage, "--config", "mini", "--output-dir", str(out)]
     for override in OVERRIDES[stage]:
         command += ["--set", override]
@@ -55,6 +55,7 @@ def _kill_after_checkpoint(stage: str, out: Path, step: int) -> None:
     proc.wait()
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+    return proc.pid
 
 
 def _final(out: Path, steps: int) -> tuple[bytes, dict]:
@@ -70,9 +71,17 @@ def test_sigkill_then_resume_is_bit_identical(stage, tmp_path):
     reference = run_stage(stage, cfg, tmp_path / "reference")
     assert reference["finished"] and reference["resumed_from_step"] == 0
 
-    _kill_after_checkpoint(stage, tmp_path / "killed", step=4)
+    killed_pid = _kill_after_checkpoint(stage, tmp_path / "killed", step=4)
+    # The killed process still "owns" the run: its lock file stays behind. The restart takes the lock over (its
+    # owner is gone), says so, and resumes from the newest verified checkpoint.
+    assert json.loads((tmp_path / "killed" / ".lock").read_text())["pid"] == killed_pid
+    start = time.perf_counter()
     resumed = run_stage(stage, cfg, tmp_path / "killed")
+    print(f"take-over and resume of {stage}: {time.perf_counter() - start:.1f} s")
     assert 4 <= resumed["resumed_from_step"] < cfg.loop.steps and resumed["finished"]
+    attempts = [json.loads(l) for l in (tmp_path / "killed" / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 1 and attempts[0]["took_over"]["pid"] == killed_pid  # the killed one never finished
+    assert attempts[0]["from_step"] == resumed["resumed_from_step"] and not (tmp_path / "killed" / ".lock").exists()
 
     ref_weights, ref_optim = _final(tmp_path / "reference", cfg.loop.steps)
     weights, optim = _final(tmp_path / "killed", cfg.loop.steps)

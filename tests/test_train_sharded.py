@@ -34,7 +34,7 @@ OVERRIDES = [
 WORKER = """
 import shutil, sys
 from harness.config import get_preset, resolve
-import model.lavit.stages.config  # noqa: F401
+import train.lavit.config  # noqa: F401
 from train.distributed import barrier, init_distributed, shutdown_distributed
 from train.stages import run_stage
 root, overrides = sys.argv[1], sys.argv[2:]
@@ -52,7 +52,7 @@ shutdown_distributed()
 
 
 def _config(*extra: str):
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
 
     return resolve(get_preset("train/unified", "mini"), overrides=[*OVERRIDES, *extra])
 
@@ -90,7 +90,7 @@ def test_sharded_save_with_2_processes_resumes_with_2_and_with_1(tmp_path):
 
     from safetensors.torch import load_file
 
-    from model.lavit.stages.unified import UnifiedTask
+    from train.lavit.unified import UnifiedTask
     from train.checkpoint import CheckpointManager, export_full_weights, verify_checkpoint
     from train.distributed import init_distributed, shutdown_distributed
     from train.stages import run_stage

@@ -14,7 +14,7 @@ from harness.config import get_preset, resolve
 
 
 def _run(stage: str, out: Path, *overrides: str) -> dict:
-    import model.lavit.stages.config  # noqa: F401  (registers the LaVIT stage presets)
+    import train.lavit.config  # noqa: F401  (registers the LaVIT stage presets)
     from train.stages import run_stage
 
     return run_stage(stage, resolve(get_preset(f"train/{stage}", "mini"), overrides=list(overrides)), out)
@@ -49,8 +49,8 @@ def test_pixel_decoder_trains_only_the_unet_on_the_stage1a_tokenizer(tokenizer_r
 def test_unified_with_code_cache_matches_on_the_fly_tokenization(tokenizer_run, tmp_path):
     from model.lavit.tokenizer import build_tokenizer
     from train.data import write_synthetic_image_text_shards
-    from model.lavit.stages.common import load_tokenizer_checkpoint
-    from model.lavit.stages.unified import cache_codes
+    from model.lavit.checkpoints import load_tokenizer_checkpoint
+    from train.lavit.unified import cache_codes
     from train.stages.common import latest_checkpoint_dir
 
     shards = write_synthetic_image_text_shards(tmp_path / "shards", num_shards=2, per_shard=16, image_size=64)

@@ -164,11 +164,11 @@ def test_bad_layouts_are_named(single, components, tmp_path):
     shutil.rmtree(partial / "mm_projector")
     with pytest.raises(CheckpointLayoutError, match=r"without \['mm_projector'\]"):
         load_for_eval(partial)
-    siglip = _copy(components, tmp_path / "siglip")
-    vision = json.loads((siglip / "vision_tower" / "config.json").read_text())
-    (siglip / "vision_tower" / "config.json").write_text(json.dumps({**vision, "model_type": "siglip_vision_model"}))
-    with pytest.raises(CheckpointLayoutError, match="model_type='siglip_vision_model'"):
-        load_for_eval(siglip)
+    intern = _copy(components, tmp_path / "intern")  # VILA 1.5's InternViT tower is not supported (SigLIP is)
+    vision = json.loads((intern / "vision_tower" / "config.json").read_text())
+    (intern / "vision_tower" / "config.json").write_text(json.dumps({**vision, "model_type": "intern_vit_6b"}))
+    with pytest.raises(CheckpointLayoutError, match="model_type='intern_vit_6b'"):
+        load_for_eval(intern)
     bad = tmp_path / "bad"
     shutil.copytree(single, bad)
     config = json.loads((bad / "config.json").read_text())

@@ -319,9 +319,9 @@ def test_record_list_and_jsonl_records_resume_exactly(converted):
 
 def test_joint_sft_draws_text_only_samples_at_the_configured_ratio(world, tmp_path):
     from harness.config import get_preset, resolve
-    from model.vila.stages.sft import SftTask
+    from train.vila.sft import SftTask
     from train.distributed import DistInfo
-    import model.vila.stages.config  # noqa: F401
+    import train.vila.config  # noqa: F401
 
     def share(ratio: float, joint: bool = True) -> float:
         cfg = resolve(get_preset("train/vila_sft", "mini"), overrides=[f"data.miniworld={world.root}", "init_from=random-init",

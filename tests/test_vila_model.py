@@ -104,17 +104,21 @@ def test_loss_is_supervised_only_on_text_labels(model):
 # --- projectors ---------------------------------------------------------------------------------------------
 
 
-def test_space_to_channel_orders_each_2x2_block_row_major():
-    grid = torch.arange(16.0).view(1, 16, 1)  # 4 x 4 grid holding its own index
+def test_space_to_channel_follows_the_released_downsample_block_order():
+    # Expected: VILA 1.5 llava/model/multimodal_projector/base_projector.py, DownSampleBlock.flat_square on a 4 x 4
+    # grid holding its own index: view(n, 4, 2, 2c) pairs columns, permute(0, 2, 1, 3) transposes, view(n, 2, 2, 4c)
+    # pairs rows -- cell (i, j) holds (2i,2j) (2i,2j+1) (2i+1,2j) (2i+1,2j+1), and the cells come column by column.
+    grid = torch.arange(16.0).view(1, 16, 1)
     out = space_to_channel_2x2(grid)
     assert out.shape == (1, 4, 4)
-    assert out[0].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    assert out[0].tolist() == [[0, 1, 4, 5], [8, 9, 12, 13], [2, 3, 6, 7], [10, 11, 14, 15]]
 
 
 def test_downsample_pads_odd_sides_with_zeros():
-    grid = torch.arange(1.0, 10.0).view(1, 9, 1)  # 3 x 3 -> padded to 4 x 4 -> 2 x 2 cells
+    # flat_square: an odd side gets a zero row (dim 1) / column (dim 2) first; 3 x 3 values 1..9 -> 4 x 4
+    grid = torch.arange(1.0, 10.0).view(1, 9, 1)
     out = space_to_channel_2x2(grid)
-    assert out[0].tolist() == [[1, 2, 4, 5], [3, 0, 6, 0], [7, 8, 0, 0], [9, 0, 0, 0]]
+    assert out[0].tolist() == [[1, 2, 4, 5], [7, 8, 0, 0], [3, 0, 6, 0], [9, 0, 0, 0]]
 
 
 @pytest.mark.parametrize(
@@ -360,13 +364,41 @@ def test_conversation_templates():
     from model.vila.conversation import VICUNA_SYSTEM, get_template
 
     turns = [("<image>\nWhat is it?", "A circle."), ("Colour?", None)]
+    # Expected strings: VILA llava/conversation.py `Conversation.get_prompt` (v1.0 and vila1.5), templates
+    # conv_vicuna_v1, conv_vicuna_v1_nosys (system "" + sep " "), conv_llama_2, conv_llava_llama_2, conv_llava_plain,
+    # hermes_2 and llama_3_chat (vila1.5), with messages [user, answer, user, None].
     assert get_template("vicuna_v1").prompt(turns) == (
         VICUNA_SYSTEM + " USER: <image>\nWhat is it? ASSISTANT: A circle.</s>USER: Colour? ASSISTANT:"
     )
-    assert get_template("vicuna_v1_nosys").prompt(turns[1:]) == "USER: Colour? ASSISTANT:"
-    assert get_template("plain").prompt([("<image>", "a red circle")]) == "<image>a red circle\n"
+    assert get_template("vicuna_v1_nosys").prompt(turns[1:]) == " USER: Colour? ASSISTANT:"
+    assert get_template("plain").prompt([("<image>", None)]) == "<image>\n"  # get_prompt: user + sep
+    assert get_template("plain").prompt([("<image>", "a red circle")]) == "<image>a red circle\n"  # preprocess_plain
+    llava_llama2 = get_template("llava_llama_2").prompt(turns)
+    assert llava_llama2 == (
+        "[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand the visual "
+        "content that the user provides, and assist the user with a variety of tasks using natural language.\n"
+        "<</SYS>>\n\n<image>\nWhat is it? [/INST] A circle. </s><s>[INST] Colour? [/INST]"
+    )
     llama2 = get_template("llama_2").prompt(turns)
-    assert llama2.startswith("[INST] <<SYS>>\n") and llama2.endswith(" A circle. </s><s>[INST] Colour? [/INST]")
+    assert llama2 == (
+        "[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, "
+        "while being safe.  Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, "
+        "or illegal content. Please ensure that your responses are socially unbiased and positive in nature.\n\n"
+        "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
+        "something not correct. If you don't know the answer to a question, please don't share false information."
+        "\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A circle. </s><s>[INST] Colour? [/INST]"
+    )
+    assert get_template("hermes-2").prompt(turns) == (
+        "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n<image>\nWhat is it?<|im_end|>"
+        "<|im_start|>assistant\nA circle.<|im_end|><|im_start|>user\nColour?<|im_end|><|im_start|>assistant\n"
+    )
+    assert get_template("llama_3").prompt(turns) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision "
+        "assistant. You are able to understand the visual content that the user provides, and assist the user with "
+        "a variety of tasks using natural language.<|end_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        "<image>\nWhat is it?<|end_of_text|><|start_header_id|>system<|end_header_id|>\n\nA circle.<|end_of_text|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nColour?<|end_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    )
     with pytest.raises(ValueError, match="unknown conversation template 'x'"):
         get_template("x")
 
@@ -406,8 +438,9 @@ def test_adapter_answers_and_interleaved_requests_agree(adapter):
     settings = {"max_new_tokens": 4, "conv_template": "plain"}
     answers = adapter.answer(imgs, ["q1", "q2", "q3"], **settings)
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
-    # The same prompts as interleaved sequences ("plain": no template text) give the same continuations.
-    inter = adapter.generate_interleaved([[im, "\nq" + str(i + 1)] for i, im in enumerate(imgs)], max_new_tokens=4)
+    # The same prompts as interleaved sequences ("plain": no template text but the release's "\n" after the user
+    # text, llava/conversation.py get_prompt with SeparatorStyle.PLAIN) give the same continuations.
+    inter = adapter.generate_interleaved([[im, "\nq" + str(i + 1) + "\n"] for i, im in enumerate(imgs)], max_new_tokens=4)
     assert inter == answers
     assert len(adapter.generate_interleaved([[imgs[0], "a", imgs[1], "b"], ["text only"]], max_new_tokens=3)) == 2
     assert len(adapter.caption(imgs[:2], "Describe.", max_new_tokens=3)) == 2

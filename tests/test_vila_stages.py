@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(stage: str, *overrides: str):
-    import model.vila.stages.config  # noqa: F401  (registers the presets)
+    import train.vila.config  # noqa: F401  (registers the presets)
 
     return resolve(get_preset(f"train/{stage}", "mini"), overrides=list(overrides))
 
@@ -59,7 +59,7 @@ def llm_file(tmp_path_factory) -> Path:
     from transformers import LlamaForCausalLM
 
     from model.vila.modeling_vila import llama_config
-    from model.vila.stages.config import mini_model
+    from train.vila.config import mini_model
 
     torch.manual_seed(5)
     llm = LlamaForCausalLM(llama_config(mini_model()))
@@ -97,7 +97,7 @@ def test_each_stage_finishes_through_the_launcher(chain):
 
 def test_checkpoints_hold_the_whole_model_under_vilas_own_names(chain):
     from model.vila.modeling_vila import build_vila
-    from model.vila.stages.config import mini_model
+    from train.vila.config import mini_model
 
     expected = set(build_vila(mini_model(), device="meta").state_dict())
     for name in ("projector", "pretrain", "sft"):
@@ -153,7 +153,7 @@ def test_a_resumed_stage_reproduces_the_uninterrupted_run(chain, world, tmp_path
 
 
 def test_paper_presets_are_the_released_recipe():
-    import model.vila.stages.config  # noqa: F401
+    import train.vila.config  # noqa: F401
 
     expected = {"vila_projector": (1e-3, 256, 2048), "vila_pretrain": (5e-5, 1024, 4096), "vila_sft": (2e-5, 128, 4096)}
     for stage, (lr, batch, length) in expected.items():

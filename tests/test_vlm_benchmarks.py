@@ -226,7 +226,7 @@ def test_bbh_through_evaluate_tasks_rows(tmp_path):
     from model.families import LoadedModel
 
     F.write_bbh(tmp_path / "data")
-    loaded = LoadedModel(model_id="answers-true", adapter=None, lm=lambda: AnswerLM(" True"), config={"kind": "fake"},
+    loaded = LoadedModel(model_id="answers-true", adapter=None, llm=AnswerLM(" True"), config={"kind": "fake"},
                          source="released")  # fmt: skip
     frame = evaluate_tasks("bbh", "fake", None, tmp_path / "data", tmp_path / "out", loaded=loaded)
     rows = {r["metric"]: r for r in json.loads((tmp_path / "out/bbh/results.json").read_text())}

@@ -1,6 +1,6 @@
 """Launcher: `python -m train STAGE --config PRESET --output-dir DIR [--set k=v ...] [--cluster local|slurm] ...`
 
-    STAGE      a stage of a model family (`model/families.py`; the list is below), e.g. LaVIT's
+    STAGE      a stage of a model family (`train/registry.py`; the list is below), e.g. LaVIT's
                tokenizer | pixel_decoder | unified   (paper §3.3: stage 1a, stage 1b, stage 2)
     --config   a preset of the stage (paper, mini); --config-file YAML and --set key=value apply on top
     --cluster  local (default): this process, or N processes on this machine with --nproc-per-node N (torchrun)
@@ -22,6 +22,7 @@ Bad input (a config key, a missing upstream checkpoint or data file, a model too
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from harness.config import add_config_arguments, config_from_args
@@ -29,14 +30,14 @@ from harness.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.families import all_stages
     from train.config import preset_group
+    from train.registry import all_stages
 
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage, (family, spec) in all_stages().items():
+    for stage, spec in all_stages().items():
         spec.config_class()  # registers the stage's presets
-        p = sub.add_parser(stage, help=f"{family.name}: {spec.summary}")
+        p = sub.add_parser(stage, help=f"{spec.family}: {spec.summary}")
         add_config_arguments(p, preset_group(stage))
         p.add_argument("--output-dir", required=True, help="run directory (checkpoints, metrics.jsonl, config.yaml)")
         p.add_argument("--cluster", choices=("local", "slurm"), default="local")
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="slurm: time limit per job in minutes")
         p.add_argument("--max-requeues", type=int, default=20, help="slurm: requeues after timeout/preemption")
         p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="slurm job array over these values")
-        p.add_argument("--no-wait", action="store_true", help="slurm: return after submission instead of waiting")
+        p.add_argument("--no-wait", action="store_true",
+                       help="slurm: return after submission instead of waiting; local: fail at once (naming the owner) when "
+                            "another live process is training the same --output-dir, instead of waiting for it")
     return parser
 
 
@@ -93,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         raise InputError("--sweep needs --cluster slurm (a local sweep would run the grid serially: loop in your shell)")
     from train.slurm import TrainingProcessError, run_local
+    from train.stages import LOCK_WAIT_ENV
 
+    if args.no_wait:  # read by run_stage, in this process or in the torchrun workers
+        os.environ[LOCK_WAIT_ENV] = "0"
     try:
         summary = run_local(args.stage, cfg, args.output_dir, nproc_per_node=args.nproc_per_node)
     except TrainingProcessError as err:

@@ -30,11 +30,8 @@ strict: the checkpoint must hold exactly the model's keys minus the excluded pre
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +41,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.errors import InputError
-from harness.io import atomic_write_bytes, atomic_write_json
+from harness.io import atomic_write_bytes, atomic_write_json, file_digest
+# Reading and verifying checkpoints lives with the weight readers (the evaluation loaders use it too); these names
+# stay importable from here.
+from model.weights import (  # noqa: F401
+    DCP_DIR,
+    MANIFEST,
+    CheckpointError,
+    check_file,
+    latest_verified,
+    read_checkpoint_weights,
+    read_manifest,
+    step_dirs,
+    verify_checkpoint,
+)
+from model.weights import dcp_model_state as _dcp_model_state
 from train.distributed import DistInfo, barrier
 
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2
 CORRUPT_DIR = "corrupt"  # damaged checkpoints are moved here (inside the checkpoint directory), never deleted
-DCP_DIR = "dcp"
-
-
-class CheckpointError(InputError):
-    """No checkpoint this run can resume from as configured; the message says which file or setting is wrong."""
 
 
 def step_dir_name(step: int) -> str:
@@ -93,95 +96,6 @@ def _as_tuple(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_as_tuple(v) for v in value)
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Verification: size and SHA-256 of every file, recorded in the manifest.
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 24) -> dict[str, Any]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return {"size": size, "sha256": h.hexdigest()}
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of checkpoint directory `path`; raises CheckpointError when it is missing or unreadable."""
-    path = Path(path)
-    file = path / MANIFEST
-    try:
-        meta = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: missing (the checkpoint was never completed)") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{file}: unreadable ({err})") from None
-    match = _STEP_DIR.match(path.name)
-    if not isinstance(meta, dict) or "step" not in meta or "files" not in meta:
-        raise CheckpointError(f"{file}: not a checkpoint manifest (no step / files)")
-    if match and meta["step"] != int(match.group(1)):
-        raise CheckpointError(f"{file}: says step {meta['step']}, the directory is {path.name}")
-    if isinstance(meta["files"], list):  # written before checksums were recorded: presence is all we can check
-        meta["files"] = {name: {} for name in meta["files"]}
-    return meta
-
-
-def check_file(path: Path, name: str, expected: dict[str, Any], checksum: bool = True) -> str | None:
-    """What is wrong with file `name` of checkpoint `path` (None when it matches the manifest)."""
-    file = path / name
-    if not file.is_file():
-        return f"{file}: missing"
-    size = file.stat().st_size
-    if "size" in expected and size != expected["size"]:
-        return f"{file}: {size} bytes, the manifest says {expected['size']} (truncated or overwritten)"
-    if checksum and "sha256" in expected and file_digest(file)["sha256"] != expected["sha256"]:
-        return f"{file}: SHA-256 differs from the manifest (corrupted)"
-    return None
-
-
-def verify_checkpoint(path: str | Path, checksum: bool = True, rank: int = 0, world_size: int = 1) -> str | None:
-    """The first problem of checkpoint `path` (manifest, then each file in manifest order), or None if it verifies.
-
-    With several processes each checks every world_size-th file (rank, rank + W, ...); see `_verify_collective`."""
-    path = Path(path)
-    try:
-        meta = read_manifest(path)
-    except CheckpointError as err:
-        return str(err)
-    for i, (name, expected) in enumerate(meta["files"].items()):
-        if i % world_size != rank:
-            continue
-        problem = check_file(path, name, expected, checksum)
-        if problem:
-            return problem
-    return None
-
-
-def step_dirs(directory: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of every `step_XXXXXXXX` directory, verified or not, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_verified(directory: str | Path) -> tuple[Path | None, list[str]]:
-    """Newest checkpoint under `directory` that verifies (checksums included), and the problems of newer ones."""
-    problems = []
-    for _, path in reversed(step_dirs(directory)):
-        problem = verify_checkpoint(path)
-        if problem is None:
-            return path, problems
-        problems.append(problem)
-    return None, problems
 
 
 def _digests_collective(tmp: Path, info: DistInfo) -> dict[str, dict[str, Any]]:
@@ -560,36 +474,6 @@ class CheckpointManager:
         else:
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
             drop_unsaved_optimizer_state(model, optimizer, saved_optim)
-
-
-def _dcp_model_state(checkpoint: Path, scratch: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The full model state of a sharded checkpoint, its DCP shards merged in this one process."""
-    import tempfile
-
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        dcp_to_torch_save(str(checkpoint / DCP_DIR), f"{tmp}/state.pt")
-        state = torch.load(f"{tmp}/state.pt", weights_only=True)
-    return state["model"]
-
-
-def read_checkpoint_weights(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The model weights of one checkpoint directory (either layout) and the file they came from.
-
-    model.safetensors where the checkpoint has one (every full-layout checkpoint, and the last one of a sharded run);
-    else the DCP shards of a sharded checkpoint written before the end of its run, merged here. The caller chose a
-    checkpoint that verifies (`latest_verified`, `train.stages.common.latest_checkpoint_dir`)."""
-    from safetensors.torch import load_file
-
-    checkpoint = Path(checkpoint)
-    file = checkpoint / "model.safetensors"
-    if file.is_file():
-        return load_file(str(file)), file
-    meta = read_manifest(checkpoint)
-    if meta.get("layout", "full") != "sharded" or not (checkpoint / DCP_DIR).is_dir():
-        raise CheckpointError(f"{checkpoint}: no model.safetensors and no {DCP_DIR}/ shards (not a complete checkpoint)")
-    return _dcp_model_state(checkpoint), checkpoint / DCP_DIR
 
 
 def export_full_weights(checkpoint: str | Path, out_file: str | Path) -> Path:

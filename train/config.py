@@ -1,6 +1,6 @@
 """Training configs shared by every stage of every model family: the loop, the optimizer, parallelism, data.
 
-A family (`model/families.py`) declares its stages; each stage's config dataclass nests these pieces and has
+A family declares its stages (`train/registry.py`); each stage's config dataclass nests these pieces and has
 `paper` and `mini` presets in the preset group `train/<stage>`.
 
 No torch import here: `python -m train --help` stays instant.

@@ -22,7 +22,6 @@ sample is the run of members sharing KEY (the file name up to its first dot), as
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import random
@@ -30,6 +29,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+
+from harness.data import epoch_order, expand_files
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -40,23 +41,6 @@ class StatefulStream(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def stats(self) -> dict[str, int]: ...
-
-
-def expand_files(patterns: Sequence[str], what: str) -> list[str]:
-    """Sorted union of glob patterns (or brace-free explicit paths); an empty result is an error naming them."""
-    files: set[str] = set()
-    for pattern in patterns:
-        matches = glob.glob(str(Path(pattern).expanduser()))
-        files.update(m for m in matches if Path(m).is_file())
-    if not files:
-        raise FileNotFoundError(f"no {what} files match {list(patterns)}")
-    return sorted(files)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(n))
-    random.Random(f"{seed}/{epoch}").shuffle(order)
-    return order
 
 
 class _FileStream:

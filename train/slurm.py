@@ -51,7 +51,7 @@ class SlurmOptions:
 
 
 def _stage_config_class(stage: str):
-    from model.families import stage_config_class
+    from train.registry import stage_config_class
 
     return stage_config_class(stage)
 
@@ -138,9 +138,9 @@ def submit(stage: str, cfg: Any, output_dir: str | Path, options: SlurmOptions, 
         # Bad input is reported here, not in a job log hours later (memory is checked on the compute node).
         prepare_run(stage, point_cfg, out, world_size=options.nodes * options.tasks(), memory=False)
         runs.append((stage, point_cfg, out))
-    from model.families import all_stages
+    from train.registry import get_stage
 
-    family = all_stages()[stage][0].name
+    family = get_stage(stage).family
     return submit_jobs(runs, options, output_dir / "slurm", name=f"{family}-{stage}")
 
 

@@ -12,7 +12,7 @@ Two layouts, told apart by their files:
                 verify). Either checkpoint layout of `train/checkpoint.py` loads (full, or sharded: the last
                 checkpoint of a run carries model.safetensors, an earlier sharded one is merged from its shards).
                 The model is built from the run config's `model` section; the frozen visual tokenizer, which the
-                stage leaves out of its checkpoints (`UnifiedTask.checkpoint_exclude`), is rebuilt from the run's
+                stage leaves out of its checkpoints (`RUN_EXCLUDE`), is rebuilt from the run's
                 `tokenizer_checkpoint` exactly as the stage builds it; then `model.safetensors` (keys `lavit.*`)
                 is loaded strictly: every model key outside the excluded prefixes must be there, with its shape.
                 The stage trains no pixel decoder, so a run's model has none, unless `pixel_decoder=` names a
@@ -28,25 +28,48 @@ Two layouts, told apart by their files:
                 `CausalLMAdapter`, the run's text tokenizer, the context length of its `model.llm`.
 
 Anything else is a CheckpointLayoutError (a missing path a FileNotFoundError) naming the path and both layouts.
+
+A run's config.yaml is read as plain data (`read_run_record`: its `model` section and the keys that say where the
+run's frozen parts and text tokenizer came from), so that loading never needs the training stages' configs
+(`train/lavit/config.py`, which nest those keys). The weights a part starts from are read here too, for the stages
+and the loaders alike: the EVA-CLIP encoder (`load_encoder_weights`), a stage-1a tokenizer
+(`load_tokenizer_checkpoint`) and the LLM of an `llm_pretrain` run (`read_llm_weights`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from model.families import LoadedModel
-from model.lavit.configuration import LavitConfig
-from model.weights import CheckpointLayoutError, check_state_dict, weight_shapes
+from harness.errors import InputError
+from model.families import LoadedModel, TextLM
+from model.lavit.configuration import LavitConfig, lavit_7b
+from model.weights import (
+    MANIFEST,
+    RANDOM_INIT,
+    CheckpointLayoutError,
+    check_state_dict,
+    latest_checkpoint_dir,
+    latest_verified,
+    read_checkpoint_weights,
+    read_sharded_state_dict,
+    read_state_dict,
+    read_weights,
+    verify_checkpoint,
+    weight_shapes,
+)
 
 RUN_CONFIG = "config.yaml"  # written by train.stages.run_stage
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
 RUN_PREFIX = "lavit."  # UnifiedTrainModule holds the model as `.lavit`
+# What a `unified` run leaves out of its checkpoints (`UnifiedTask.checkpoint_exclude` returns this): the frozen visual
+# tokenizer, rebuilt from its `tokenizer_checkpoint`, and the pixel decoder the stage does not train.
+RUN_EXCLUDE = (RUN_PREFIX + "visual_tokenizer.", RUN_PREFIX + "pixel_decoder.")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -76,7 +99,7 @@ def _run_layout(run: Path) -> str:
             if json.loads(summary.read_text()).get("stage") == LLM_STAGE:
                 return "llm run"
         except ValueError:
-            pass  # an unreadable summary: the config decides (run_stage_config names the problem)
+            pass  # an unreadable summary: the config decides (read_run_record names the problem)
     return "run"
 
 
@@ -84,7 +107,6 @@ def detect_layout(path: str | Path) -> tuple[str, Path]:
     """("released", DIR), ("run", CHECKPOINT_DIR) or ("llm run", CHECKPOINT_DIR): the layout of `path` and, for runs,
     the checkpoint to load."""
     from model.lavit.official import LANGUAGE_MODEL, VISUAL_TOKENIZER
-    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -122,7 +144,7 @@ def load_for_eval(
     pixel_decoder: str | Path | None = None,
 ) -> LoadedModel:
     """A released LaVIT directory or a `unified` run (directory or checkpoint) -> `LoadedModel` for `python -m eval`;
-    an `llm_pretrain` run -> its text-only LLM (`lm()` only: the text tasks).
+    an `llm_pretrain` run -> its text-only LLM (`LoadedModel.llm` only: the text tasks).
 
     config: the model config of a released directory (default: its lavit_config.yaml, else the `lavit-7b` preset);
     runs carry their own. seed / understanding_selection: passed to `LavitEvalAdapter`. pixel_decoder: a stage-1b
@@ -151,20 +173,14 @@ def load_for_eval(
         model, text_tokenizer, model_config, step = _load_run(where, device, torch_dtype)
         model_id = f"lavit:{where.parent.parent.resolve()}@step={step}"
         if decoder_checkpoint is not None:
-            model_config, decoder_step = attach_pixel_decoder(model, model_config, run_stage_config(where.parent.parent), decoder_checkpoint, device, torch_dtype)
+            tokenizer_checkpoint = read_run_record(where.parent.parent, "unified").tokenizer_checkpoint
+            model_config, decoder_step = attach_pixel_decoder(model, model_config, tokenizer_checkpoint, decoder_checkpoint, device, torch_dtype)
             model_id += f"+pixel_decoder:{decoder_checkpoint.parent.parent.resolve()}@step={decoder_step}"
     adapter = LavitEvalAdapter(
         model, text_tokenizer, model_id, seed=seed, understanding_selection=understanding_selection
     )
-
-    def lm(**lm_options: Any):
-        """lm-eval LM over the LLM part (text only); options go to `eval.lm_adapter.CausalLMAdapter`."""
-        from eval.lm_adapter import CausalLMAdapter
-
-        lm_options.setdefault("device", str(model.llm_device))
-        return CausalLMAdapter(model.language_model, text_tokenizer, **lm_options)
-
-    return LoadedModel(model_id=model_id, adapter=adapter, lm=lm, config=model_config, source=layout)
+    llm = TextLM(model.language_model, text_tokenizer, device=str(model.llm_device))
+    return LoadedModel(model_id=model_id, adapter=adapter, llm=llm, config=model_config, source=layout)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -202,20 +218,46 @@ def _load_released(directory: Path, config: LavitConfig | None, device: str, dty
 # Run directories of `python -m train unified`
 
 
-def run_stage_config(run: Path):
-    """The `unified` stage config of run directory `run` (its config.yaml), checked to be one."""
-    from harness.config import ConfigError, load_config
-    from model.lavit.stages.config import UnifiedStageConfig
+# The keys of a LaVIT run's config.yaml that loading reads, per stage. The stage configs (`train/lavit/config.py`) nest
+# them under these names; every other key says how the run trained and is left to training.
+RUN_KEYS = {
+    "unified": ("model", "tokenizer_checkpoint", "text_tokenizer"),
+    "pixel_decoder": ("model", "tokenizer_checkpoint", "stable_diffusion_path"),
+    "llm_pretrain": ("model", "text_tokenizer"),
+}
 
-    summary = run / "run.json"
-    if summary.is_file():
-        stage = json.loads(summary.read_text()).get("stage")
-        if stage not in (None, "unified"):
-            raise CheckpointLayoutError(f"{run} is a run of stage {stage!r}; evaluation needs a `unified` run")
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a LaVIT run's config.yaml tells its loader (the keys of `RUN_KEYS`)."""
+
+    model: LavitConfig  # the model section, over the stage configs' default `lavit-7b`
+    tokenizer_checkpoint: str = ""  # the stage-1a run the frozen visual tokenizer came from
+    text_tokenizer: str = "byte"  # "byte" or a local tokenizer folder
+    stable_diffusion_path: str = ""  # the VAE (and U-Net init) of a pixel decoder run; "" = a random VAE
+
+
+def read_run_record(run: Path, stage: str) -> RunRecord:
+    """The loader's keys of run directory `run`, a run of `stage`, checked against their types: a missing key or a
+    `model` section that is not a LaVIT config is a CheckpointLayoutError naming the file."""
+    import yaml
+
+    from harness.config import ConfigError, merge
+
+    file = run / RUN_CONFIG
+    not_a = f"{file} is not {'an' if stage == 'llm_pretrain' else 'a'} `{stage}` stage config"
     try:
-        return load_config(UnifiedStageConfig, run / RUN_CONFIG)
+        data = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointLayoutError(f"{not_a}: unreadable ({err})") from None
+    missing = [k for k in RUN_KEYS[stage] if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise CheckpointLayoutError(f"{not_a}: no {', '.join(missing)}")
+    try:
+        # The stage configs build `model` as `field(default_factory=lavit_7b)`: the same base here.
+        return merge(RunRecord(model=lavit_7b()), {k: data[k] for k in RUN_KEYS[stage]})
     except ConfigError as err:
-        raise CheckpointLayoutError(f"{run / RUN_CONFIG} is not a `unified` stage config: {err}") from None
+        raise CheckpointLayoutError(f"{not_a}: {err}") from None
 
 
 def run_text_tokenizer(spec: str, where: Path):
@@ -232,34 +274,35 @@ def run_text_tokenizer(spec: str, where: Path):
 
 
 def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
-    from model.families import get_family
     from model.lavit.modeling_lavit import LavitForCausalLM, LavitHFConfig
     from model.lavit.precision import convert_state, float32_prefixes, place, rebuild_rotary, tensor_dtype
-    from model.lavit.stages.common import load_tokenizer_checkpoint
     from model.lavit.tokenizer import build_tokenizer
-    from train.checkpoint import MANIFEST, read_checkpoint_weights
-    from train.stages.common import RANDOM_INIT, latest_checkpoint_dir
 
     run = checkpoint.parent.parent
-    stage_cfg = run_stage_config(run)
+    summary = run / "run.json"
+    if summary.is_file():
+        stage = json.loads(summary.read_text()).get("stage")
+        if stage not in (None, "unified"):
+            raise CheckpointLayoutError(f"{run} is a run of stage {stage!r}; evaluation needs a `unified` run")
+    record = read_run_record(run, "unified")
     # The stage trains no pixel decoder and leaves it out of its checkpoints: the evaluated model has none.
     config = dataclasses.replace(
-        stage_cfg.model, pixel_decoder=dataclasses.replace(stage_cfg.model.pixel_decoder, enabled=False, init_from="")
+        record.model, pixel_decoder=dataclasses.replace(record.model.pixel_decoder, enabled=False, init_from="")
     )
-    if stage_cfg.tokenizer_checkpoint in ("", RANDOM_INIT):
-        said = "empty" if not stage_cfg.tokenizer_checkpoint else f"{RANDOM_INIT!r}"
+    if record.tokenizer_checkpoint in ("", RANDOM_INIT):
+        said = "empty" if not record.tokenizer_checkpoint else f"{RANDOM_INIT!r}"
         raise CheckpointLayoutError(
             f"{run / RUN_CONFIG}: tokenizer_checkpoint is {said}: the run's frozen visual tokenizer was a random "
             "initialisation that no checkpoint holds, so its image paths cannot be rebuilt"
         )
-    text_tokenizer = run_text_tokenizer(stage_cfg.text_tokenizer, run / RUN_CONFIG)  # cheap checks first
-    exclude = get_family("lavit").stage("unified").task_class()(stage_cfg, run).checkpoint_exclude()
+    text_tokenizer = run_text_tokenizer(record.text_tokenizer, run / RUN_CONFIG)  # cheap checks first
+    exclude = RUN_EXCLUDE
 
     with torch.device("meta"):
         model = LavitForCausalLM(LavitHFConfig.from_lavit_config(config))
     # 1) The frozen visual tokenizer, as the stage builds it (real tensors: it is loaded by copying).
     tokenizer = build_tokenizer(config.tokenizer)
-    load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(stage_cfg.tokenizer_checkpoint))
+    load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(record.tokenizer_checkpoint))
     model.visual_tokenizer = tokenizer
     # 2) Everything else from the run's checkpoint, strictly.
     expected = {
@@ -309,8 +352,6 @@ PIXEL_DECODER_PREFIX = "pixel_decoder."  # PixelDecoderTrainModule holds the dec
 
 def _pixel_decoder_checkpoint(path: str | Path) -> Path:
     """A stage-1b run directory or one of its checkpoints -> the checkpoint to load (verified)."""
-    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"pixel decoder run {p} does not exist")
@@ -334,23 +375,16 @@ def _pixel_decoder_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def attach_pixel_decoder(model, model_config: LavitConfig, unified_cfg, checkpoint: Path, device: str, dtype: torch.dtype):
-    """Build the pixel decoder of stage-1b checkpoint `checkpoint` into `model` (a loaded `unified` run whose stage
-    config is `unified_cfg`) and load its weights strictly. Both runs must start from the same stage-1a tokenizer
-    (the decoder is conditioned on that tokenizer's reconstructions). Returns (the model config with the pixel
-    decoder, the decoder checkpoint's step)."""
-    from harness.config import ConfigError, load_config
+def attach_pixel_decoder(model, model_config: LavitConfig, tokenizer_checkpoint: str, checkpoint: Path, device: str, dtype: torch.dtype):
+    """Build the pixel decoder of stage-1b checkpoint `checkpoint` into `model` (a loaded `unified` run whose frozen
+    tokenizer came from `tokenizer_checkpoint`) and load its weights strictly. Both runs must start from the same
+    stage-1a tokenizer (the decoder is conditioned on that tokenizer's reconstructions). Returns (the model config
+    with the pixel decoder, the decoder checkpoint's step)."""
     from model.lavit.pixel_decoder import PixelDecoder
-    from model.lavit.stages.config import PixelDecoderStageConfig
-    from train.checkpoint import MANIFEST, read_checkpoint_weights
-    from train.stages.common import latest_checkpoint_dir
 
     run = checkpoint.parent.parent
-    try:
-        decoder_cfg = load_config(PixelDecoderStageConfig, run / RUN_CONFIG)
-    except ConfigError as err:
-        raise CheckpointLayoutError(f"{run / RUN_CONFIG} is not a `pixel_decoder` stage config: {err}") from None
-    mine = Path(latest_checkpoint_dir(unified_cfg.tokenizer_checkpoint)).resolve()
+    decoder_cfg = read_run_record(run, "pixel_decoder")
+    mine = Path(latest_checkpoint_dir(tokenizer_checkpoint)).resolve()
     theirs = Path(latest_checkpoint_dir(decoder_cfg.tokenizer_checkpoint)).resolve() if decoder_cfg.tokenizer_checkpoint else None
     if theirs != mine or decoder_cfg.model.tokenizer != model_config.tokenizer:
         raise CheckpointLayoutError(
@@ -384,27 +418,22 @@ def attach_pixel_decoder(model, model_config: LavitConfig, unified_cfg, checkpoi
 
 class TextOnlyAdapter:
     """The eval adapter of a text-only LLM: a model id and no request method, so every image task is refused
-    (`eval.interface.UnsupportedTaskError`); the text tasks go through `LoadedModel.lm()`."""
+    (`eval.interface.UnsupportedTaskError`); the text tasks go through `LoadedModel.llm`."""
 
     def __init__(self, model_id: str):
         self.model_id = model_id
 
 
 def _load_llm_run(checkpoint: Path, device: str, dtype: torch.dtype) -> LoadedModel:
-    from harness.config import ConfigError, load_config
-    from model.lavit.stages.config import LlmPretrainStageConfig
-    from model.lavit.stages.llm_pretrain import text_llama_config
-    from model.lavit.stages.unified import read_llm_weights
     from transformers import LlamaForCausalLM
 
+    from model.lavit.modeling_lavit import text_llama_config
+
     run = checkpoint.parent.parent
-    try:
-        stage_cfg = load_config(LlmPretrainStageConfig, run / RUN_CONFIG)
-    except ConfigError as err:
-        raise CheckpointLayoutError(f"{run / RUN_CONFIG} is not an `llm_pretrain` stage config: {err}") from None
-    text_tokenizer = run_text_tokenizer(stage_cfg.text_tokenizer, run / RUN_CONFIG)
+    record = read_run_record(run, "llm_pretrain")
+    text_tokenizer = run_text_tokenizer(record.text_tokenizer, run / RUN_CONFIG)
     state, file = read_llm_weights(str(checkpoint))  # keys language_model.* with the prefix stripped
-    llama_config = text_llama_config(stage_cfg.model)
+    llama_config = text_llama_config(record.model)
     with torch.device("meta"):
         model = LlamaForCausalLM(llama_config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -419,12 +448,102 @@ def _load_llm_run(checkpoint: Path, device: str, dtype: torch.dtype) -> LoadedMo
     model.eval()
     step = json.loads((checkpoint / "manifest.json").read_text())["step"]
     model_id = f"lavit-llm:{run.resolve()}@step={step}"
+    llm = TextLM(model, text_tokenizer, device=device)
+    return LoadedModel(model_id=model_id, adapter=TextOnlyAdapter(model_id), llm=llm, config=record.model, source="llm run")
 
-    def lm(**lm_options: Any):
-        """lm-eval LM over the LLM (text only); options go to `eval.lm_adapter.CausalLMAdapter`."""
-        from eval.lm_adapter import CausalLMAdapter
 
-        lm_options.setdefault("device", device)
-        return CausalLMAdapter(model, text_tokenizer, **lm_options)
+# ---------------------------------------------------------------------------------------------
+# The weights a LaVIT part starts from: the EVA-CLIP encoder, a stage-1a tokenizer, the LLM of an `llm_pretrain` run
+# (read by the training stages, `train/lavit/`, and by the loaders above).
 
-    return LoadedModel(model_id=model_id, adapter=TextOnlyAdapter(model_id), lm=lm, config=stage_cfg.model, source="llm run")
+
+def read_encoder_weights(path: str) -> tuple[dict, str]:
+    """The ViT weights at `path`, keyed as the tokenizer's `encoder` state dict, and the file they came from.
+
+    Accepted: the released EVA-CLIP file (eva_vitg_psz14.bin, bare keys) or any .bin/.safetensors with the same keys
+    (optionally all under `encoder.`); an `encoder_pretrain` run directory (its latest checkpoint), one of its
+    checkpoint directories or their model.safetensors (the `encoder.*` keys are taken, `text_encoder.*` and
+    `logit_scale` left); a stage-1a checkpoint whose encoder was saved (`tokenizer.encoder.*`)."""
+    try:
+        state, file = read_weights(path)  # a run: its newest checkpoint that verifies; either checkpoint layout
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"encoder_path {path}: {err} (expected an encoder_pretrain run or a weights file)") from None
+    for prefix in ("tokenizer.encoder.", "encoder."):
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(file)
+    return state, str(file)
+
+
+def load_encoder_weights(tokenizer, path: str) -> None:
+    """Pretrained ViT weights into `tokenizer.encoder`, strictly (`read_encoder_weights` lists the layouts)."""
+    if not path:
+        return
+    state, file = read_encoder_weights(path)
+    expected = {k: v.shape for k, v in tokenizer.encoder.state_dict().items()}
+    check_state_dict(file, state, expected, what="the tokenizer's encoder")
+    tokenizer.encoder.load_state_dict(state)
+
+
+def load_tokenizer_checkpoint(tokenizer, path: str, prefix: str = "tokenizer.") -> None:
+    """Stage-1a weights into `tokenizer`: a stage-1a checkpoint directory (keys `tokenizer.*`), its
+    model.safetensors, or a released `visual_tokenizer/` folder. The EMA statistics are restarted."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir() and ((p / "tokenizer_encoder.bin").exists() or (p / "visual_tokenizer").is_dir()):
+        from model.lavit.official_tokenizer import load_official_visual_tokenizer
+
+        loaded = load_official_visual_tokenizer(p, tokenizer.cfg)
+        tokenizer.load_state_dict(loaded.state_dict())
+        return
+    if p.is_dir() and (p / MANIFEST).is_file():  # a checkpoint directory, either layout
+        state, file = read_checkpoint_weights(p)
+    else:
+        file = p / "model.safetensors" if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer weights at {path} (expected a stage-1a checkpoint directory, .safetensors, or a released visual_tokenizer/ folder)")
+        state = load_file(str(file))
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if getattr(tokenizer, "token_predictor", None) is None:  # fixed-length ablation: the trained selector is unused
+        state = {k: v for k, v in state.items() if not k.startswith("token_predictor.")}
+    missing, unexpected = tokenizer.load_state_dict(state, strict=False)
+    not_encoder = [k for k in missing if not k.startswith("encoder.")]
+    if unexpected or not_encoder:
+        raise InputError(f"tokenizer weights {file}: missing {not_encoder[:8]}, unexpected {unexpected[:8]} (written with another tokenizer config?)")
+    if len(missing) > len(not_encoder):
+        # Stage 1a leaves a ViT it loaded from `encoder_path` out of its checkpoints: reload it from there.
+        recorded = _recorded_encoder_path(file)
+        if recorded:
+            load_encoder_weights(tokenizer, recorded)
+
+
+def _recorded_encoder_path(file: Path) -> str:
+    """`encoder_path` of the stage-1a run RUN/checkpoints/step_*/model.safetensors belongs to ("" if none)."""
+    import yaml
+
+    config = file.parent.parent.parent / "config.yaml"
+    if file.parent.parent.name != "checkpoints" or not config.is_file():
+        return ""
+    return str((yaml.safe_load(config.read_text()) or {}).get("encoder_path") or "")
+
+
+def read_llm_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The LLM weights at `path` (LlamaForCausalLM keys) and where they came from: an `llm_pretrain` run directory
+    (its latest checkpoint), one of its checkpoint directories or their model.safetensors (keys `language_model.*`,
+    prefix stripped), or a transformers LLaMA folder."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"llm_path {path} does not exist (expected an llm_pretrain run directory, its model.safetensors, or a LLaMA folder)")
+    resolved = Path(latest_checkpoint_dir(path))  # a run: its newest checkpoint that verifies
+    if resolved.is_dir() and (resolved / MANIFEST).is_file():
+        state, file = read_checkpoint_weights(resolved)  # either checkpoint layout
+    elif resolved.is_dir():
+        return read_sharded_state_dict(p), str(p)  # a transformers LLaMA folder
+    else:
+        state, file = read_state_dict(resolved), resolved
+    prefix = "language_model."
+    other = sorted(k for k in state if not k.startswith(prefix))
+    if other:
+        raise CheckpointLayoutError(f"{file}: not an llm_pretrain checkpoint: {len(other)} keys outside {prefix}* ({', '.join(other[:8])})")
+    return {k[len(prefix):]: v for k, v in state.items()}, str(file)

@@ -91,6 +91,14 @@ def llama_config(config: LavitConfig) -> LlamaConfig:
     )
 
 
+def text_llama_config(config: LavitConfig) -> LlamaConfig:
+    """LaVIT's LlamaConfig with the text vocabulary only (llm.text_vocab_size rows): the text-only LLM that stage 2
+    starts from (the mini world's `llm_pretrain`) and that its runs load as."""
+    text = llama_config(config)
+    text.vocab_size = config.llm.text_vocab_size
+    return text
+
+
 class UnderstandingEncoder(nn.Module):
     """The LLM-tuned token merger + `vit_proj` of the understanding path (keys = `visual_weight.bin`'s)."""
 

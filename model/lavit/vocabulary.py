@@ -108,38 +108,3 @@ def build_byte_text_tokenizer(model_max_length: int = 2048):
         model_max_length=model_max_length,
     )
     return tokenizer
-
-
-def train_bpe_text_tokenizer(texts, vocab_size: int, model_max_length: int = 2048):
-    """The byte-level tokenizer above plus BPE merges learnt on `texts` (up to `vocab_size` ids in all).
-
-    The mini world's counterpart of LLaMA's SentencePiece model: frequent words become one id, any other text still
-    round-trips through the 256 byte symbols. Same specials, padding side and BOS rule as the byte tokenizer (which
-    is the zero-merge case). Training is deterministic for the same texts in the same order.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>"]
-    if vocab_size < len(specials) + 256:
-        raise ValueError(f"vocab_size={vocab_size} leaves no room for the 3 specials and the 256 byte symbols")
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer)
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="</s>",
-        padding_side="left",
-        model_max_length=model_max_length,
-    )

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from harness.config import ConfigError, from_dict
-from model.families import LoadedModel
-from model.vila.configuration import LlmConfig, ProjectorConfig, VilaConfig, VisionConfig
+from model.families import LoadedModel, TextLM
+from model.vila.configuration import CLIP_MEAN, CLIP_STD, LlmConfig, ProjectorConfig, VilaConfig, VisionConfig
 from model.weights import CheckpointLayoutError, check_state_dict, read_sharded_state_dict, sharded_weight_shapes
 
 LAYOUT_HELP = (
@@ -89,7 +89,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def detect_layout(path: str | Path) -> tuple[str, Path]:
     """(layout, where): "single" / "components" / "vila" with the directory, or "run" with the checkpoint dir."""
-    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
+    from model.weights import MANIFEST, latest_verified, verify_checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -140,6 +140,15 @@ def llm_config_from_hf(cfg: dict[str, Any], source: Path) -> LlmConfig:
     if missing:
         raise CheckpointLayoutError(f"{source}: LLM config lacks {missing}")
     pad = cfg.get("pad_token_id")
+    theta, rope_scaling = _rope(cfg, source)
+    hidden_act = cfg.get("hidden_act", "silu")
+    from transformers.activations import ACT2FN
+
+    if hidden_act not in ACT2FN:
+        raise CheckpointLayoutError(f"{source}: hidden_act={hidden_act!r} is not an activation transformers knows")
+    attention_bias = cfg.get("attention_bias", False)
+    if not isinstance(attention_bias, bool):
+        raise CheckpointLayoutError(f"{source}: attention_bias={attention_bias!r}; expected true or false")
     return LlmConfig(
         hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"],
@@ -149,7 +158,10 @@ def llm_config_from_hf(cfg: dict[str, Any], source: Path) -> LlmConfig:
         vocab_size=cfg["vocab_size"],
         rms_norm_eps=cfg.get("rms_norm_eps", 1e-5),
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
+        hidden_act=hidden_act,
+        attention_bias=attention_bias,
         bos_token_id=cfg.get("bos_token_id", 1),
         eos_token_id=cfg.get("eos_token_id", 2),
         pad_token_id=0 if pad is None or pad < 0 else pad,
@@ -157,22 +169,63 @@ def llm_config_from_hf(cfg: dict[str, Any], source: Path) -> LlmConfig:
     )
 
 
+def _rope(cfg: dict[str, Any], source: Path) -> tuple[float, dict[str, Any]]:
+    """(rope_theta, rope_scaling) of a LlamaConfig dict: the released configs (transformers 4.31-4.36) write
+    `rope_theta` and `rope_scaling` (null or {"type": ..., "factor": ...}); transformers 5 writes both inside
+    `rope_parameters`. A scaling transformers cannot build is refused by name, never dropped."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    theta = cfg.get("rope_theta", 10000.0)
+    scaling = cfg.get("rope_scaling")
+    params = cfg.get("rope_parameters")
+    key = "rope_scaling"
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", theta)
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+        key = "rope_parameters"
+    if scaling is None:
+        return float(theta), {}
+    if not isinstance(scaling, dict):
+        raise CheckpointLayoutError(f"{source}: {key}={scaling!r}; expected null or a mapping")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return float(theta), {}
+    if kind not in ROPE_INIT_FUNCTIONS:
+        raise CheckpointLayoutError(f"{source}: {key}={scaling!r}: rope type {kind!r} is not one transformers builds")
+    try:
+        LlamaConfig(rope_scaling=dict(scaling), rope_theta=float(theta))
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointLayoutError(f"{source}: {key}={scaling!r} is not a valid RoPE scaling ({err})") from None
+    return float(theta), dict(scaling)
+
+
+VISION_KINDS = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip", "siglip": "siglip"}
+
+
 def vision_config_from_hf(cfg: dict[str, Any], select_layer: int, select_feature: str, source: Path) -> VisionConfig:
-    cfg = cfg.get("vision_config", cfg)  # a full CLIPConfig nests the vision part
+    """A CLIP / SigLIP vision config dict (a full CLIPConfig / SiglipConfig nests it as `vision_config`)."""
+    cfg = cfg.get("vision_config", cfg)
     kind = cfg.get("model_type", "clip_vision_model")
-    if kind not in ("clip_vision_model", "clip"):  # e.g. the SigLIP towers of later releases: not the paper's model
-        raise CheckpointLayoutError(f"{source}: vision tower model_type={kind!r}; this VILA is built on CLIP ViTs only")
+    if kind not in VISION_KINDS:
+        raise CheckpointLayoutError(f"{source}: vision tower model_type={kind!r}; supported: {sorted(VISION_KINDS)}")
+    tower = VISION_KINDS[kind]
+    siglip = tower == "siglip"  # transformers' SiglipVisionConfig defaults where the file is silent
     return VisionConfig(
+        tower=tower,
         image_size=cfg.get("image_size", 224),
-        patch_size=cfg.get("patch_size", 14),
-        hidden_size=cfg.get("hidden_size", 1024),
-        num_layers=cfg.get("num_hidden_layers", 24),
-        num_heads=cfg.get("num_attention_heads", 16),
-        intermediate_size=cfg.get("intermediate_size", 4096),
-        hidden_act=cfg.get("hidden_act", "quick_gelu"),
-        layer_norm_eps=cfg.get("layer_norm_eps", 1e-5),
+        patch_size=cfg.get("patch_size", 16 if siglip else 14),
+        hidden_size=cfg.get("hidden_size", 768 if siglip else 1024),
+        num_layers=cfg.get("num_hidden_layers", 12 if siglip else 24),
+        num_heads=cfg.get("num_attention_heads", 12 if siglip else 16),
+        intermediate_size=cfg.get("intermediate_size", 3072 if siglip else 4096),
+        hidden_act=cfg.get("hidden_act", "gelu_pytorch_tanh" if siglip else "quick_gelu"),
+        layer_norm_eps=cfg.get("layer_norm_eps", 1e-6 if siglip else 1e-5),
+        use_head=bool(cfg.get("vision_use_head", True)),
         select_layer=select_layer,
         select_feature=select_feature,
+        image_mean=(0.5, 0.5, 0.5) if siglip else CLIP_MEAN,  # the processors' defaults; preprocessor_config wins
+        image_std=(0.5, 0.5, 0.5) if siglip else CLIP_STD,
     )
 
 
@@ -184,21 +237,71 @@ def _select(cfg: dict[str, Any], source: Path) -> tuple[int, str]:
     return layer, feature
 
 
+def _refuse_unsupported(cfg: dict[str, Any], source: Path) -> None:
+    """VILA 1.5 options that change what the tower sees, which we do not implement: refused by name."""
+    if cfg.get("s2"):
+        raise CheckpointLayoutError(f"{source}: s2={cfg['s2']!r} (multi-scale S2 vision features) is not supported")
+    resolution = cfg.get("vision_resolution", -1)
+    if resolution not in (-1, None):
+        raise CheckpointLayoutError(
+            f"{source}: vision_resolution={resolution!r} (interpolated position embeddings) is not supported"
+        )
+
+
+def _image_processing(vision: VisionConfig, top: dict[str, Any], preprocessor: Path | None, source: Path) -> VisionConfig:
+    """`image_aspect_ratio` of the model config and the tower's `preprocessor_config.json` (mean, std, sizes).
+
+    The release's `process_images` (llava/mm_utils.py) pads for "pad", stretches for "resize" and otherwise runs
+    the tower's processor alone; a config without the key (getattr(..., None)) is the last case."""
+    aspect = top.get("image_aspect_ratio")
+    if aspect is None:
+        aspect = ""
+    if aspect not in ("pad", "resize", ""):
+        raise CheckpointLayoutError(f"{source}: image_aspect_ratio={aspect!r}; supported: 'pad', 'resize', or none")
+    mean, std = vision.image_mean, vision.image_std
+    if preprocessor is not None and preprocessor.is_file():
+        pre = _read_json(preprocessor)
+        mean = tuple(float(x) for x in pre.get("image_mean", mean))
+        std = tuple(float(x) for x in pre.get("image_std", std))
+        side = vision.image_size
+        sizes = {"size": pre.get("size"), "crop_size": pre.get("crop_size")}
+        for key, value in sizes.items():
+            if value is None:
+                continue
+            values = [value] if isinstance(value, int) else [v for v in value.values()] if isinstance(value, dict) else [None]
+            if any(v != side for v in values):
+                raise CheckpointLayoutError(
+                    f"{preprocessor}: {key}={value!r} differs from the tower's image_size={side}; not supported"
+                )
+        if len(mean) != 3 or len(std) != 3:
+            raise CheckpointLayoutError(f"{preprocessor}: image_mean / image_std must have 3 values")
+    return dataclasses.replace(vision, image_aspect_ratio=aspect, image_mean=mean, image_std=std)
+
+
 def _projector(name: Any, source: Path, key: str) -> ProjectorConfig:
     if name not in PROJECTOR_NAMES:
         raise CheckpointLayoutError(f"{source}: {key}={name!r}; supported: {sorted(PROJECTOR_NAMES)}")
     return ProjectorConfig(type=PROJECTOR_NAMES[name])
 
 
+def _tower_folder(cfg: dict[str, Any], directory: Path) -> Path | None:
+    """`mm_vision_tower` as a local folder (relative to the checkpoint or absolute), if it is one."""
+    name = cfg.get("mm_vision_tower")
+    if not isinstance(name, str) or not name:
+        return None
+    local = (directory / name) if not Path(name).is_absolute() else Path(name)
+    return local if (local / "config.json").is_file() else None
+
+
 def _released_vision(cfg: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """The CLIP vision config dict of a single-directory release (see the module docstring)."""
+    """The vision config dict of a single-directory release (see the module docstring)."""
     if isinstance(cfg.get("vision_tower_cfg"), dict):
         return cfg["vision_tower_cfg"]
     name = cfg.get("mm_vision_tower")
     if not isinstance(name, str) or not name:
         raise CheckpointLayoutError(f"{directory / 'config.json'}: no mm_vision_tower / vision_tower_cfg")
-    local = (directory / name) if not Path(name).is_absolute() else Path(name)
-    if (local / "config.json").is_file():
+    local = _tower_folder(cfg, directory)
+    if local is not None:
         return _read_json(local / "config.json")
     if "clip-vit-large-patch14" in name:
         return {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
@@ -212,12 +315,17 @@ def released_config(directory: Path, layout: str) -> VilaConfig:
     """The VilaConfig of a released directory, from its config files."""
     if layout == "single":
         cfg = _read_json(directory / "config.json")
+        _refuse_unsupported(cfg, directory / "config.json")
         layer, feature = _select(cfg, directory / "config.json")
         vision = vision_config_from_hf(_released_vision(cfg, directory), layer, feature, directory / "config.json")
+        tower = _tower_folder(cfg, directory)
+        preprocessor = (tower or directory) / "preprocessor_config.json"
+        vision = _image_processing(vision, cfg, preprocessor, directory / "config.json")
         projector = _projector(cfg.get("mm_projector_type", "linear"), directory / "config.json", "mm_projector_type")
         llm = llm_config_from_hf(cfg, directory / "config.json")
     else:
         top = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+        _refuse_unsupported(top, directory / "config.json")
         layer, feature = _select(top, directory / "config.json")
         for part in COMPONENTS:
             if not (directory / part / "config.json").is_file():
@@ -225,6 +333,7 @@ def released_config(directory: Path, layout: str) -> VilaConfig:
         llm = llm_config_from_hf(_read_json(directory / "llm" / "config.json"), directory / "llm" / "config.json")
         vision_file = directory / "vision_tower" / "config.json"
         vision = vision_config_from_hf(_read_json(vision_file), layer, feature, vision_file)
+        vision = _image_processing(vision, top, directory / "vision_tower" / "preprocessor_config.json", directory / "config.json")
         proj_cfg = _read_json(directory / "mm_projector" / "config.json")
         projector = _projector(proj_cfg.get("mm_projector_type"), directory / "mm_projector" / "config.json", "mm_projector_type")
     config = VilaConfig(vision=vision, llm=llm, projector=projector)
@@ -259,21 +368,24 @@ def _meta_model(config: VilaConfig):
     return build_vila(config, device="meta")
 
 
-def _load_parts(model, parts: list[tuple[Path, tuple[tuple[str, str], ...], str]], device: str, dtype: torch.dtype) -> None:
-    """Each (folder, prefixes, what): its shards' keys and shapes checked against the model keys the prefixes
-    cover (named as the file names them), then read, renamed and assigned to the meta model on `device`."""
+def _load_parts(model, parts: list[tuple], device: str, dtype: torch.dtype) -> None:
+    """Each (folder, prefixes, what[, only]): its shards' keys and shapes checked against the model keys the
+    prefixes cover (named as the file names them), then read, renamed and assigned to the meta model on `device`.
+    `only` (a key prefix of the file) limits a part to those keys: a tower folder that holds a whole CLIP model."""
     own = {k: v.shape for k, v in model.state_dict().items()}
-    expected_parts = []
-    for folder, prefixes, what in parts:
+    for folder, prefixes, what, *only in parts:
         expected = {f: shape for k, shape in own.items() if (f := _to_file(k, prefixes)) is not None}
         shapes = sharded_weight_shapes(folder)
+        if only:
+            shapes = {k: v for k, v in shapes.items() if k.startswith(only[0])}
         check_state_dict(folder, shapes, expected, tolerated_suffixes=TOLERATED, what=what)
-        expected_parts.append(expected)
-    for folder, prefixes, _ in parts:
+    for folder, prefixes, _, *only in parts:
         state = read_sharded_state_dict(folder)
         loaded = {}
         for key in list(state):
             tensor = state.pop(key)
+            if only and not key.startswith(only[0]):
+                continue
             ours = _to_ours(key, prefixes)
             if ours is None or ours not in own:
                 continue  # a tolerated buffer (checked above)
@@ -302,7 +414,9 @@ def _materialize_buffers(model, device: str) -> None:
 def _load_tokenizer(folder: Path, vocab_size: int):
     from model.text_tokenizer import load_text_tokenizer
 
-    tokenizer = load_text_tokenizer(folder)
+    # VILA's builder loads the LLM's SentencePiece tokenizer with legacy=False whatever the folder's config says
+    # (llava/model/builder.py and llava/model/language_model/builder.py: from_pretrained(..., legacy=False)).
+    tokenizer = load_text_tokenizer(folder, legacy=False)
     if len(tokenizer) > vocab_size:
         raise CheckpointLayoutError(f"tokenizer {folder} has {len(tokenizer)} ids > the LLM's vocab_size={vocab_size}")
     return tokenizer
@@ -314,6 +428,27 @@ def load_released(path: str | Path, device: str = "cpu", dtype: str | torch.dtyp
     if layout == "run":
         raise CheckpointLayoutError(f"{path} is a run directory; use load_for_eval")
     return _load_directory(layout, where, device, _torch_dtype(dtype), None)
+
+
+def _single_parts(where: Path) -> list[tuple]:
+    """The weight parts of a single-directory release. A weight file without the tower's keys takes the tower from
+    `mm_vision_tower`, as the release does (its vision tower `load_model()` reads CLIPVisionModel.from_pretrained(
+    mm_vision_tower)); only a local folder is read here (nothing is downloaded)."""
+    tower_prefix = SINGLE_PREFIXES[1][1]
+    if any(k.startswith(tower_prefix) for k in sharded_weight_shapes(where)):
+        return [(where, SINGLE_PREFIXES, "VILA's single-directory layout")]
+    cfg = _read_json(where / "config.json")
+    tower = _tower_folder(cfg, where)
+    if tower is None:
+        raise CheckpointLayoutError(
+            f"{where}: the weights hold no vision tower ({tower_prefix}*) and mm_vision_tower="
+            f"{cfg.get('mm_vision_tower')!r} is not a local folder with a config.json to take it from"
+        )
+    own = tuple(pair for pair in SINGLE_PREFIXES if pair[1] != tower_prefix)
+    return [
+        (where, own, "VILA's single-directory layout (without its vision tower)"),
+        (tower, COMPONENT_PREFIXES["vision_tower"], f"the vision tower of mm_vision_tower={tower}", "vision_model."),
+    ]
 
 
 def _load_directory(layout: str, where: Path, device: str, dtype: torch.dtype, tokenizer_dir: str | Path | None):
@@ -331,7 +466,7 @@ def _load_directory(layout: str, where: Path, device: str, dtype: torch.dtype, t
         config = released_config(where, layout)
         if layout == "single":
             default_tok = where
-            parts = [(where, SINGLE_PREFIXES, "VILA's single-directory layout")]
+            parts = _single_parts(where)
         else:
             default_tok = where / "llm"
             parts = [(where / c, COMPONENT_PREFIXES[c], f"VILA's {c}/ component") for c in COMPONENTS]
@@ -384,7 +519,7 @@ def run_tokenizer_dir(data: dict[str, Any], run: Path) -> Path:
 
 
 def _load_run(checkpoint: Path, device: str, dtype: torch.dtype, tokenizer_dir: str | Path | None):
-    from train.checkpoint import MANIFEST, read_checkpoint_weights
+    from model.weights import MANIFEST, read_checkpoint_weights
 
     run = checkpoint.parent.parent
     config, data = run_model_config(run)
@@ -413,7 +548,7 @@ def load_for_eval(
     tokenizer: str | Path | None = None,
     conversation: str | None = None,
 ) -> LoadedModel:
-    """Any layout of the module docstring -> `LoadedModel` (adapter: `VilaEvalAdapter`; lm: the LLM for lm-eval).
+    """Any layout of the module docstring -> `LoadedModel` (adapter: `VilaEvalAdapter`; llm: the LLM for lm-eval).
     tokenizer: a tokenizer folder overriding the layout's; conversation: the adapter's template (default: the
     config's `conversation`)."""
     from model.vila.eval_adapter import VilaEvalAdapter
@@ -432,14 +567,8 @@ def load_for_eval(
         config = dataclasses.replace(config, conversation=conversation)
     adapter = VilaEvalAdapter(model, text_tokenizer, model_id=model_id, conversation=config.conversation)
 
-    def lm(**lm_options: Any):
-        """lm-eval LM over the LLM part (text only); options go to `eval.lm_adapter.CausalLMAdapter`."""
-        from eval.lm_adapter import CausalLMAdapter
-
-        lm_options.setdefault("device", str(model.llm_device))
-        return CausalLMAdapter(model.language_model, text_tokenizer, **lm_options)
-
-    return LoadedModel(model_id=model_id, adapter=adapter, lm=lm, config=config, source=source)
+    llm = TextLM(model.language_model, text_tokenizer, device=str(model.llm_device))
+    return LoadedModel(model_id=model_id, adapter=adapter, llm=llm, config=config, source=source)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -465,9 +594,17 @@ def write_released_layout(model, tokenizer, directory: str | Path, layout: str =
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     llama = llama_config(cfg).to_dict()
+    # The released configs (transformers 4.36) carry rope_theta / rope_scaling, not transformers 5's rope_parameters.
+    llama.pop("rope_parameters", None)
+    llama.update(rope_theta=cfg.llm.rope_theta, rope_scaling=dict(cfg.llm.rope_scaling) or None)
     vision = clip_vision_config(cfg.vision).to_dict()
-    vision["model_type"] = "clip_vision_model"
-    select = {"mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": cfg.vision.select_feature}
+    vision["model_type"] = "siglip_vision_model" if cfg.vision.tower == "siglip" else "clip_vision_model"
+    select = {"mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": cfg.vision.select_feature,
+              "image_aspect_ratio": cfg.vision.image_aspect_ratio or None}  # fmt: skip
+    side = cfg.vision.image_size
+    preprocessor = {"image_mean": list(cfg.vision.image_mean), "image_std": list(cfg.vision.image_std),
+                    "size": {"height": side, "width": side} if cfg.vision.tower == "siglip" else {"shortest_edge": side},
+                    **({} if cfg.vision.tower == "siglip" else {"crop_size": {"height": side, "width": side}})}  # fmt: skip
     if layout == "single":
         top = {**llama, "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], **select,
                "mm_projector_type": names[cfg.projector.type], "mm_hidden_size": cfg.vision.hidden_size,
@@ -475,6 +612,7 @@ def write_released_layout(model, tokenizer, directory: str | Path, layout: str =
                "mm_use_im_start_end": False, "mm_use_im_patch_token": False}  # fmt: skip
         atomic_write_text(directory / "config.json", json.dumps(top, indent=1, default=str))
         save_file({_to_file(k, SINGLE_PREFIXES): v for k, v in state.items()}, str(directory / "model.safetensors"))
+        atomic_write_text(directory / "preprocessor_config.json", json.dumps(preprocessor, indent=1))
         tokenizer.save_pretrained(str(directory))
     elif layout == "components":
         atomic_write_text(directory / "config.json", json.dumps({"model_type": "llava_llama", **select}, indent=1))
@@ -486,6 +624,7 @@ def write_released_layout(model, tokenizer, directory: str | Path, layout: str =
             prefixes = COMPONENT_PREFIXES[part]
             part_state = {f: v for k, v in state.items() if (f := _to_file(k, prefixes)) is not None}
             save_file(part_state, str(directory / part / "model.safetensors"))
+        atomic_write_text(directory / "vision_tower" / "preprocessor_config.json", json.dumps(preprocessor, indent=1))
         tokenizer.save_pretrained(str(directory / "llm"))
     else:
         raise ValueError(f"layout={layout!r}; expected 'single' or 'components'")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from harness.config import register_preset
 
@@ -39,10 +39,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "transformer", "downsample_2x2")
 
 
+IMAGE_ASPECT_RATIOS = ("resize", "pad", "")
+VISION_TOWERS = ("clip", "siglip")
+
+
 @dataclass
 class VisionConfig:
-    """The vision tower: transformers `CLIPVisionModel` (CLIP ViT-L/14 at 336 px in the paper)."""
+    """The vision tower: transformers `CLIPVisionModel` (CLIP ViT-L/14 at 336 px in the paper), or
+    `SiglipVisionModel` (VILA 1.5's SigLIP-so400m at 384 px)."""
 
+    tower: Literal["clip", "siglip"] = "clip"
     image_size: int = 336  # input side in pixels (Table 7: 224 or 336)
     patch_size: int = 14  # ViT patch side
     hidden_size: int = 1024  # ViT width (ViT-L: 1024)
@@ -52,14 +58,30 @@ class VisionConfig:
     hidden_act: str = "quick_gelu"  # CLIP's activation
     layer_norm_eps: float = 1e-5
     select_layer: int = -2  # which hidden state feeds the projector: the second-to-last layer's output
-    select_feature: Literal["patch", "cls_patch"] = "patch"  # "patch": CLS dropped (576 tokens at 336 px)
+    # "patch" drops the first token (CLIP's CLS: 576 tokens at 336 px), "cls_patch" keeps every token. The release
+    # (llava/model/multimodal_encoder/vision_encoder.py, feature_select) slices the same way for SigLIP, which
+    # has no CLS: VILA 1.5 sets cls_patch there (all 27 x 27 patches).
+    select_feature: Literal["patch", "cls_patch"] = "patch"
+    use_head: bool = True  # SigLIP only: the attention-pooling head (SiglipVisionConfig.vision_use_head; unused)
     image_mean: tuple[float, float, float] = CLIP_MEAN  # pixel normalisation applied by `preprocess_images`
     image_std: tuple[float, float, float] = CLIP_STD
+    # How an image becomes image_size x image_size (the release's `image_aspect_ratio`, llava/mm_utils.py):
+    #   "resize"  stretched to the square (bicubic; VILA 1.5's "resize", and our runs: the mini world is square)
+    #   "pad"     padded to a square with the mean colour, then the tower's processor (VILA 1.0's setting)
+    #   ""        the tower's processor alone: CLIP resizes the shortest side and centre-crops, SigLIP resizes
+    image_aspect_ratio: str = "resize"
 
     @property
     def grid(self) -> int:
         """Patches along a side (336 / 14 = 24)."""
         return self.image_size // self.patch_size
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the tower hands the projector: CLIP has CLS + grid^2 and "patch" drops CLS; SigLIP has grid^2
+        and "patch" drops the first patch, as the release's slice does."""
+        total = self.grid**2 + (1 if self.tower == "clip" else 0)
+        return total - (1 if self.select_feature == "patch" else 0)
 
 
 @dataclass
@@ -75,6 +97,12 @@ class LlmConfig:
     rms_norm_eps: float = 1e-5  # Llama-2
     max_position_embeddings: int = 4096  # Llama-2's context
     rope_theta: float = 10000.0
+    # LlamaConfig's rope_scaling ({"type"/"rope_type": "linear" | "dynamic" | ..., "factor": ...}); empty = none.
+    # VILA 1.5's builder sets {"type": "linear", "factor": ceil(model_max_length / max_position_embeddings)} when
+    # trained past the LLM's context (llava/model/language_model/builder.py, context_length_extension).
+    rope_scaling: dict[str, Any] = field(default_factory=dict)
+    hidden_act: str = "silu"  # the MLP's activation (LlamaConfig.hidden_act)
+    attention_bias: bool = False  # biases on q/k/v/o (LlamaConfig.attention_bias)
     bos_token_id: int = 1  # <s>
     eos_token_id: int = 2  # </s>
     pad_token_id: int = 0  # <unk>, the pad of the released training code
@@ -126,6 +154,10 @@ class VilaConfig:
             raise ValueError(f"vision.hidden_size={v.hidden_size} is not divisible by vision.num_heads={v.num_heads}")
         if not (-v.num_layers <= v.select_layer <= v.num_layers):
             raise ValueError(f"vision.select_layer={v.select_layer} is outside the {v.num_layers}-layer tower")
+        if v.tower not in VISION_TOWERS:
+            raise ValueError(f"vision.tower={v.tower!r}; expected one of {list(VISION_TOWERS)}")
+        if v.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"vision.image_aspect_ratio={v.image_aspect_ratio!r}; expected one of {list(IMAGE_ASPECT_RATIOS)}")
         if v.select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"vision.select_feature={v.select_feature!r}; expected 'patch' or 'cls_patch'")
         if llm.hidden_size % llm.num_heads or llm.num_heads % llm.num_kv_heads:
@@ -146,8 +178,11 @@ class VilaConfig:
             raise ValueError(
                 f"projector.transformer_heads={p.transformer_heads} does not divide vision.hidden_size={v.hidden_size}"
             )
-        if p.type == "downsample_2x2" and v.select_feature != "patch":
-            raise ValueError("projector.type='downsample_2x2' needs vision.select_feature='patch' (a square grid)")
+        if p.type == "downsample_2x2" and v.tokens != v.grid**2:
+            raise ValueError(
+                f"projector.type='downsample_2x2' needs a square grid of tokens; vision.tower={v.tower!r} with "
+                f"vision.select_feature={v.select_feature!r} gives {v.tokens} (CLIP: 'patch', SigLIP: 'cls_patch')"
+            )
         if self.ablation.lora_rank < 0:
             raise ValueError(f"ablation.lora_rank={self.ablation.lora_rank} must be >= 0")
         if self.ablation.visual_expert and self.ablation.lora_rank:
@@ -155,8 +190,8 @@ class VilaConfig:
 
     @property
     def vision_tokens(self) -> int:
-        """Vision-tower tokens per image (576 at 336 px, 577 with CLS)."""
-        return self.vision.grid**2 + (1 if self.vision.select_feature == "cls_patch" else 0)
+        """Vision-tower tokens per image (576 at 336 px, 577 with CLS; 729 for SigLIP at 384 px)."""
+        return self.vision.tokens
 
     @property
     def tokens_per_image(self) -> int:

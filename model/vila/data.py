@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from train.data import epoch_order, expand_files
+from harness.data import epoch_order, expand_files
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -200,6 +200,9 @@ def conversation_segments(turns: list[tuple[str, str]], prompt: Callable[[list[t
     generation prompt at that point), so training sees exactly the prompt text evaluation generates from, and the
     labels cover the answer and the template's end-of-turn separator (`</s>` of vicuna_v1, "\n" of plain)."""
     pairs = [(turns[i][1], turns[i + 1][1] if i + 1 < len(turns) else None) for i in range(0, len(turns), 2)]
+    template = getattr(prompt, "__self__", None)  # a bound Conversation.prompt tells its template
+    if getattr(template, "style", None) == "plain":
+        return _plain_segments(pairs, template.sep, img)
     segments: list[Segment] = []
     done = ""
     for k, (user, answer) in enumerate(pairs):
@@ -216,6 +219,17 @@ def conversation_segments(turns: list[tuple[str, str]], prompt: Callable[[list[t
     if n_images != (1 if img is not None else 0):
         raise ValueError(f"conversation renders {n_images} images, record has {1 if img is not None else 0}")
     return [s for s in segments if s.kind != "text" or s.text]
+
+
+def _plain_segments(pairs: list[tuple[str, str | None]], sep: str, img: Any) -> list[Segment]:
+    """The plain template's training sample as the release's `preprocess_plain` (llava/data/dataset.py) builds it:
+    one exchange, the user text replaced by "<image>" alone, then the caption and the template's "\n" (supervised);
+    only "<image>" is masked."""
+    if len(pairs) != 1 or pairs[0][1] is None:
+        raise ValueError(f"the plain template takes one human turn and one gpt turn; the record has {len(pairs)} exchanges")
+    if img is None:
+        raise ValueError("the plain template is for image-caption records; this record has no image")
+    return [image(img), text(pairs[0][1] + sep, supervised=True)]
 
 
 def _split_images(s: str, img: Any, supervised: bool) -> list[Segment]:
@@ -251,31 +265,83 @@ def encode(
     bos_id: int | None,
     eos_id: int,
     max_len: int,
+    eos_text: str | None = None,
 ) -> Encoded | None:
     """Segments -> ids and labels, `<s>` first (unsupervised), cut at `max_len` expanded positions (module
-    docstring). None when nothing supervised is left."""
+    docstring). None when nothing supervised is left.
+
+    The text is tokenized as the released code does it (llava/mm_utils.py `tokenizer_image_token`, called by
+    llava/data/dataset.py `preprocess_v1` / `preprocess_llama_2` / `preprocess_plain` and the MMC4/COYO datasets):
+    the whole sample at once, split only at images, each stretch between images tokenized as one string. A
+    segment is never tokenized on its own, because a tokenizer does not split text at our segment boundaries: a
+    SentencePiece answer tokenized alone would start with an extra "▁". With `eos_text` (the tokenizer's "</s>")
+    an EOS segment is that text inside the stretch, as the released datasets append `tokenizer.eos_token`;
+    without it, the EOS id is put between separately tokenized stretches.
+
+    Which segment a token belongs to follows from lengths, as the released preprocessors mask instructions by
+    lengths: the tokens of the stretch up to a segment's end are counted by tokenizing that prefix; a token that
+    straddles the boundary (the prefix's tokens then stop matching) goes with the text after it."""
+    # Stretches of text between images (and between EOS ids when there is no eos_text): each a list of
+    # (text, supervised) pieces; images and EOS ids as markers between them.
+    items: list[tuple[str, Any]] = []  # ("text", [(text, supervised), ...]) | ("image", img) | ("eos", supervised)
+    for seg in segments:
+        if seg.kind == "image":
+            items.append(("image", seg.image))
+        elif seg.kind == "eos" and eos_text is None:
+            items.append(("eos", seg.supervised))
+        else:
+            piece = (eos_text if seg.kind == "eos" else seg.text, seg.supervised)
+            if items and items[-1][0] == "text":
+                items[-1][1].append(piece)
+            else:
+                items.append(("text", [piece]))
+
     ids: list[int] = [] if bos_id is None else [bos_id]
     labels: list[int] = [] if bos_id is None else [IGNORE_INDEX]
     images: list[Any] = []
     length = len(ids)
-    for seg in segments:
-        if seg.kind == "image":
+    for kind, value in items:
+        if kind == "image":
             if length + tokens_per_image > max_len:
-                break
+                break  # the released loaders drop images past the limit; the sample ends here
             ids.append(image_token_index)
             labels.append(IGNORE_INDEX)
-            images.append(seg.image)
+            images.append(value)
             length += tokens_per_image
             continue
-        toks = [eos_id] if seg.kind == "eos" else tokenize(seg.text)
-        toks = toks[: max_len - length]
+        if kind == "eos":
+            toks, sup = [eos_id], [value]
+        else:
+            toks, sup = _tokenize_stretch(value, tokenize)
+        toks, sup = toks[: max_len - length], sup[: max_len - length]
         ids += toks
-        labels += toks if seg.supervised else [IGNORE_INDEX] * len(toks)
+        labels += [t if s else IGNORE_INDEX for t, s in zip(toks, sup)]
         length += len(toks)
         if length >= max_len:
             break
     out = Encoded(ids, labels, images, length)
     return out if out.supervised_targets() > 0 else None
+
+
+def _tokenize_stretch(pieces: list[tuple[str, bool]], tokenize: Callable[[str], list[int]]) -> tuple[list[int], list[bool]]:
+    """The ids of the pieces' concatenation and, per id, whether it is supervised (see `encode`)."""
+    whole = "".join(t for t, _ in pieces)
+    if not whole:
+        return [], []
+    toks = tokenize(whole)
+    supervised: list[bool] = []
+    prefix = ""
+    for k, (piece, sup) in enumerate(pieces):
+        prefix += piece
+        if k == len(pieces) - 1:
+            end = len(toks)
+        else:
+            head = tokenize(prefix) if prefix else []
+            end = 0
+            while end < min(len(head), len(toks)) and head[end] == toks[end]:
+                end += 1
+        supervised += [sup] * max(0, end - len(supervised))
+    return toks, supervised
 
 
 # ---------------------------------------------------------------------------------------------

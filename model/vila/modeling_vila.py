@@ -71,6 +71,9 @@ def llama_config(config: VilaConfig) -> LlamaConfig:
         max_position_embeddings=llm.max_position_embeddings,
         rms_norm_eps=llm.rms_norm_eps,
         rope_theta=llm.rope_theta,
+        rope_scaling=dict(llm.rope_scaling) or None,
+        hidden_act=llm.hidden_act,
+        attention_bias=llm.attention_bias,
         initializer_range=llm.initializer_range,
         tie_word_embeddings=llm.tie_word_embeddings,
         bos_token_id=llm.bos_token_id,
@@ -129,7 +132,7 @@ class VilaForCausalLM(PreTrainedModel):
     base_model_prefix = "vila"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"]
 
     def __init__(self, config: VilaHFConfig | VilaConfig):
         if isinstance(config, VilaConfig):

@@ -3,7 +3,8 @@
     linear          Linear(C, H)                                                   Table 1 (d)
     mlp2x_gelu      Linear(C, H) - GELU - Linear(H, H)                             the released training scripts
     transformer     pre-norm Transformer blocks at width C, then Linear(C, H)      Table 1 (a-c); sizes are ours
-    downsample_2x2  2x2 neighbours -> one token (space-to-channel, 4C; odd sides zero-padded on the bottom/right),
+    downsample_2x2  2x2 neighbours -> one token (space-to-channel, 4C; odd sides zero-padded on the bottom/right;
+                    the released `mlp_downsample` token order, `space_to_channel_2x2`),
                     then LayerNorm(4C) - Linear(4C, H) - GELU - Linear(H, H)       Table 7 (576 -> 144 tokens)
 
 Every projector keeps its layers in `self.layers` (an nn.Sequential, or the single Linear of `linear`), so its state
@@ -23,8 +24,11 @@ from model.vila.configuration import ProjectorConfig, VisionConfig
 def space_to_channel_2x2(x: torch.Tensor) -> torch.Tensor:
     """(n, s*s, C) on an s x s row-major grid -> (n, ceil(s/2)^2, 4C).
 
-    Output cell (i, j) concatenates the inputs at (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1), in that order;
-    an odd side is first padded with one row/column of zeros at the bottom/right."""
+    Cell (i, j) (rows 2i, 2i+1; columns 2j, 2j+1) concatenates the inputs at (2i, 2j), (2i, 2j+1), (2i+1, 2j),
+    (2i+1, 2j+1), in that order; an odd side is first padded with one row/column of zeros at the bottom/right.
+    The cells come out column by column (index j * ceil(s/2) + i), the transposed grid: the released
+    `DownSampleBlock.flat_square` (VILA 1.5 llava/model/multimodal_projector/base_projector.py) pairs columns, then
+    swaps the two spatial axes before pairing rows, and the LLM sees its tokens in that order."""
     n, length, c = x.shape
     s = math.isqrt(length)
     if s * s != length:
@@ -34,7 +38,7 @@ def space_to_channel_2x2(x: torch.Tensor) -> torch.Tensor:
         grid = nn.functional.pad(grid, (0, 0, 0, 1, 0, 1))  # (C: none, width: +1 right, height: +1 bottom)
         s += 1
     half = s // 2
-    grid = grid.view(n, half, 2, half, 2, c).permute(0, 1, 3, 2, 4, 5)  # (n, i, j, di, dj, C)
+    grid = grid.view(n, half, 2, half, 2, c).permute(0, 3, 1, 2, 4, 5)  # (n, j, i, di, dj, C): column-major cells
     return grid.reshape(n, half * half, 4 * c)
 
 

@@ -1,4 +1,4 @@
-"""The one job function every launcher calls, for any stage of any model family (`model/families.py`).
+"""The one job function every launcher calls, for any stage of any model family (`train/registry.py`).
 
 Before anything is built or written, `run_stage` checks, in this order (each failure is an InputError that names
 the key, file or value; `python -m train` prints it as one `error:` line, exit 2):
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.code_identity import code_record
 from harness.errors import InputError
 
 # Keys that may differ between a run directory's config.yaml and a resumed run (recorded when they do): the step
@@ -46,7 +47,7 @@ class ConfigDriftError(InputError):
 
 
 def task_class(stage: str):
-    from model.families import get_stage
+    from train.registry import get_stage
 
     return get_stage(stage).task_class()
 
@@ -168,6 +169,30 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
     Resumes from the newest checkpoint in OUTPUT/checkpoints that verifies; writes OUTPUT/config.yaml (the
     resolved config), OUTPUT/metrics.jsonl, and OUTPUT/run.json (summary + provenance) when the last step is done.
     """
+    from harness.runlock import run_lock
+
+    output_dir = Path(output_dir)
+    task, changes = prepare_run(stage, cfg, output_dir)
+    # One process at a time trains a run directory (harness/runlock.py). The launching rank holds the lock; under
+    # torchrun/SLURM the other ranks of the same job follow it. A process that waited for another owner re-checks
+    # the directory that owner left (its config, then resumes: a finished run trains no step).
+    lock = run_lock(output_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    if lock is not None:
+        lock.acquire(wait=os.environ.get(LOCK_WAIT_ENV, "1") != "0")
+        if lock.waited_s > 0 or lock.took_over:
+            try:
+                task, changes = prepare_run(stage, cfg, output_dir)
+            except BaseException:
+                lock.release()
+                raise
+    try:
+        return _run_locked(stage, cfg, output_dir, task, changes, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(stage: str, cfg: Any, output_dir: Path, task: Any, changes: dict, lock: Any) -> dict[str, Any]:
     from harness.config import save_config
     from harness.io import atomic_write_json, provenance
     from train.distributed import barrier, init_distributed, shutdown_distributed
@@ -175,8 +200,6 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
 
     import torch.distributed as dist
 
-    output_dir = Path(output_dir)
-    task, changes = prepare_run(stage, cfg, output_dir)
     owns_process_group = not dist.is_initialized()  # a caller that set up the group keeps it (and tears it down)
     info = init_distributed(cfg.dist.device)
     def write_config() -> None:  # once the trainer knows it can start or resume
@@ -195,6 +218,7 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
         barrier()
         trainer = Trainer(task, info, output_dir, cfg.optim, cfg.loop, cfg.dist)
         result = trainer.fit(on_start=write_config)
+        previous = _finished_summary(output_dir)
         summary = {
             "stage": stage,
             "last_step": result["last_step"],
@@ -204,7 +228,16 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
             "final_metrics": result["metrics"],
             "data": result["data"],
             "provenance": provenance(),
+            # What trained it: the sources of every checkout module this process loaded, and the runs it read.
+            "code": code_record(),
+            "inputs": upstream_digests(stage, cfg),
         }
+        if previous is not None and result["start_step"] >= result["last_step"]:
+            # Nothing trained here (another process finished the run, or a rerun of a finished one): the run is
+            # still the one its first trainer made, so its record of code and inputs stays.
+            summary.update({k: previous[k] for k in ("code", "inputs", "provenance", "resumed_from_step") if k in previous})
+        if info.is_main:
+            _log_attempt(output_dir, result, lock)
         if (output_dir / CONFIG_CHANGES).is_file():
             summary["config_changes"] = [json.loads(l) for l in (output_dir / CONFIG_CHANGES).read_text().splitlines() if l.strip()]
         if info.is_main:
@@ -217,3 +250,52 @@ def run_stage(stage: str, cfg: Any, output_dir: str | Path) -> dict[str, Any]:
     finally:
         if owns_process_group:
             shutdown_distributed()
+
+
+LOCK_WAIT_ENV = "VLM_LOCK_WAIT"  # "0": a run owned by another live process fails at once (`--no-wait`)
+ATTEMPTS = "attempts.jsonl"  # one line per process that held the run: what it trained, whom it took over from
+
+
+def _finished_summary(output_dir: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((output_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("finished") else None
+
+
+def upstream_digests(stage: str, cfg: Any) -> dict[str, str]:
+    """Config key -> SHA-256 of the upstream run's run.json, for every key that names an upstream run: a run
+    whose input was retrained since is stale even where its own code is not."""
+    import hashlib
+
+    from harness.config import to_dict
+    from train.registry import get_stage
+
+    flat = _flatten(to_dict(cfg))
+    out = {}
+    for key in get_stage(stage).upstream:
+        path = flat.get(key)
+        summary = Path(str(path)) / "run.json" if path else None
+        if summary is not None and summary.is_file():
+            out[key] = hashlib.sha256(summary.read_bytes()).hexdigest()
+    return out
+
+
+def _log_attempt(output_dir: Path, result: dict[str, Any], lock: Any) -> None:
+    import socket
+
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(), "pid": os.getpid(),
+              "from_step": result["start_step"], "to_step": result["last_step"],
+              "waited_s": round(lock.waited_s, 1) if lock is not None else None,
+              "took_over": lock.took_over if lock is not None else None}  # fmt: skip
+    with open(output_dir / ATTEMPTS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trainings(output_dir: str | Path) -> int:
+    """How many processes trained at least one step of this run (attempts.jsonl)."""
+    path = Path(output_dir) / ATTEMPTS
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip() and (r := json.loads(line))["to_step"] > r["from_step"])

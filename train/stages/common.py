@@ -1,12 +1,13 @@
-"""Helpers any family's stages share: synthetic data for mini runs, the latest checkpoint of a run directory."""
+"""Helpers any family's stages share: synthetic data for mini runs, and the checks of the inputs a stage starts from
+(upstream runs, weights, data files)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from harness.errors import InputError
+# Finding and reading an upstream run's checkpoint is the weight readers' job (the evaluation loaders do it too).
+from model.weights import RANDOM_INIT, latest_checkpoint_dir
 from train.config import SyntheticDataConfig
 from train.distributed import DistInfo, barrier
 
@@ -39,53 +40,8 @@ def synthetic_text_sources(cfg: SyntheticDataConfig, names: list[str], output_di
     return sources
 
 
-def latest_checkpoint_dir(path: str) -> str:
-    """A run directory (OUTPUT with checkpoints/step_*) -> its newest checkpoint that verifies against its manifest
-    (sizes and checksums); one checkpoint directory (with a manifest.json) -> itself, once it verifies; anything else
-    unchanged. A run with checkpoints of which none verifies, or a given checkpoint that does not, is an error."""
-    from train.checkpoint import MANIFEST, latest_verified, verify_checkpoint
-
-    p = Path(path)
-    if (p / MANIFEST).is_file():
-        problem = verify_checkpoint(p)
-        if problem:
-            raise InputError(f"{path}: the checkpoint does not verify ({problem})")
-        return path
-    if not (p / "checkpoints").is_dir():
-        return path
-    found, problems = latest_verified(p / "checkpoints")
-    if found is None:
-        if problems:
-            raise InputError(f"{path}: no checkpoint of this run verifies ({'; '.join(problems)})")
-        return path
-    if problems:
-        print(f"[upstream] {path}: skipping damaged newer checkpoints ({'; '.join(problems)}); using {found.name}", flush=True)
-    return str(found)
-
-
-def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The model weights at `path` and the file they came from: a run directory (its newest checkpoint that
-    verifies), one checkpoint directory (either layout: `train.checkpoint.read_checkpoint_weights`), or a weights
-    file (.safetensors, or a torch file read with weights_only). Other directories are a FileNotFoundError."""
-    from model.weights import read_state_dict
-    from train.checkpoint import MANIFEST, read_checkpoint_weights
-
-    p = Path(latest_checkpoint_dir(path))
-    if p.is_dir() and not (p / MANIFEST).is_file() and (p / "model.safetensors").is_file():
-        p = p / "model.safetensors"  # weights exported on their own, outside a run
-    if p.is_dir():
-        if not (p / MANIFEST).is_file():
-            raise FileNotFoundError(f"{path}: a directory without checkpoints/step_*/ or {MANIFEST} (expected a run directory, a checkpoint directory or a weights file)")
-        state, file = read_checkpoint_weights(p)
-        return state, str(file)
-    return read_state_dict(p), str(p)  # FileNotFoundError naming the file
-
-
 # ---------------------------------------------------------------------------------------------
 # Input checks a stage runs before anything is built (`check_inputs`): the error names the key and how to set it.
-
-RANDOM_INIT = "random-init"  # the explicit value of an upstream key that starts from random weights (tests, smoke runs)
-
 
 def require_upstream(value: str, key: str, stage: str, upstream: str) -> bool:
     """Check the config key `key` that names the run of stage `upstream` this stage starts from.

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.lavit.stages.config import PixelDecoderStageConfig
+from model.lavit.checkpoints import load_tokenizer_checkpoint
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
+from train.lavit.common import meta_parameter_counts
+from train.lavit.config import PixelDecoderStageConfig
 from train.stages.common import RANDOM_INIT, latest_checkpoint_dir, require_path, require_shards, require_upstream, synthetic_image_shards
 from train.trainer import StatelessStage, StepOutput
 

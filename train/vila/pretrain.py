@@ -12,7 +12,7 @@ from functools import partial
 
 from harness.errors import InputError
 from model.vila.data import Grouped, coyo_segments, mmc4_image_bytes, mmc4_segments, open_image
-from model.vila.stages.common import VilaStageTask, load_vila_weights, miniworld_data, require_files
+from train.vila.common import VilaStageTask, load_vila_weights, miniworld_data, require_files
 from train.data import ImageTextShards, JsonlRecords, Mapped, Mixture
 from train.distributed import DistInfo
 from train.stages.common import require_upstream

@@ -14,7 +14,7 @@ the previous document. Text documents may continue into the next sequence; image
 
 Visual codes (the targets) and the keep masks come from the frozen stage-1 tokenizer, computed on the fly in the
 data pipeline by a separate frozen copy of it, or read from a pre-tokenised cache (`data.codes_cache`, written by
-`model.lavit.stages.unified.cache_codes`). The selection is the released one (hard Gumbel-softmax sampling) with noise
+`train.lavit.unified.cache_codes`). The selection is the released one (hard Gumbel-softmax sampling) with noise
 seeded by (seed, sample key), so a resumed run and the cache reproduce exactly the same keep masks and codes.
 
 Two parameter groups with their own peak LRs (Table 9): "llm" (5e-5) and "visual" (the understanding merger and
@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.lavit.stages.config import UnifiedDataConfig, UnifiedStageConfig
+from model.lavit.checkpoints import RUN_EXCLUDE, load_tokenizer_checkpoint, read_llm_weights
 from train.data import Batched, ImageTextShards, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece, Strided
 from train.distributed import DistInfo
-from model.lavit.stages.common import load_tokenizer_checkpoint, meta_parameter_counts
+from train.lavit.common import meta_parameter_counts
+from train.lavit.config import UnifiedDataConfig, UnifiedStageConfig
 from train.stages.common import (
     RANDOM_INIT,
     latest_checkpoint_dir,
@@ -295,7 +296,7 @@ class UnifiedTask(StatelessStage):
         require_weights(cfg.llm_path, "llm_path", "an llm_pretrain run or a local LLaMA folder in transformers format; \"\" = random init")
         if cfg.text_tokenizer != "byte":
             require_path(cfg.text_tokenizer, "text_tokenizer", "a local tokenizer folder, or \"byte\"")
-        require_path(data.codes_cache, "data.codes_cache", "written by model.lavit.stages.unified.cache_codes")
+        require_path(data.codes_cache, "data.codes_cache", "written by train.lavit.unified.cache_codes")
         synthetic = cfg.synthetic.enabled
         require_shards(data.understanding_shards, "data.understanding_shards", synthetic, required=data.understanding_weight > 0)
         require_shards(data.generation_shards, "data.generation_shards", synthetic, required=data.understanding_weight < 1)
@@ -341,7 +342,8 @@ class UnifiedTask(StatelessStage):
 
     def checkpoint_exclude(self) -> tuple[str, ...]:
         # Frozen and rebuilt from tokenizer_checkpoint (and unused in this stage): not repeated in every checkpoint.
-        return ("lavit.visual_tokenizer.", "lavit.pixel_decoder.")
+        # The evaluation loader reads runs by the same prefixes.
+        return RUN_EXCLUDE
 
     # -- data ---------------------------------------------------------------------------------------------------
     def _text_tokenizer(self):
@@ -433,31 +435,6 @@ class UnifiedTask(StatelessStage):
 # LLaMA weights and the pre-tokenised code cache.
 
 
-def read_llm_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The LLM weights at `path` (LlamaForCausalLM keys) and where they came from: an `llm_pretrain` run directory
-    (its latest checkpoint), one of its checkpoint directories or their model.safetensors (keys `language_model.*`,
-    prefix stripped), or a transformers LLaMA folder."""
-    from model.weights import CheckpointLayoutError, read_sharded_state_dict, read_state_dict
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"llm_path {path} does not exist (expected an llm_pretrain run directory, its model.safetensors, or a LLaMA folder)")
-    from train.checkpoint import MANIFEST, read_checkpoint_weights
-
-    resolved = Path(latest_checkpoint_dir(path))  # a run: its newest checkpoint that verifies
-    if resolved.is_dir() and (resolved / MANIFEST).is_file():
-        state, file = read_checkpoint_weights(resolved)  # either checkpoint layout
-    elif resolved.is_dir():
-        return read_sharded_state_dict(p), str(p)  # a transformers LLaMA folder
-    else:
-        state, file = read_state_dict(resolved), resolved
-    prefix = "language_model."
-    other = sorted(k for k in state if not k.startswith(prefix))
-    if other:
-        raise CheckpointLayoutError(f"{file}: not an llm_pretrain checkpoint: {len(other)} keys outside {prefix}* ({', '.join(other[:8])})")
-    return {k[len(prefix):]: v for k, v in state.items()}, str(file)
-
-
 def load_llama_weights(language_model: nn.Module, path: str, text_vocab_size: int) -> None:
     """A local LLaMA folder (transformers layout: *.safetensors or pytorch_model*.bin, with or without an
     *.index.json; `model.weights.read_sharded_state_dict`) or an `llm_pretrain` run (`read_llm_weights`) into
@@ -486,7 +463,7 @@ class CodesCache:
     def __init__(self, directory: str):
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise FileNotFoundError(f"codes cache directory {self.directory} does not exist (write it with model.lavit.stages.unified.cache_codes)")
+            raise FileNotFoundError(f"codes cache directory {self.directory} does not exist (write it with train.lavit.unified.cache_codes)")
         self._index: dict[str, tuple[list[int], list[int]]] = {}
         self._loaded: set[Path] = set()
 
@@ -560,7 +537,7 @@ def cache_codes(
     and per-image noise as on-the-fly tokenization with this seed), written as DIR/<shard>.codes.jsonl.
     Returns counts (samples written, skipped by reason)."""
     from harness.io import atomic_write_text
-    from train.data import expand_files
+    from harness.data import expand_files
 
     directory = Path(directory)
     written = 0

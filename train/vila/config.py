@@ -318,31 +318,56 @@ def vision_pretrain_mini_preset() -> VisionPretrainStageConfig:
 MINI_TEXT_SOURCES = ("shapes", "qa", "facts", "filler")  # the mini world's corpus (harness/miniworld.py)
 
 
-@register_preset(preset_group("vila_llm_pretrain"), "paper")
-def llm_pretrain_paper_preset():
-    """Stand-in only: the paper starts from the released Llama-2-7B (vila_projector's llm_path)."""
-    from model.lavit.stages.config import llm_pretrain_paper_preset as lavit_paper
+from train.lavit.config import LlmPretrainDataConfig as _LavitLlmData  # noqa: E402
+from train.lavit.config import LlmPretrainStageConfig as _LavitLlmStage  # noqa: E402
 
-    return lavit_paper()
+
+@dataclass
+class LlmPretrainDataConfig(_LavitLlmData):
+    # A mini world root, as in every other VILA stage: its corpus (text/<source>.jsonl for each source of
+    # text_weights) when text_sources is empty, and its tokenizer when text_tokenizer is "".
+    miniworld: str = ""
+
+
+@dataclass
+class LlmPretrainStageConfig(_LavitLlmStage):
+    """LaVIT's `llm_pretrain` config with `data.miniworld` (README's mini chain: `--set data.miniworld=$W`)."""
+
+    data: LlmPretrainDataConfig = field(default_factory=LlmPretrainDataConfig)
+
+
+@register_preset(preset_group("vila_llm_pretrain"), "paper")
+def llm_pretrain_paper_preset() -> LlmPretrainStageConfig:
+    """Stand-in only: the paper starts from the released Llama-2-7B (vila_projector's llm_path)."""
+    from dataclasses import fields
+
+    from train.lavit.config import llm_pretrain_paper_preset as lavit_paper
+
+    cfg = lavit_paper()
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "data"}
+    return LlmPretrainStageConfig(**values, data=LlmPretrainDataConfig(**{f.name: getattr(cfg.data, f.name) for f in fields(cfg.data)}))
 
 
 @register_preset(preset_group("vila_llm_pretrain"), "mini")
-def llm_pretrain_mini_preset():
+def llm_pretrain_mini_preset() -> LlmPretrainStageConfig:
     """LaVIT's mini llm_pretrain recipe on the mini world's corpus and tokenizer (as Table 1's LaVIT chain trains
-    it: same sources, weights and tokenizer), 150 steps of 8 x 128 tokens; the LLM of `mini_model()`."""
-    from model.lavit.stages.config import LlmPretrainDataConfig
-    from model.lavit.stages.config import llm_pretrain_mini_preset as lavit_mini
+    it: same sources, weights and tokenizer), 150 steps of 8 x 128 tokens; the LLM of `mini_model()`. The corpus
+    and the tokenizer come from `data.miniworld` (text_sources and text_tokenizer left empty)."""
+    from dataclasses import fields
 
-    cfg = lavit_mini()
+    from train.lavit.config import llm_pretrain_mini_preset as lavit_mini
+
+    base = lavit_mini()
+    cfg = LlmPretrainStageConfig(**{f.name: getattr(base, f.name) for f in fields(base) if f.name != "data"})
     llm, vila = cfg.model.llm, mini_model().llm
     llm.hidden_size, llm.num_layers, llm.num_heads, llm.num_kv_heads = vila.hidden_size, vila.num_layers, vila.num_heads, vila.num_kv_heads
     llm.intermediate_size, llm.text_vocab_size, llm.rms_norm_eps = vila.intermediate_size, vila.vocab_size, vila.rms_norm_eps
     llm.max_position_embeddings, llm.rope_theta = vila.max_position_embeddings, vila.rope_theta
-    cfg.text_tokenizer = f"{DEFAULT_MINIWORLD}/tokenizer"
+    cfg.text_tokenizer = ""
     cfg.synthetic.enabled = False
     cfg.data = LlmPretrainDataConfig(
-        text_sources={n: [f"{DEFAULT_MINIWORLD}/text/{n}.jsonl"] for n in MINI_TEXT_SOURCES},
         text_weights={"shapes": 0.3, "qa": 0.3, "facts": 0.2, "filler": 0.2},
+        miniworld=DEFAULT_MINIWORLD,
     )
     cfg.loop.steps = 150
     return cfg

@@ -84,8 +84,7 @@ class VilaTrainModule(nn.Module):
 def read_llm_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
     """Plain LLaMA weights (`model.layers.*`, `lm_head.weight`) from a transformers folder (Llama-2-7B, sharded or
     not), a weights file, or a run directory whose checkpoints hold `language_model.*` (an llm_pretrain run)."""
-    from model.weights import read_sharded_state_dict, strip_prefix
-    from train.stages.common import read_weights
+    from model.weights import read_sharded_state_dict, read_weights, strip_prefix
 
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").is_dir():
@@ -100,8 +99,7 @@ def read_llm_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
 def read_vision_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
     """CLIPVisionModel weights (keys as its state_dict: `embeddings.*`, `encoder.*`, ...) from a CLIP / CLIPVisionModel folder or weights file (text tower
     keys are left out), a VILA checkpoint (`vision_tower.clip.*`) or a vila_vision_pretrain run."""
-    from model.weights import read_sharded_state_dict
-    from train.stages.common import read_weights
+    from model.weights import read_sharded_state_dict, read_weights
 
     p = Path(path)
     if p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").is_dir():
@@ -147,8 +145,7 @@ def load_vila_weights(vila: nn.Module, path: str, key: str) -> None:
     """A whole VILA model (an upstream stage run, one of its checkpoints, or a weights file) into `vila`. The LLM
     goes through `load_llm_state_dict` (LoRA adapters added by this stage start fresh; a visual expert this stage
     adds starts as a copy of the loaded LLM)."""
-    from model.weights import CheckpointLayoutError, strip_prefix
-    from train.stages.common import read_weights
+    from model.weights import CheckpointLayoutError, read_weights, strip_prefix
 
     state, file = read_weights(path)
     llm = strip_prefix({k: v for k, v in state.items() if k.startswith("language_model.")}, "language_model.")
@@ -174,11 +171,14 @@ def load_vila_weights(vila: nn.Module, path: str, key: str) -> None:
 
 
 def load_text_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    """The stage's text tokenizer. A SentencePiece folder (Llama-2's tokenizer.model) is read as VILA's training
+    reads it: the slow LlamaTokenizer with legacy=False (llava/train/train.py, `AutoTokenizer.from_pretrained(...,
+    use_fast=False, legacy=False)`); a tokenizer.json folder (the mini world's) through transformers."""
+    from model.text_tokenizer import load_text_tokenizer as load_folder
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"text_tokenizer {path} is not a local tokenizer folder (nothing is downloaded)")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return load_folder(path, legacy=False)
 
 
 def miniworld_data(root: str, output_dir: Path, info: DistInfo) -> dict[str, str]:
@@ -303,6 +303,7 @@ class VilaStageTask(StatelessStage):
                 bos_id=llm.bos_token_id,
                 eos_id=llm.eos_token_id,
                 max_len=cfg.seq_len,
+                eos_text=tok.eos_token,  # the released datasets append tokenizer.eos_token to the text
             )
             if out is not None and out.images:
                 out.images = list(preprocess_images(out.images, cfg.model.vision))

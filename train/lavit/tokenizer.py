@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.lavit.stages.config import TokenizerStageConfig
+from model.lavit.checkpoints import load_encoder_weights, load_tokenizer_checkpoint
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from model.lavit.stages.common import load_encoder_weights, load_tokenizer_checkpoint
+from train.lavit.config import TokenizerStageConfig
 from train.stages.common import latest_checkpoint_dir, require_shards, require_weights, synthetic_image_shards
 from train.trainer import StepOutput
 

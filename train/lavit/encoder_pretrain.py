@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.lavit.stages.common import refuse_released_stand_in
-from model.lavit.stages.config import EncoderPretrainStageConfig, TextEncoderConfig
+from harness.errors import InputError
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
-from harness.errors import InputError
+from train.lavit.common import refuse_released_stand_in
+from train.lavit.config import EncoderPretrainStageConfig, TextEncoderConfig
 from train.stages.common import require_shards, synthetic_image_shards
 from train.trainer import StatelessStage, StepOutput
 

@@ -1,7 +1,7 @@
 """Mini-world stand-in for LLaMA: causal-LM pre-training of the text-only LLM that stage 2 starts from.
 
 The model is a transformers `LlamaForCausalLM` with the shapes of the LaVIT config's `llm` section and a vocabulary
-of exactly `llm.text_vocab_size` rows: the text part of LaVIT's vocabulary (`modeling_lavit.llama_config` sizes it
+of exactly `llm.text_vocab_size` rows: the text part of LaVIT's vocabulary (`model.lavit.modeling_lavit.llama_config` sizes it
 text + [IMG] + [/IMG] + K codes; the rows beyond the text are stage 2's to add, as they are for LLaMA-7B).
 
 Data: JSONL documents from named sources drawn by `data.text_weights` (`Mixture` of `JsonlText`), tokenized as
@@ -27,24 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.lavit.stages.config import LlmPretrainStageConfig
-from model.lavit.stages.common import refuse_released_stand_in
+from harness.errors import InputError
+from model.lavit.modeling_lavit import text_llama_config
 from train.data import Batched, JsonlText, Mapped, Mixture, PackedSequence, Packer, PackPiece
 from train.distributed import DistInfo
-from harness.errors import InputError
+from train.lavit.common import refuse_released_stand_in
+from train.lavit.config import LlmPretrainStageConfig
 from train.stages.common import require_path, require_shards, synthetic_text_sources
 from train.trainer import StatelessStage, StepOutput
 
 IGNORE_INDEX = -100
-
-
-def text_llama_config(model_cfg):
-    """LaVIT's LlamaConfig with the text vocabulary only (llm.text_vocab_size rows)."""
-    from model.lavit.modeling_lavit import llama_config
-
-    config = llama_config(model_cfg)
-    config.vocab_size = model_cfg.llm.text_vocab_size
-    return config
 
 
 def load_text_tokenizer(name: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from harness.errors import InputError
 from model.vila.data import RecordList, conversation_segments, conversation_turns, read_records, record_image
-from model.vila.stages.common import VilaStageTask, load_llm_weights, load_vision_weights, miniworld_data, require_files
+from train.vila.common import VilaStageTask, load_llm_weights, load_vision_weights, miniworld_data, require_files
 from train.data import Mapped
 from train.distributed import DistInfo
 from train.stages.common import require_upstream

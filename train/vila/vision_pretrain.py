@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import InputError
-from model.vila.stages.config import VisionPretrainStageConfig
+from train.vila.config import VisionPretrainStageConfig
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from train.trainer import StatelessStage, StepOutput

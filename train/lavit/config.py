@@ -12,6 +12,9 @@ synthetic data written on first use, a few steps), for tests and smoke runs.
 Stages 1b and 2 start from a stage-1a run named by `tokenizer_checkpoint` in every preset, `mini` included, and
 refuse to start without it; `tokenizer_checkpoint="random-init"` is the explicit opt-in to a random tokenizer.
 
+A run's config.yaml is read by the evaluation loader too, as plain data: `model`, `tokenizer_checkpoint`,
+`text_tokenizer` and `stable_diffusion_path` keep those names and meanings (`model/lavit/checkpoints.py`, RUN_KEYS).
+
 No torch import here: `python -m train --help` stays instant.
 """
 
@@ -80,7 +83,7 @@ class UnifiedDataConfig:
     text_key: str = "text"  # JSON field holding a document
     text_to_image_text: tuple[float, float] = (2.0, 1.0)  # App. B.1: text : image-text = 2 : 1
     partition: Literal["sample", "shard", "sequence"] = "sample"  # how ranks split the data (train/data.py, unified.py)
-    codes_cache: str = ""  # directory of pre-tokenised codes (written by `model.lavit.stages.unified.cache_codes`); "" = tokenize on the fly
+    codes_cache: str = ""  # directory of pre-tokenised codes (written by `train.lavit.unified.cache_codes`); "" = tokenize on the fly
     # Keep only image-text samples whose KEY.json has these values (e.g. {"kind": "caption"}: LaVIT's [image; text]
     # data are captions); empty = every sample. Skipped samples are counted in the stream's skipped_map.
     image_text_filter: dict[str, str] = field(default_factory=dict)

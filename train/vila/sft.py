@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from harness.errors import InputError
 from model.vila.data import read_records
-from model.vila.stages.common import VilaStageTask, load_vila_weights, miniworld_data, require_files
-from model.vila.stages.projector import conversation_stream
+from train.vila.common import VilaStageTask, load_vila_weights, miniworld_data, require_files
+from train.vila.projector import conversation_stream
 from train.data import Mapped, Mixture
 from train.distributed import DistInfo
 from train.stages.common import require_upstream

@@ -1,0 +1,84 @@
+"""Baselines that never see the image, scored like the model (`reproduce/table1.py`, `reproduce/mini_chain.py`): the
+samples the mini world's task reads (the first `limit`, as the model's evaluation) and the task's own metric.
+
+The world's side (its train answer priors, `harness.miniworld.MiniWorld.prior_answer` and
+`question_majority_answers`) is harness data; scoring needs the tasks and metrics, so it lives here, above them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from eval.runner import get_metric
+from eval.tasks import get_task
+from harness.errors import InputError
+from harness.miniworld import CAPTION_TEMPLATES, MiniWorld, question_majority_answers
+
+
+def _task_and_samples(task_name: str, data_root: str | Path, limit: int | None):
+    spec = get_task(task_name)
+    return spec, spec.read(data_root, limit)[0]
+
+
+def _task_metric(spec, references: dict, predictions: dict) -> dict[str, float]:
+    metric = get_metric(spec.metric)
+    return metric.fn(references, predictions, metric.resolve_variant(spec.metric, spec.variant))
+
+
+ANSWER_TYPES = ("yes/no", "other")  # "other": the colour and shape questions
+
+
+def _answer_type(sample) -> str:
+    return "yes/no" if sample.references and sample.references[0] in ("yes", "no") else "other"
+
+
+BLIND_BASELINES = ("question_type", "question")
+
+
+def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None, *, predictions_path: str | Path | None = None,
+                 answer_type: str | None = None, blind: str = "question_type") -> float:
+    """VQA accuracy (percent, task mini_vqa's metric) on the task's first `limit` questions, optionally only those of
+    one answer type: of the model's saved predictions (`predictions_path`, the runner's predictions.jsonl), or, with
+    no path, of a blind baseline: `blind="question_type"` answers each question with its type's most frequent train
+    answer, `blind="question"` with the most frequent train answer of the very same question string (falling back
+    to the type's for a question never asked in train)."""
+    if answer_type is not None and answer_type not in ANSWER_TYPES:
+        raise InputError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
+    if blind not in BLIND_BASELINES:
+        raise InputError(f"blind must be one of {BLIND_BASELINES}, got {blind!r}")
+    spec, samples = _task_and_samples("mini_vqa", data_root, limit)
+    samples = [s for s in samples if answer_type is None or _answer_type(s) == answer_type]
+    if predictions_path is None:
+        majority = question_majority_answers(world) if blind == "question" else {}
+        predictions = {s.id: majority.get(s.text) or world.prior_answer(s.text) for s in samples}
+    else:
+        path = Path(predictions_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"VQA predictions not found: {path}")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        saved = {r["id"]: r["prediction"] for r in records if "prediction" in r}
+        predictions = {s.id: saved[s.id] for s in samples if s.id in saved}
+    return _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
+
+
+def answer_prior_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None) -> float:
+    """VQA accuracy (percent, task mini_vqa's metric) of answering each question with its type's train prior."""
+    return vqa_accuracy(world, data_root, limit)
+
+
+def chance_caption_scores(world: MiniWorld, data_root: str | Path, limit: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Captions from the templates with a shape and colour drawn from the train distribution, not from the image.
+
+    Returns {"CIDEr": pycocoevalcap's CIDEr-D (x1, not x100), "shape"/"color": share of captions naming the right one}.
+    """
+    spec, samples = _task_and_samples("mini_caption", data_root, limit)
+    rng = random.Random(f"{seed}/chance_captions")
+    shapes, colors = world.train_distribution["shape"], world.train_distribution["color"]
+    predictions = {s.id: rng.choice(CAPTION_TEMPLATES).format(shape=rng.choices(list(shapes), list(shapes.values()))[0],
+                                                              color=rng.choices(list(colors), list(colors.values()))[0])
+                   for s in samples}
+    cider = _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)["CIDEr"] / 100.0
+    hits = [world.caption_attribute_hits(p, i) for i, p in predictions.items()]
+    return {"CIDEr": cider, "shape": sum(h[0] for h in hits) / len(hits), "color": sum(h[1] for h in hits) / len(hits)}

@@ -1,0 +1,99 @@
+"""The VILA table scripts (reproduce/vila_table{1,5,6}.py) on the table machinery: the mini rows share their runs
+through the chain prefixes (nothing is trained here: the chains are planned), the paper profiles refuse missing
+input with one `error:` line (exit 2) before anything is built, and every mini claim names rows and columns of its
+profile."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from reproduce import table as T
+from reproduce import vila_table1, vila_table5, vila_table6
+
+
+def _plan(spec, tmp_path) -> dict[str, dict[str, str]]:
+    """Row -> stage key -> run directory name, planned on a fake world (only its DONE file is read)."""
+    world = tmp_path / "world"
+    world.mkdir(parents=True, exist_ok=True)
+    (world / "DONE").write_text(json.dumps({"hash": "0123456789abcdef", "params": {}}))
+    ctx = T.Context(spec, "mini", spec.profiles["mini"], tmp_path / "runs", tmp_path, world, None, "local", "cpu")
+    ctx.world = SimpleNamespace(root=str(world))
+    return {label: {s.run.key: s.directory.name for s in T.plan_chain(row, ctx)}
+            for label, row in spec.profiles["mini"].rows.items() if isinstance(row, T.Trained)}  # fmt: skip
+
+
+def test_mini_rows_share_runs_through_their_chain_prefixes(tmp_path):
+    t1, t5, t6 = (_plan(t.TABLE, tmp_path) for t in (vila_table1, vila_table5, vila_table6))
+    final = t5["VILA (mini)"]
+    assert t1["VILA recipe (mlp2x_gelu)"] == final == t6["VILA (mini)"]  # one chain, three tables
+    assert t6["LLM stand-in (before VILA)"] == {k: final[k] for k in ("vila_llm_pretrain", "vila_vision_pretrain", "vila_projector")}
+    assert t6["VILA after stage 1 (pre-training)"]["vila_pretrain"] == final["vila_pretrain"]
+    a, b, c, d = t1["(a)"], t1["(b)"], t1["(c)"], t1["(d)"]
+    for row in (a, b, c, d):  # the stand-ins are shared by all rows; the Transformer projector's stage 0 by (a)-(c)
+        assert row["vila_llm_pretrain"] == final["vila_llm_pretrain"] and row["vila_vision_pretrain"] == final["vila_vision_pretrain"]
+    for row in (a, b, c):
+        assert row["vila_projector"] == a["vila_projector"] not in (final["vila_projector"], d["vila_projector"])
+    assert a["vila_pretrain"] == b["vila_pretrain"] != c["vila_pretrain"]  # frozen-LLM pre-training: (a), (b)
+    assert len({a["vila_sft"], b["vila_sft"], c["vila_sft"], d["vila_sft"], final["vila_sft"]}) == 5
+    new_runs = {r for row in (a, b, c, d) for r in row.values()} - set(final.values())
+    assert len(new_runs) == 9  # what Table 1 trains beyond the shared chain
+
+
+def test_the_world_build_is_in_every_run_identity(tmp_path):
+    first = _plan(vila_table5.TABLE, tmp_path / "one")
+    (tmp_path / "two").mkdir()
+    world = tmp_path / "two" / "world"
+    world.mkdir()
+    (world / "DONE").write_text(json.dumps({"hash": "fedcba9876543210", "params": {}}))
+    spec = vila_table5.TABLE
+    ctx = T.Context(spec, "mini", spec.profiles["mini"], tmp_path / "two" / "runs", tmp_path, world, None, "local", "cpu")
+    ctx.world = SimpleNamespace(root=str(world))
+    other = {s.run.key: s.directory.name for s in T.plan_chain(spec.profiles["mini"].rows["VILA (mini)"], ctx)}
+    assert not set(other.values()) & set(first["VILA (mini)"].values())
+
+
+@pytest.mark.parametrize("module", [vila_table1, vila_table5, vila_table6])
+def test_paper_profile_without_input_is_one_error_line(module, tmp_path, capsys):
+    assert module.main(module.TABLE, ["--profile", "paper", "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--data-root" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("module", [vila_table5, vila_table6])
+def test_paper_profile_names_the_missing_benchmark_file(module, tmp_path, capsys):
+    args = ["--profile", "paper", "--data-root", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ckpt"),
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert module.main(module.TABLE, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and str(tmp_path / "data") in err[0]
+
+
+@pytest.mark.parametrize("module", [vila_table1, vila_table5, vila_table6])
+def test_mini_claims_name_rows_and_columns_of_the_profile(module):
+    profile = module.TABLE.profiles["mini"]
+    ref = T.reference_for(profile.reference)
+    labels = {c.label for c in profile.columns}
+    assert set(profile.rows) == set(ref.rows) and labels == set(ref.columns)
+    for claim in ref.claims:
+        for check in claim.checks:
+            assert check.row in profile.rows and (check.than_row is None or check.than_row in profile.rows)
+            assert set(check.columns) <= labels
+
+
+def test_judged_columns_need_a_judge_and_do_not_fail_check():
+    import pandas as pd
+
+    from reproduce.compare import NEEDS_JUDGE, compare
+
+    measured = pd.DataFrame({"VQAv2": [79.9], "LLaVA-W": [float("nan")], "MM-Vet": [float("nan")]}, index=["VILA-7B (ours)"])
+    result = compare("vila_table5", measured, mode="numeric")
+    numbers = result.numbers.set_index(["row", "column"])
+    assert numbers.loc[("VILA-7B (ours)", "LLaVA-W"), "verdict"] == NEEDS_JUDGE
+    assert numbers.loc[("VILA-7B (ours)", "MM-Vet"), "verdict"] == NEEDS_JUDGE
+    assert numbers.loc[("VILA-7B (ours)", "VQAv2"), "verdict"] == "match"
+    failing = set(zip(result.failures["row"], result.failures["column"]))
+    assert ("VILA-7B (ours)", "LLaVA-W") not in failing and ("VILA-7B (ours)", "GQA") in failing  # unmeasured GQA still fails
