@@ -13,8 +13,8 @@ reproduce: setup
 # Every table: Table 1, the mini ablation tables on the same base runs (one more stage-2 run per ablated row and seed),
 # Table 2 (text-to-image), Table 4 (stage-2 settings x seeds, MMLU forgetting), Table 5 (no training); VILA Table 2
 # (corpus statistics, no training), Tables 6 and 5 (the mini VILA chain: trained once, text-only and VQA evaluations),
-# Table 1 (six more VILA stage runs for its frozen-LLM / Transformer-projector rows); the mini release's competence
-# report, then the status.
+# Table 1 (nine more VILA stage runs: frozen-LLM / Transformer / linear-projector rows), Table 3 (six more: stage 1 on
+# each corpus + its SFT); the mini release's competence report, then the status.
 reproduce-all: setup
 	.venv/bin/python reproduce/table1.py
 	.venv/bin/python reproduce/table2.py
@@ -28,6 +28,7 @@ reproduce-all: setup
 	.venv/bin/python reproduce/vila_table6.py
 	.venv/bin/python reproduce/vila_table5.py
 	.venv/bin/python reproduce/vila_table1.py
+	.venv/bin/python reproduce/vila_table3.py
 	.venv/bin/python reproduce/mini_release.py
 	.venv/bin/python -m reproduce.report
 

@@ -210,6 +210,7 @@ TABLE_MODULES = (
     "reproduce.table9",
     "reproduce.vila_table1",
     "reproduce.vila_table2",
+    "reproduce.vila_table3",
     "reproduce.vila_table5",
     "reproduce.vila_table6",
 )

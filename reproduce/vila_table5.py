@@ -46,7 +46,7 @@ def _needs_judge() -> float:
 
 def _blind(kind: str):
     def fn(ctx) -> dict[str, float]:
-        from harness.miniworld import vqa_accuracy
+        from eval.baselines import vqa_accuracy
 
         limit = task_limit("mini_vqa", ctx.profile)
         return {

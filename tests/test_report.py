@@ -53,4 +53,5 @@ def test_reproduce_md_claims_table_is_current_and_lists_every_mini_paper_claim()
     claims = claims_frame()
     assert committed == to_markdown(claims).strip(), "REPRODUCE.md is stale: run `python -m reproduce.report --update REPRODUCE.md`"
     assert {"lavit_table3a", "lavit_table6", "lavit_table8"} <= set(claims["table"])
-    assert set(claims["verdict"]) <= {"holds", "fails", "undecided (within seed spread)", "not measured"}
+    # a claim that reads wall-time cells (Table 3b's training time) is "machine-dependent" in the committed files
+    assert set(claims["verdict"]) <= {"holds", "fails", "undecided (within seed spread)", "not measured", "machine-dependent"}

@@ -16,8 +16,8 @@ from harness.errors import run_cli
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-# One or two steps per stage (the rest of each line is the README's).
-SHORT = ("loop.steps=2", "loop.checkpoint_every=2")
+# One step per stage (the rest of each line is the README's).
+SHORT = ("loop.steps=1", "loop.checkpoint_every=1")
 SMALL_BATCH = ("loop.global_batch_size=2", "loop.micro_batch_size=2")
 
 

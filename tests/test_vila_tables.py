@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from reproduce import table as T
-from reproduce import vila_table1, vila_table5, vila_table6
+from reproduce import vila_table1, vila_table3, vila_table5, vila_table6
 
 
 def _plan(spec, tmp_path) -> dict[str, dict[str, str]]:
@@ -72,7 +72,7 @@ def test_paper_profile_names_the_missing_benchmark_file(module, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("error:") and str(tmp_path / "data") in err[0]
 
 
-@pytest.mark.parametrize("module", [vila_table1, vila_table5, vila_table6])
+@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table5, vila_table6])
 def test_mini_claims_name_rows_and_columns_of_the_profile(module):
     profile = module.TABLE.profiles["mini"]
     ref = T.reference_for(profile.reference)
@@ -97,3 +97,26 @@ def test_judged_columns_need_a_judge_and_do_not_fail_check():
     assert numbers.loc[("VILA-7B (ours)", "VQAv2"), "verdict"] == "match"
     failing = set(zip(result.failures["row"], result.failures["column"]))
     assert ("VILA-7B (ours)", "LLaVA-W") not in failing and ("VILA-7B (ours)", "GQA") in failing  # unmeasured GQA still fails
+
+
+def test_paper_rows_of_table1_resolve_with_the_paper_presets(tmp_path):
+    """The paper profile's four chains resolve (every --set key exists, the projector type reaches every stage);
+    nothing runs (it needs a GPU cluster)."""
+    spec = vila_table1.TABLE
+    ctx = T.Context(spec, "paper", spec.profiles["paper"], tmp_path / "runs", tmp_path, tmp_path / "data", None, "local", "cpu")
+    planned = {label: T.plan_chain(row, ctx) for label, row in spec.profiles["paper"].rows.items()}
+    types = {label: {s.config.model.projector.type for s in chain} for label, chain in planned.items()}
+    assert types == {"(a)": {"transformer"}, "(b)": {"transformer"}, "(c)": {"transformer"}, "(d)": {"linear"}}
+    train_llm = {label: (chain[1].config.train_llm, chain[2].config.train_llm) for label, chain in planned.items()}
+    assert train_llm == {"(a)": (False, False), "(b)": (False, True), "(c)": (True, True), "(d)": (True, True)}
+    assert planned["(a)"][1].directory == planned["(b)"][1].directory  # shared frozen-LLM pre-training
+    assert all(chain[1].config.data.blend == {"mmc4": 1.0, "coyo": 0.0} for chain in planned.values())
+
+
+def test_table3_rows_switch_only_stage_one_corpora(tmp_path):
+    t3, t5 = _plan(vila_table3.TABLE, tmp_path), _plan(vila_table5.TABLE, tmp_path)
+    final = t5["VILA (mini)"]
+    assert t3["MMC4+COYO"] == final and t3["Llama-2 (LLM stand-in)"]["vila_projector"] == final["vila_projector"]
+    for row in ("COYO", "MMC4-pairs", "MMC4"):
+        assert t3[row]["vila_projector"] == final["vila_projector"] and t3[row]["vila_pretrain"] != final["vila_pretrain"]
+    assert len({t3[r]["vila_pretrain"] for r in ("COYO", "MMC4-pairs", "MMC4")}) == 3
