@@ -185,6 +185,7 @@ class Context:
     reuse_stale: bool = False  # reuse runs and evaluations made by other code (marked stale) instead of redoing them
     wait: bool = True  # wait for runs and evaluations owned by another process (False: fail naming the owner)
     stale: dict[str, str] = field(default_factory=dict)  # row label -> "stale: trained at <rev> (...)" (--reuse-stale)
+    row: str = ""  # the row being measured (what `evaluate_for_row` marks stale)
 
 
 _TABLES: dict[str, TableSpec] = {}
@@ -536,6 +537,17 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
     return pd.concat(frames, ignore_index=True)
 
 
+def evaluate_for_row(ctx: Context, tasks: list, family: str, checkpoint: str | Path, output_dir: Path, **options: Any) -> pd.DataFrame:
+    """`eval.evaluate.evaluate_tasks` for a `Computed` row that evaluates a model itself (a control, another
+    generation seed): with the table's --reuse-stale / --no-wait, its stale rows marked on the row being measured."""
+    from eval.evaluate import evaluate_tasks
+
+    frame = evaluate_tasks(tasks, family, str(checkpoint), str(ctx.data_root), str(output_dir), device=ctx.device,
+                           reuse_stale=ctx.reuse_stale, wait=ctx.wait, **options)  # fmt: skip
+    _note_stale(frame, ctx.row, ctx)
+    return frame
+
+
 def _note_stale(results: pd.DataFrame, label: str, ctx: Context) -> None:
     """A row whose evaluation was reused from other code (--reuse-stale) is marked, like a stale run."""
     if "stale" in results and results["stale"].notna().any() and label not in ctx.stale:
@@ -591,6 +603,7 @@ def measure(ctx: Context) -> pd.DataFrame:
             ctx.eval_dirs[label] = out
             measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out, Path(ctx.checkpoint))
         else:
+            ctx.row = label
             measured[label] = row.fn(ctx)
     return pd.DataFrame.from_dict(measured, orient="index")
 

@@ -29,7 +29,7 @@ if __name__ == "__main__":  # run as a script: import this checkout's packages a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reproduce.mini_chain import MINI_CHAIN, MINI_EVAL_LIMIT, MINI_TASK_LIMITS, caption_hits, vqa_by_type
-from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit
+from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit, evaluate_for_row
 
 # ---------------------------------------------------------------------------------------------
 # The mini profile: one LaVIT trained from nothing on the mini world.
@@ -58,11 +58,9 @@ def _blind(kind: str):
 
 def _image_shuffle(ctx) -> dict[str, float]:
     """Our model on the same questions with the test images permuted among them (task mini_vqa_image_shuffle)."""
-    from eval.evaluate import evaluate_tasks
-
     out = ctx.eval_dirs[OURS]
-    evaluate_tasks(["mini_vqa_image_shuffle"], "lavit", str(ctx.run_dirs[OURS]["unified"]), str(ctx.data_root), str(out),
-                   limit=task_limit("mini_vqa_image_shuffle", ctx.profile), batch_size=ctx.profile.eval_batch_size, device=ctx.device)  # fmt: skip
+    evaluate_for_row(ctx, ["mini_vqa_image_shuffle"], "lavit", ctx.run_dirs[OURS]["unified"], out,
+                     limit=task_limit("mini_vqa_image_shuffle", ctx.profile), batch_size=ctx.profile.eval_batch_size)  # fmt: skip
     return _vqa_cells(ctx, predictions_path=out / "mini_vqa_image_shuffle" / "predictions.jsonl")
 
 

@@ -43,7 +43,7 @@ if __name__ == "__main__":  # run as a script: import this checkout's packages a
 
 from reproduce.compare import BandRule
 from reproduce.mini_chain import MINI_CHAIN_WITH_DECODER
-from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table
+from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, evaluate_for_row
 
 OURS = "Ours (mini LaVIT)"
 OURS_SEED_1 = "Ours (mini LaVIT), seed 1"
@@ -218,7 +218,6 @@ def _ours_with_seed(seed: int):
     def row(ctx) -> dict[str, float]:
         import dataclasses
 
-        from eval.evaluate import evaluate_tasks
         from eval.tasks import get_task
         from harness.miniworld import generated_hit_rate
 
@@ -227,8 +226,8 @@ def _ours_with_seed(seed: int):
                                    generation_by_family={"lavit": {**spec.generation_for("lavit"), "seed": seed}})
         out = ctx.eval_dirs[OURS]
         print(f"[table] evaluate {OURS!r} with generation seed {seed} -> {out / spec.name}", flush=True)
-        frame = evaluate_tasks([spec], "lavit", ctx.run_dirs[OURS]["unified"], ctx.data_root, out, limit=ctx.profile.eval_limit,
-                               batch_size=ctx.profile.eval_batch_size, device=ctx.device, loaded=_model(ctx))
+        frame = evaluate_for_row(ctx, [spec], "lavit", ctx.run_dirs[OURS]["unified"], out, limit=ctx.profile.eval_limit,
+                                 batch_size=ctx.profile.eval_batch_size, loaded=_model(ctx))  # fmt: skip
         values = dict(zip(frame["metric"], frame["value"]))
         predictions = out / spec.name / "predictions.jsonl"
         return {"FID": values["FID"], "KID x1000": 1000 * values["KID"],
