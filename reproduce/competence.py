@@ -106,3 +106,28 @@ def tokenizer_statistics(tokenizer, images: list, selection: str = "deterministi
         kept.append(out.keep_mask.sum(1))
         codes.extend(c.cpu() for c in out.codes)
     return TokenizerStatistics(kept=torch.cat(kept), codes=codes, codebook_size=tokenizer.cfg.codebook_size)
+
+
+def held_out_perplexity(lm, world) -> float:
+    """Perplexity of a text LLM (`eval.lm_adapter.text_lm`: .model, .tokenizer) on held-out documents of the mini
+    world's corpus sources: new documents of the same generator with another seed, never trained on."""
+    import json
+    import math
+    import random
+    from pathlib import Path
+
+    from harness.miniworld import corpus
+
+    facts = [json.loads(line) for line in (Path(world.root) / "knowledge" / "facts.jsonl").read_text().splitlines()]
+    seed = json.loads((Path(world.root) / "DONE").read_text())["params"]["seed"]
+    held_out = corpus(random.Random(f"{seed}/held-out corpus"), facts, docs_per_source=50)
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for docs in held_out.values():
+            for doc in docs:
+                ids = lm.tokenizer(doc, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([[lm.tokenizer.bos_token_id, *ids, lm.tokenizer.eos_token_id]])
+                logits = lm.model(input_ids=ids).logits.float()
+                total_nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
+                total_tokens += ids.shape[1] - 1
+    return math.exp(total_nll / total_tokens)

@@ -251,33 +251,18 @@ def encoder_competence(encoder_path: Path, world, images=None) -> dict[str, floa
 def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
     """mini_knowledge 5-shot accuracy (%) through lm-eval, and perplexity on held-out documents: new documents of the
     corpus' own sources (the same generator, another seed), never trained on."""
-    import random
-
     import pandas as pd
-    import torch
 
     from eval.evaluate import evaluate_tasks
     from eval.lm_adapter import text_lm
-    from harness.miniworld import corpus
     from model.lavit.checkpoints import load_for_eval
 
     frame: pd.DataFrame = evaluate_tasks(["mini_knowledge"], "lavit", str(llm_run), str(world.root), str(eval_dir))
     accuracy = float(frame[(frame["task"] == "mini_knowledge") & (frame["metric"] == "accuracy")]["value"].iloc[0])
-    facts = [json.loads(line) for line in (Path(world.root) / "knowledge" / "facts.jsonl").read_text().splitlines()]
-    seed = json.loads((Path(world.root) / "DONE").read_text())["params"]["seed"]
-    held_out = corpus(random.Random(f"{seed}/held-out corpus"), facts, docs_per_source=50)
-    loaded = load_for_eval(str(llm_run), device="cpu")
-    lm = text_lm(loaded)
-    total_nll, total_tokens = 0.0, 0
-    with torch.no_grad():
-        for docs in held_out.values():
-            for doc in docs:
-                ids = lm.tokenizer(doc, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([[lm.tokenizer.bos_token_id, *ids, lm.tokenizer.eos_token_id]])
-                logits = lm.model(input_ids=ids).logits.float()
-                total_nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
-                total_tokens += ids.shape[1] - 1
-    return {"mini_knowledge 5-shot": accuracy, "held-out perplexity": math.exp(total_nll / total_tokens)}
+    from reproduce.competence import held_out_perplexity
+
+    lm = text_lm(load_for_eval(str(llm_run), device="cpu"))
+    return {"mini_knowledge 5-shot": accuracy, "held-out perplexity": held_out_perplexity(lm, world)}
 
 
 def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, float]:

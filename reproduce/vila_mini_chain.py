@@ -19,8 +19,6 @@ the LLM stand-in's (tests/test_vila_stages.py checks it), and evaluating it text
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from reproduce.table import StageRun
@@ -63,27 +61,10 @@ VILA_TASK_LIMITS = {"mini_vqa": 1500, "mini_vqa_0shot": 1500, "mini_vqa_4shot": 
 
 
 def held_out_perplexity(run_dir: Path, world) -> float:
-    """Perplexity of the model's LLM (text only) on held-out documents of the mini world's corpus sources: new
-    documents of the same generator with another seed (as `reproduce/mini_release.py` measures the LLM stand-in)."""
-    import random
-
-    import torch
-
+    """Perplexity of the model's LLM (text only) on held-out documents of the mini world's corpus sources, as
+    `reproduce/mini_release.py` measures the LLM stand-in (`reproduce.competence.held_out_perplexity`)."""
     from eval.lm_adapter import text_lm
-    from harness.miniworld import corpus
     from model.families import get_family
+    from reproduce.competence import held_out_perplexity as perplexity
 
-    facts = [json.loads(line) for line in (Path(world.root) / "knowledge" / "facts.jsonl").read_text().splitlines()]
-    seed = json.loads((Path(world.root) / "DONE").read_text())["params"]["seed"]
-    held_out = corpus(random.Random(f"{seed}/held-out corpus"), facts, docs_per_source=50)
-    lm = text_lm(get_family("vila").load(str(run_dir), device="cpu"))
-    total_nll, total_tokens = 0.0, 0
-    with torch.no_grad():
-        for docs in held_out.values():
-            for doc in docs:
-                ids = lm.tokenizer(doc, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([[lm.tokenizer.bos_token_id, *ids, lm.tokenizer.eos_token_id]])
-                logits = lm.model(input_ids=ids).logits.float()
-                total_nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
-                total_tokens += ids.shape[1] - 1
-    return math.exp(total_nll / total_tokens)
+    return perplexity(text_lm(get_family("vila").load(str(run_dir), device="cpu")), world)
