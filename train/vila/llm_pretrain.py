@@ -18,6 +18,8 @@ def with_miniworld(cfg):
     """A copy of `cfg` with the text sources and the tokenizer the mini world `data.miniworld` provides filled in
     where they are empty (the run's config.yaml keeps the key, as the other VILA stages do)."""
     root = getattr(cfg.data, "miniworld", "")
+    if cfg.data.text_sources and cfg.text_tokenizer:
+        return cfg  # both given: the mini world (the preset's default root) is not needed, so not required
     if not root:
         if not cfg.text_tokenizer:
             raise InputError("text_tokenizer is not set: a local tokenizer folder, \"byte\", or set data.miniworld to use the mini world's")
