@@ -14,7 +14,8 @@ reproduce: setup
 # Table 2 (text-to-image), Table 4 (stage-2 settings x seeds, MMLU forgetting), Table 5 (no training); VILA Table 2
 # (corpus statistics, no training), Tables 6 and 5 (the mini VILA chain: trained once, text-only and VQA evaluations),
 # Table 1 (nine more VILA stage runs: frozen-LLM / Transformer / linear-projector rows), Table 3 (six more: stage 1 on
-# each corpus + its SFT); the mini release's competence report, then the status.
+# each corpus + its SFT), Table 4 (two visual-only SFT runs), Table 8 (the visual-expert stages 1 and 2), Table 9
+# (a LoRA SFT run); the mini release's competence report, then the status.
 reproduce-all: setup
 	.venv/bin/python reproduce/table1.py
 	.venv/bin/python reproduce/table2.py
@@ -29,6 +30,9 @@ reproduce-all: setup
 	.venv/bin/python reproduce/vila_table5.py
 	.venv/bin/python reproduce/vila_table1.py
 	.venv/bin/python reproduce/vila_table3.py
+	.venv/bin/python reproduce/vila_table4.py
+	.venv/bin/python reproduce/vila_table8.py
+	.venv/bin/python reproduce/vila_table9.py
 	.venv/bin/python reproduce/mini_release.py
 	.venv/bin/python -m reproduce.report
 

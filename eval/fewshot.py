@@ -2,6 +2,7 @@
 
     okvqa_val_4shot, textvqa_val_4shot, coco_karpathy_test_4shot, flickr30k_test_4shot   (+ *_0shot)
     mini_vqa_4shot, mini_caption_4shot                                                   (+ *_0shot, the mini world)
+    *_4shot_shuffled   the control: the same demonstrations with their answers deranged among them (`draw_shots`)
 
 (built by `fewshot_spec` over the registered 0-shot task and its benchmark's train-split pool; both are declared, and
 the tasks registered, in `eval/tasks.py`.)
@@ -70,14 +71,24 @@ def demo_rng(seed: int, query_id: SampleId) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def draw_shots(pool: list[Demo], k: int, seed: int, query_id: SampleId) -> tuple[tuple[str, str, str], ...]:
-    """k demonstrations (image, text, answer) for one query: distinct pool entries, a function of (seed, id) only."""
+def draw_shots(pool: list[Demo], k: int, seed: int, query_id: SampleId, shuffle_answers: bool = False) -> tuple[tuple[str, str, str], ...]:
+    """k demonstrations (image, text, answer) for one query: distinct pool entries, a function of (seed, id) only.
+
+    `shuffle_answers` (the control of Min et al. 2022, "Rethinking the role of demonstrations"): the same
+    demonstrations, each with the answer of another one (the answers rotated by 1..k-1 places, a derangement), so the
+    answers' format and distribution stay and only their link to the image and question breaks. A model that reads
+    its demonstrations scores lower with them than with the true ones."""
     if k == 0:
         return ()
     if len(pool) < k:
         raise EvalInputError(f"{k}-shot evaluation needs at least {k} train-split demonstrations, the pool has {len(pool)}")
     rng = demo_rng(seed, query_id)
-    return tuple((d.image, d.text, d.answer(rng)) for d in (pool[i] for i in rng.sample(range(len(pool)), k)))
+    shots = [(d.image, d.text, d.answer(rng)) for d in (pool[i] for i in rng.sample(range(len(pool)), k))]
+    if shuffle_answers and k > 1:
+        shift = rng.randrange(1, k)  # drawn after the demonstrations: they are the unshuffled task's own
+        answers = [a for _, _, a in shots]
+        shots = [(image, text, answers[(i + shift) % k]) for i, (image, text, _) in enumerate(shots)]
+    return tuple(shots)
 
 
 def seeded_id(seed: int, query_id: SampleId) -> str:
@@ -91,11 +102,11 @@ def split_id(sample_id: SampleId) -> tuple[int, str]:
     return int(head[1:]), rest
 
 
-def with_shots(queries: list[EvalSample], pool: list[Demo], k: int, seeds: tuple[int, ...]) -> list[EvalSample]:
+def with_shots(queries: list[EvalSample], pool: list[Demo], k: int, seeds: tuple[int, ...], shuffle_answers: bool = False) -> list[EvalSample]:
     """Each query once per seed (seed-major order), with its k demonstrations."""
     return [
         EvalSample(id=seeded_id(seed, q.id), image=q.image, text=q.text, references=q.references,
-                   shots=draw_shots(pool, k, seed, q.id))
+                   shots=draw_shots(pool, k, seed, q.id, shuffle_answers))
         for seed in seeds for q in queries
     ]  # fmt: skip
 
@@ -193,10 +204,11 @@ Pool = tuple[Callable[[Path], list[Demo]], tuple[str, ...]]  # (reader of the de
 
 def fewshot_spec(
     base_spec: TaskSpec, k: int, pool: Pool, *, caption: bool, description: str, greedy: dict[str, Any],
-    lavit: dict[str, Any], version: int = 1,
+    lavit: dict[str, Any], version: int = 1, shuffle_answers: bool = False,
 ) -> TaskSpec:  # fmt: skip
     """`{base}_{k}shot`: the 0-shot task `base_spec` (its test reader and files) with k demonstrations from `pool`.
-    `greedy` is the default decoding, `lavit` LaVIT's."""
+    `greedy` is the default decoding, `lavit` LaVIT's. `shuffle_answers`: `{base}_{k}shot_shuffled`, the same
+    demonstrations with their answers deranged (`draw_shots`), the control that shows whether the model reads them."""
     pool_reader, pool_files = pool
     seeds = SEEDS_4SHOT if k else (0,)
     metric = "cider" if caption else base_spec.metric
@@ -204,12 +216,13 @@ def fewshot_spec(
     def reader(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
         queries, image_root = base_spec.read(data_root, limit)
         demos = pool_reader(data_root) if k else []
-        return with_shots(queries, demos, k, seeds), image_root
+        return with_shots(queries, demos, k, seeds, shuffle_answers), image_root
 
     protocol = f"seeds {', '.join(map(str, seeds))}, mean and std" if k else "no demonstrations"
+    protocol += ", demonstration answers shuffled among the demonstrations" if shuffle_answers else ""
     return TaskSpec(
-        name=f"{base_spec.name}_{k}shot", version=version, kind="interleaved", split=base_spec.split,
-        description=f"{description}, {k}-shot in context ({protocol})",
+        name=f"{base_spec.name}_{k}shot" + ("_shuffled" if shuffle_answers else ""), version=version, kind="interleaved",
+        split=base_spec.split, description=f"{description}, {k}-shot in context ({protocol})",
         files=base_spec.files + (pool_files if k else ()),
         layout=base_spec.layout + (f"; demonstrations: {' + '.join(pool_files)} (train split)" if k else ""),
         metric=metric, headline=base_spec.headline, reader=reader,

@@ -770,17 +770,18 @@ FEWSHOT_TASKS = (
 
 def _register_fewshot() -> None:
     for base, benchmark, caption, description, lavit in FEWSHOT_TASKS:
-        for k in (0, 4):
-            register_task(lambda b=base, k=k, bm=benchmark, c=caption, d=description, lv=lavit: fewshot.fewshot_spec(
+        for k, shuffled in ((0, False), (4, False), (4, True)):  # + the 4-shot shuffled-answers control
+            register_task(lambda b=base, k=k, s=shuffled, bm=benchmark, c=caption, d=description, lv=lavit: fewshot.fewshot_spec(
                 get_task(b), k, FEWSHOT_POOLS[bm], caption=c, description=d, greedy=GREEDY_CAPTION if c else GREEDY_VQA,
-                lavit={key: v for key, v in lv.items() if key not in fewshot.QUESTION_KEYS}))  # fmt: skip
+                lavit={key: v for key, v in lv.items() if key not in fewshot.QUESTION_KEYS}, shuffle_answers=s))  # fmt: skip
 
 
 _register_fewshot()
 
 
 # =============================================================================================
-# VILA Table 6's text-only BBH and DROP through lm-eval (eval/text_benchmarks.py builds them).
+# VILA Table 6's text-only BBH and DROP, and the mini world's fact recall, through lm-eval (eval/text_benchmarks.py builds them).
 
 register_task(text_benchmarks.bbh_spec)
 register_task(text_benchmarks.drop_spec)
+register_task(text_benchmarks.recall_spec)

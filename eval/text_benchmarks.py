@@ -1,4 +1,4 @@
-"""BBH and DROP (VILA Table 6's text-only columns) through lm-eval, from local files.
+"""BBH and DROP (VILA Table 6's text-only columns), and the mini world's fact recall, through lm-eval, from local files.
 
     bbh    BIG-Bench Hard, 27 tasks, 3-shot answer-only: the description, then the three exemplars of the task's
            official CoT prompt file with their final answers ("So the answer is X." -> "X") as "Q: ...\\nA: X", then
@@ -7,7 +7,14 @@
     drop   DROP dev, 3-shot (demonstrations drawn from the train file with lm-eval's seeded sampler), "{passage}
            {question}", greedy until "."; EM and F1 of lm-eval's DROP scorer (`lm_eval.tasks.drop.utils`), in percent.
 
-Both run lm-eval's `simple_evaluate` on the family's text-only LM (`LoadedModel.llm`) with tasks built here as
+    mini_knowledge_recall   the mini world's knowledge test facts as sentence completions, 0-shot: the context is
+           the start of the fact's statement in the corpus' own words ("The capital of Glabeshand is"), the choices are
+           the four options of the fact's MMLU-format test question (" Zhalnosh", ...), scored by loglikelihood
+           (lm-eval multiple_choice, `acc`). It asks whether the LLM holds the fact, apart from whether it can bind an
+           answer to a letter (`mini_knowledge`, the MMLU format; a 2-layer mini LLM cannot, see
+           `reproduce/mini_release.py`).
+
+All run lm-eval's `simple_evaluate` on the family's text-only LM (`LoadedModel.llm`) with tasks built here as
 lm-eval `ConfigurableTask`s over the local files (nothing is downloaded). Files (official releases):
 
     bbh/bbh/<task>.json ({"examples": [{"input", "target"}]}) + bbh/cot-prompts/<task>.txt   (suzgunmirac/BIG-Bench-Hard)
@@ -30,6 +37,8 @@ from eval.errors import EvalInputError
 from eval.registry import TaskSpec
 
 BBH_DATA = "bbh/bbh/"
+RECALL_FACTS = "knowledge/facts.jsonl"
+RECALL_TESTS = "knowledge/test/"
 BBH_PROMPTS = "bbh/cot-prompts/"
 DROP_DEV = "drop/drop_dataset_dev.json"
 DROP_TRAIN = "drop/drop_dataset_train.json"
@@ -163,6 +172,62 @@ def drop_task(data_root: Path):
 
 
 # =============================================================================================
+# Mini knowledge recall
+
+
+def _statement_prefix(fact: dict[str, str]) -> str:
+    """The start of the fact's first corpus phrasing that ends in its value ("The capital of {e} is")."""
+    from harness.miniworld import ATTRIBUTES
+
+    templates = ATTRIBUTES[fact["kind"]][fact["attribute"]][1]
+    template = next(t for t in templates if t.endswith("{v}."))
+    text = template[: -len("{v}.")].format(e=fact["entity"]).rstrip()
+    return text[0].upper() + text[1:]
+
+
+def read_recall(data_root: Path) -> list[dict[str, Any]]:
+    """One doc per test question of `mini_knowledge`: {id, context, choices, gold} (the question's own four options,
+    in its order, so chance is 25% as there)."""
+    import csv
+
+    try:
+        facts = {f["question"]: f for f in map(json.loads, (data_root / RECALL_FACTS).read_text().splitlines())}
+    except (json.JSONDecodeError, KeyError) as err:
+        raise EvalInputError(f"not a facts file ({err})", data_root / RECALL_FACTS) from None
+    docs = []
+    for path in sorted((data_root / RECALL_TESTS).glob("*_test.csv")):
+        with path.open(newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                fact = facts.get(row["question"])
+                if fact is None:
+                    raise EvalInputError(f"row {i + 1}: question {row['question']!r} is not in {RECALL_FACTS}", path)
+                docs.append({"id": f"{path.stem}/{i}", "context": _statement_prefix(fact),
+                             "choices": [row[f"choice{k}"] for k in range(4)], "gold": int(row["answer"])})  # fmt: skip
+    if not docs:
+        raise EvalInputError("no test questions", data_root / RECALL_TESTS)
+    return docs
+
+
+def recall_task(data_root: Path):
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+
+    docs = read_recall(data_root)
+    return ConfigurableTask(config={
+        "task": "mini_knowledge_recall_local",
+        "custom_dataset": lambda **_: datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)}),
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{gold}}",
+        "num_fewshot": 0,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1},
+    })  # fmt: skip
+
+
+# =============================================================================================
 # The evaluate.py side: dataset hash before the model loads, result rows after.
 
 
@@ -172,6 +237,9 @@ def files_hash(spec: Any, data_root: Path) -> str:
         paths = []
         for name in bbh_task_names(data_root):
             paths += [data_root / BBH_DATA / f"{name}.json", data_root / BBH_PROMPTS / f"{name}.txt"]
+    elif spec.lm_eval["benchmark"] == "recall":
+        read_recall(data_root)  # every test question has its fact
+        paths = [data_root / RECALL_FACTS, *sorted((data_root / RECALL_TESTS).glob("*_test.csv"))]
     else:
         paths = [data_root / DROP_DEV, data_root / DROP_TRAIN]
     digest = hashlib.sha256()
@@ -181,13 +249,16 @@ def files_hash(spec: Any, data_root: Path) -> str:
 
 
 def evaluate(lm: Any, benchmark: str, data_root: Path, limit: int | None = None) -> tuple[dict[str, float], dict[str, int]]:
-    """Run BBH or DROP on an lm-eval LM: ({metric: percent}, {metric: questions})."""
+    """Run BBH, DROP or the mini recall on an lm-eval LM: ({metric: percent}, {metric: questions})."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     from eval.mmlu import quiet_lm_eval
 
-    tasks = [bbh_task(data_root, n) for n in bbh_task_names(data_root)] if benchmark == "bbh" else [drop_task(data_root)]
+    if benchmark == "bbh":
+        tasks = [bbh_task(data_root, n) for n in bbh_task_names(data_root)]
+    else:
+        tasks = [recall_task(data_root) if benchmark == "recall" else drop_task(data_root)]
     with quiet_lm_eval():
         # include_defaults=False: the tasks are built here, and indexing lm-eval's thousands of YAMLs costs ~15 s
         results = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0,
@@ -203,6 +274,10 @@ def evaluate(lm: Any, benchmark: str, data_root: Path, limit: int | None = None)
         per_task = [v for k, v in values.items()]
         values = {"accuracy": sum(per_task) / len(per_task), **values}
         counts = {"accuracy": sum(counts.values()), **counts}
+    elif benchmark == "recall":
+        name = "mini_knowledge_recall_local"
+        values = {"accuracy": 100.0 * results["results"][name]["acc,none"]}
+        counts = {"accuracy": len(results["samples"][name])}
     else:
         row = results["results"]["drop_local"]
         n = len(results["samples"]["drop_local"])
@@ -229,7 +304,7 @@ def rows(prepared: Any, loaded: Any, data_root: Path, out_dir: Path, limit: int 
 
 
 # =============================================================================================
-# The two task specs (registered by eval/tasks.py)
+# The task specs (registered by eval/tasks.py)
 
 
 def bbh_spec() -> TaskSpec:
@@ -249,4 +324,16 @@ def drop_spec() -> TaskSpec:
         files=(DROP_DEV, DROP_TRAIN), layout=f"{DROP_DEV} + {DROP_TRAIN} (official drop_dataset release)",
         metric="f1", headline="f1", variant="lm-eval drop protocol, 3-shot from train, greedy until '.', F1/EM",
         lm_eval={"runner": "text_benchmarks", "benchmark": "drop", "num_fewshot": 3},
+    )  # fmt: skip
+
+
+def recall_spec() -> TaskSpec:
+    return TaskSpec(
+        name="mini_knowledge_recall", version=1, kind="lm_eval", split="test",
+        description="mini world: each mini_knowledge test fact as a sentence completion in the corpus' words, its "
+                    "question's four options scored by loglikelihood, 0-shot through lm-eval, accuracy (chance 25)",
+        files=(RECALL_FACTS, RECALL_TESTS), layout=f"mini-world root: {RECALL_FACTS} + {RECALL_TESTS}<subject>_test.csv",
+        metric="accuracy", headline="accuracy",
+        variant="lm-eval multiple_choice, 0-shot, the statement's start as context, acc (summed loglikelihood)",
+        lm_eval={"runner": "text_benchmarks", "benchmark": "recall", "num_fewshot": 0},
     )  # fmt: skip

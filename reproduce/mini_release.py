@@ -21,7 +21,9 @@ The report measures each part on held-out data (the mini world's test images, ne
 training images), using Table 1's runs (trained here when missing, reused otherwise):
 
     encoder stand-in   linear probe on its frozen patch features: shape, colour
-    LLM stand-in       mini_knowledge 5-shot through lm-eval; perplexity on held-out documents of the corpus' sources
+    LLM stand-in       mini_knowledge 5-shot through lm-eval (MMLU letter format); the same facts as sentence
+                       completions (mini_knowledge_recall, 0-shot); perplexity on held-out documents of the corpus'
+                       sources
     stage 1a           argmax keep mask: kept tokens per test image (min, mean); codes used of 64 and their perplexity;
                        a probe on bag-of-codes: shape
     Table 1 / Table 2  the cells those scripts measured last (results/lavit_table1.csv, lavit_table2.csv)
@@ -249,20 +251,24 @@ def encoder_competence(encoder_path: Path, world, images=None) -> dict[str, floa
 
 
 def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
-    """mini_knowledge 5-shot accuracy (%) through lm-eval, and perplexity on held-out documents: new documents of the
-    corpus' own sources (the same generator, another seed), never trained on."""
+    """mini_knowledge 5-shot accuracy (%) through lm-eval (the MMLU letter format); the same facts as sentence
+    completions (mini_knowledge_recall, 0-shot: does the LLM hold the facts, apart from the letter format); and
+    perplexity on held-out documents: new documents of the corpus' own sources (the same generator, another seed),
+    never trained on."""
     import pandas as pd
 
     from eval.evaluate import evaluate_tasks
     from eval.lm_adapter import text_lm
     from model.lavit.checkpoints import load_for_eval
 
-    frame: pd.DataFrame = evaluate_tasks(["mini_knowledge"], "lavit", str(llm_run), str(world.root), str(eval_dir))
-    accuracy = float(frame[(frame["task"] == "mini_knowledge") & (frame["metric"] == "accuracy")]["value"].iloc[0])
+    tasks = ["mini_knowledge", "mini_knowledge_recall"]
+    frame: pd.DataFrame = evaluate_tasks(tasks, "lavit", str(llm_run), str(world.root), str(eval_dir))
+    accuracy = {t: float(frame[(frame["task"] == t) & (frame["metric"] == "accuracy")]["value"].iloc[0]) for t in tasks}
     from reproduce.competence import held_out_perplexity
 
     lm = text_lm(load_for_eval(str(llm_run), device="cpu"))
-    return {"mini_knowledge 5-shot": accuracy, "held-out perplexity": held_out_perplexity(lm, world)}
+    return {"mini_knowledge 5-shot": accuracy["mini_knowledge"], "fact recall 0-shot": accuracy["mini_knowledge_recall"],
+            "held-out perplexity": held_out_perplexity(lm, world)}  # fmt: skip
 
 
 def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, float]:

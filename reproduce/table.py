@@ -212,8 +212,11 @@ TABLE_MODULES = (
     "reproduce.vila_table1",
     "reproduce.vila_table2",
     "reproduce.vila_table3",
+    "reproduce.vila_table4",
     "reproduce.vila_table5",
     "reproduce.vila_table6",
+    "reproduce.vila_table8",
+    "reproduce.vila_table9",
 )
 
 

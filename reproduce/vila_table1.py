@@ -103,11 +103,29 @@ def _gain(task: str, metric: str):
     return derive
 
 
+def _shuffled_drop(task: str, metric: str):
+    """4-shot with the true demonstration answers minus 4-shot with them shuffled among the demonstrations
+    (`eval/fewshot.py` `*_4shot_shuffled`): above 0 when the model reads its demonstrations."""
+
+    def derive(ctx, task_dir: Path) -> float:
+        value = {}
+        for name in (f"{task}_4shot", f"{task}_4shot_shuffled"):
+            rows = json.loads((task_dir.parent / name / "results.json").read_text())
+            value[name] = next(float(r["value"]) for r in rows if r["metric"] == metric)
+        return value[f"{task}_4shot"] - value[f"{task}_4shot_shuffled"]
+
+    return derive
+
+
 MINI_COLUMNS = _columns((("VQA", "mini_vqa", "vqa_accuracy"), ("Caption", "mini_caption", "CIDEr"))) + (
     Column("VQA 4-shot gain", "mini_vqa_4shot", "", derive=_gain("mini_vqa", "vqa_accuracy")),
     Column("Caption 4-shot gain", "mini_caption_4shot", "", derive=_gain("mini_caption", "CIDEr")),
     Column("VQA 4-shot std", "mini_vqa_4shot", "vqa_accuracy/std"),
     Column("Caption 4-shot std", "mini_caption_4shot", "CIDEr/std"),
+    Column("VQA 4-shot shuffled answers", "mini_vqa_4shot_shuffled", "vqa_accuracy"),
+    Column("Caption 4-shot shuffled answers", "mini_caption_4shot_shuffled", "CIDEr"),
+    Column("VQA drop with shuffled answers", "mini_vqa_4shot_shuffled", "", derive=_shuffled_drop("mini_vqa", "vqa_accuracy")),
+    Column("Caption drop with shuffled answers", "mini_caption_4shot_shuffled", "", derive=_shuffled_drop("mini_caption", "CIDEr")),
 )
 
 MINI = Profile(
@@ -117,7 +135,7 @@ MINI = Profile(
     mode="claim",
     data="miniworld",
     eval_limit=100,  # mini_caption_*: the first 100 test images
-    task_limits={"mini_vqa_0shot": 300, "mini_vqa_4shot": 150},
+    task_limits={"mini_vqa_0shot": 300, "mini_vqa_4shot": 150, "mini_vqa_4shot_shuffled": 150},
     band_rules={c.label: BandRule(relative=0.1, floor=5.0) if c.label.startswith("VQA") else BandRule(relative=0.15, floor=20.0)
                 for c in MINI_COLUMNS},  # fmt: skip
     describe="The mini VILA chain with Table 1's switches, on the mini world's held-out test questions (first 300 "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import fixtures_official as F
@@ -67,6 +69,24 @@ def test_demonstrations_depend_on_seed_and_query_only():
     assert fewshot.with_shots(queries[:2], pool, 4, (0, 1))[2] == full[5]  # --limit does not change a query's shots
     with pytest.raises(Exception, match="at least 4"):
         fewshot.draw_shots(pool[:3], 4, 0, 1)
+
+
+@given(seed=st.integers(0, 10**6), query=st.integers(0, 10**6), k=st.integers(2, 8))
+@settings(max_examples=50, deadline=None)
+def test_shuffled_answers_are_the_same_demonstrations_with_each_answer_moved(seed, query, k):
+    pool = [fewshot.Demo(f"{i}.png", f"q{i}", (f"a{i}",)) for i in range(20)]
+    true, shuffled = fewshot.draw_shots(pool, k, seed, query), fewshot.draw_shots(pool, k, seed, query, shuffle_answers=True)
+    assert [s[:2] for s in shuffled] == [s[:2] for s in true]  # the same images and questions, in the same order
+    assert sorted(s[2] for s in shuffled) == sorted(s[2] for s in true)  # the same answers ...
+    assert all(s[2] != t[2] for s, t in zip(shuffled, true))  # ... none left with its own demonstration
+
+
+def test_the_shuffled_control_is_registered_beside_each_4shot_task():
+    from eval.tasks import get_task
+
+    for base in ("mini_vqa", "mini_caption", "okvqa_val", "coco_karpathy_test"):
+        control, task = get_task(f"{base}_4shot_shuffled"), get_task(f"{base}_4shot")
+        assert control.files == task.files and control.metric == task.metric and "shuffled" in control.description
 
 
 def test_seed_average_reports_mean_std_and_each_seed():

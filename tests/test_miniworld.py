@@ -278,3 +278,60 @@ def test_image_shuffle_moves_every_question_to_another_image_deterministically(w
     moved = {}
     for a, b in zip(plain, shuffled):
         assert moved.setdefault(a.image, b.image) == b.image
+
+
+# ----- the knowledge recall task (eval/text_benchmarks.py) over this world ----------------------
+
+
+def _fact_statements(world) -> set[str]:
+    sentences = set()
+    for line in (Path(world.root) / "text" / "facts.jsonl").read_text().splitlines():
+        text = json.loads(line)["text"]
+        sentences.update(s.strip() + "." for s in text.split(".") if s.strip())
+    return sentences
+
+
+def test_recall_docs_complete_the_corpus_own_statements(world):
+    from eval.text_benchmarks import read_recall
+
+    docs = read_recall(Path(world.root))
+    assert len(docs) == world.counts["knowledge_test_questions"]
+    statements = _fact_statements(world)
+    for doc in docs:
+        completions = [f"{doc['context']} {choice}." for choice in doc["choices"]]
+        assert completions[doc["gold"]] in statements  # the true value completes a sentence the LLM trained on
+        assert not any(c in statements for i, c in enumerate(completions) if i != doc["gold"])
+
+
+class _OracleLM:
+    """An lm-eval LM that knows the corpus: loglikelihood 0 for a completion that is a corpus sentence, else -10
+    (or the reverse, `liar=True`)."""
+
+    def __new__(cls, statements: set[str], liar: bool = False):
+        from lm_eval.api.model import LM
+
+        class Oracle(LM):
+            def loglikelihood(self, requests):
+                out = []
+                for r in requests:
+                    known = (r.args[0] + r.args[1] + ".") in statements
+                    out.append((0.0 if known != liar else -10.0, known != liar))
+                return out
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+            def generate_until(self, requests):
+                raise NotImplementedError
+
+        return Oracle()
+
+
+def test_recall_through_lm_eval_scores_what_the_lm_knows(world):
+    from eval.text_benchmarks import evaluate
+
+    statements = _fact_statements(world)
+    values, counts = evaluate(_OracleLM(statements), "recall", Path(world.root))
+    assert values == {"accuracy": 100.0} and counts["accuracy"] == world.counts["knowledge_test_questions"]
+    values, _ = evaluate(_OracleLM(statements, liar=True), "recall", Path(world.root))
+    assert values["accuracy"] == 0.0

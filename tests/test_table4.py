@@ -84,7 +84,8 @@ def test_settings_are_read_from_the_run_config(tmp_path):
 
 
 def test_evaluate_row_reads_each_task_from_its_own_root_with_its_limit(tmp_path, monkeypatch):
-    """mini_knowledge from the mini world (all questions), mmlu from the real MMLU (5 per subject); one model load."""
+    """mini_knowledge and its recall form from the mini world (all questions), mmlu from the real MMLU (5 per
+    subject); one model load."""
     import eval.evaluate
     import model.families
 
@@ -94,10 +95,10 @@ def test_evaluate_row_reads_each_task_from_its_own_root_with_its_limit(tmp_path,
     monkeypatch.setattr(model.families.Family, "load", lambda self, path, device="cpu": loads.append(path) or "MODEL")
     ctx = T.Context(table4.TABLE, "mini", table4.MINI, tmp_path, tmp_path, tmp_path / "world", None, "local", "cpu")
     frame = T.evaluate_row("lavit", tmp_path / "run", tmp_path / "out", ctx)
-    assert sorted(frame["task"]) == ["mini_knowledge", "mmlu"]
+    assert sorted(frame["task"]) == ["mini_knowledge", "mini_knowledge_recall", "mmlu"]
     assert loads == [str(tmp_path / "run")]
     assert sorted(calls) == sorted([
-        (("mini_knowledge",), str(tmp_path / "world"), None, "MODEL"),
+        (("mini_knowledge", "mini_knowledge_recall"), str(tmp_path / "world"), None, "MODEL"),
         (("mmlu",), str((T.CHECKOUT / "../shared/data").resolve()), table4.MMLU_LIMIT, "MODEL"),
     ])
 

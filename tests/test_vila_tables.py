@@ -1,4 +1,4 @@
-"""The VILA table scripts (reproduce/vila_table{1,5,6}.py) on the table machinery: the mini rows share their runs
+"""The VILA table scripts (reproduce/vila_table{1,3,4,5,6,8,9}.py) on the table machinery: the mini rows share their runs
 through the chain prefixes (nothing is trained here: the chains are planned), the paper profiles refuse missing
 input with one `error:` line (exit 2) before anything is built, and every mini claim names rows and columns of its
 profile."""
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from reproduce import table as T
-from reproduce import vila_table1, vila_table3, vila_table5, vila_table6
+from reproduce import vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9
 
 
 def _plan(spec, tmp_path) -> dict[str, dict[str, str]]:
@@ -72,7 +72,7 @@ def test_paper_profile_names_the_missing_benchmark_file(module, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("error:") and str(tmp_path / "data") in err[0]
 
 
-@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table5, vila_table6])
+@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9])
 def test_mini_claims_name_rows_and_columns_of_the_profile(module):
     profile = module.TABLE.profiles["mini"]
     ref = T.reference_for(profile.reference)
@@ -120,3 +120,40 @@ def test_table3_rows_switch_only_stage_one_corpora(tmp_path):
     for row in ("COYO", "MMC4-pairs", "MMC4"):
         assert t3[row]["vila_projector"] == final["vila_projector"] and t3[row]["vila_pretrain"] != final["vila_pretrain"]
     assert len({t3[r]["vila_pretrain"] for r in ("COYO", "MMC4-pairs", "MMC4")}) == 3
+
+
+def test_table4_vis_text_rows_are_table3_rows_and_visual_rows_switch_only_sft(tmp_path):
+    t3, t4 = _plan(vila_table3.TABLE, tmp_path), _plan(vila_table4.TABLE, tmp_path)
+    assert t4["MMC4 / Vis.+Text"] == t3["MMC4"] and t4["MMC4+COYO / Vis.+Text"] == t3["MMC4+COYO"]
+    assert t4["Llama-2 (LLM stand-in)"] == t3["Llama-2 (LLM stand-in)"]
+    for corpus in ("MMC4", "MMC4+COYO"):
+        visual, joint = t4[f"{corpus} / Visual"], t4[f"{corpus} / Vis.+Text"]
+        assert {k: v for k, v in visual.items() if k != "vila_sft"} == {k: v for k, v in joint.items() if k != "vila_sft"}
+        assert visual["vila_sft"] != joint["vila_sft"]
+
+
+def _configs(spec, row, tmp_path):
+    ctx = T.Context(spec, "mini", spec.profiles["mini"], tmp_path / "runs", tmp_path, tmp_path / "world", None, "local", "cpu")
+    world = tmp_path / "world"
+    world.mkdir(parents=True, exist_ok=True)
+    (world / "DONE").write_text(json.dumps({"hash": "0123456789abcdef", "params": {}}))
+    ctx.world = SimpleNamespace(root=str(world))
+    return {s.run.key: s.config for s in T.plan_chain(spec.profiles["mini"].rows[row], ctx)}
+
+
+def test_table8_expert_in_stages_one_and_two_on_table3_mmc4(tmp_path):
+    t3, t8 = _plan(vila_table3.TABLE, tmp_path), _plan(vila_table8.TABLE, tmp_path)
+    assert t8["Fine-tune"] == t3["MMC4"]
+    expert = _configs(vila_table8.TABLE, "Visual Expert", tmp_path)
+    assert [expert[k].model.ablation.visual_expert for k in ("vila_projector", "vila_pretrain", "vila_sft")] == [False, True, True]
+    assert expert["vila_pretrain"].data.blend == {"mmc4": 1.0, "coyo": 0.0}
+    assert t8["Visual Expert"]["vila_projector"] == t3["MMC4"]["vila_projector"]
+
+
+def test_table9_lora_switches_only_sft_at_the_papers_width_fraction(tmp_path):
+    t5, t9 = _plan(vila_table5.TABLE, tmp_path), _plan(vila_table9.TABLE, tmp_path)
+    assert t9["Fine-tune (ours)"] == t5["VILA (mini)"]
+    lora = t9[f"LoRA (r={vila_table9.LORA_RANK})"]
+    assert {k: v for k, v in lora.items() if k != "vila_sft"} == {k: v for k, v in t5["VILA (mini)"].items() if k != "vila_sft"}
+    config = _configs(vila_table9.TABLE, f"LoRA (r={vila_table9.LORA_RANK})", tmp_path)["vila_sft"]
+    assert config.model.ablation.lora_rank / config.model.llm.hidden_size == 64 / 4096
