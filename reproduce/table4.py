@@ -151,8 +151,8 @@ MINI = Profile(
     describe=(
         "Mini LaVIT, stage 2 at three settings x seeds (the base LLM: the llm_pretrain run). Knowledge: the mini world's "
         f"facts (mini_knowledge, 81 questions, 5-shot, MMLU letter format); Recall: the same facts as sentence "
-        "completions over the same four options (mini_knowledge_recall, 0-shot); MMLU: the real one, 5-shot, {MMLU_LIMIT} questions per subject "
-        f"(285), contexts cut to the model's 512 tokens; chance is {CHANCE:g}% on both. Settings: mean of seeds {SEEDS}."
+        f"completions over the same four options (mini_knowledge_recall, 0-shot); MMLU: the real one, 5-shot, {MMLU_LIMIT} questions per subject "
+        f"(285), contexts cut to the model's 512 tokens; chance is {CHANCE:g}% on all three. Settings: mean of seeds {SEEDS}."
     ),
     figure=_bars,
 )

@@ -376,6 +376,11 @@ def write_miniworld(root: Path) -> None:
     _json(root / "eval/captions_test.json", {"dataset": "miniworld", "images": images})
     _write_vqa_official(root / "eval/vqa_test_questions.json", root / "eval/vqa_test_annotations.json", list(range(6)), "test")
     _write_mmlu_csvs(root / "knowledge", KNOWLEDGE_SUBJECTS)
+    # knowledge/facts.jsonl: the fact behind each question (mini_knowledge_recall completes its statement)
+    facts = [{"kind": "countries", "entity": f"Land{s}{q}", "attribute": "capital", "value": ("one", "two", "None", "four")[q % 4],
+              "subject": subject, "question": f"{subject} question {q}?"}
+             for s, subject in enumerate(KNOWLEDGE_SUBJECTS) for q in range(N_TEST_QUESTIONS)]  # fmt: skip
+    (root / "knowledge" / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
     # the in-context demonstration pool (harness/miniworld.py write_fewshot_pool): 5 train images
     train = []
     for i in range(100, 105):
@@ -401,6 +406,7 @@ WRITERS = {
     "mini_vqa": write_miniworld,
     "mini_vqa_image_shuffle": write_miniworld,
     "mini_knowledge": write_miniworld,
+    "mini_knowledge_recall": write_miniworld,
     "textvqa_val": write_textvqa,
     "scienceqa_img": write_scienceqa,
     "pope": write_pope,
@@ -412,10 +418,10 @@ WRITERS = {
     "mm_vet": write_mm_vet,
     "bbh": write_bbh,
     "drop": write_drop,
-    **{f"{base}_{k}shot": writer for base, writer in (
+    **{f"{base}_{k[0]}shot{k[1:]}": writer for base, writer in (
         ("okvqa_val", write_okvqa), ("textvqa_val", write_textvqa), ("coco_karpathy_test", write_coco_karpathy),
         ("flickr30k_test", write_flickr30k), ("mini_vqa", write_miniworld), ("mini_caption", write_miniworld))
-       for k in (0, 4)},
+       for k in ("0", "4", "4_shuffled")},
 }
 
 

@@ -44,13 +44,14 @@ EXPECTED_SAMPLES = {  # what each fixture holds for the task's split
     "pope": 12, "mme": 8, "mmbench_dev": 9, "mmbench_cn_dev": 9, "seed_bench_img": 6, "llava_bench": 3, "mm_vet": 3,
     **{f"{base}_0shot": n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
                                           ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))},
-    **{f"{base}_4shot": 3 * n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
-                                              ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))},
+    **{f"{base}_4shot{control}": 3 * n for base, n in (("okvqa_val", 6), ("textvqa_val", 6), ("coco_karpathy_test", 4),
+                                                       ("flickr30k_test", 4), ("mini_vqa", 6), ("mini_caption", 6))
+       for control in ("", "_shuffled")},
 }  # fmt: skip
 # --limit N takes N questions of each POPE split, N images (both questions) of each MME subtask, N MMBench questions
 # with all their circular shifts, N queries of an in-context task with each seed
-LIMIT_PER_GROUP = {"pope", "mme", "mmbench_dev", "mmbench_cn_dev"} | {f"{b}_4shot" for b in ("okvqa_val", "textvqa_val",
-                   "coco_karpathy_test", "flickr30k_test", "mini_vqa", "mini_caption")}  # fmt: skip
+LIMIT_PER_GROUP = {"pope", "mme", "mmbench_dev", "mmbench_cn_dev"} | {f"{b}_4shot{c}" for b in ("okvqa_val", "textvqa_val",
+                   "coco_karpathy_test", "flickr30k_test", "mini_vqa", "mini_caption") for c in ("", "_shuffled")}  # fmt: skip
 COLOR_QUESTIONS = ("vqav2_val", "okvqa_val", "gqa_testdev", "vizwiz_val", "textvqa_val", "mini_vqa", "mini_vqa_image_shuffle")
 
 
@@ -69,7 +70,7 @@ def test_every_task_reads_its_official_fixture(name, tmp_path, monkeypatch):
         assert sample.references, sample
         assert (prepared.image_root / sample.image).is_file()
         assert all((prepared.image_root / shot[0]).is_file() for shot in sample.shots)
-        if name.removesuffix("_0shot").removesuffix("_4shot") in COLOR_QUESTIONS:
+        if name.removesuffix("_shuffled").removesuffix("_0shot").removesuffix("_4shot") in COLOR_QUESTIONS:
             assert sample.text.startswith("What color")
     (limited,) = prepare_tasks([spec], tmp_path, limit=2)
     if name in LIMIT_PER_GROUP:  # --limit counts questions per split / subtask / seed: an ordered subset
