@@ -257,8 +257,10 @@ def evaluate(lm: Any, benchmark: str, data_root: Path, limit: int | None = None)
 
     if benchmark == "bbh":
         tasks = [bbh_task(data_root, n) for n in bbh_task_names(data_root)]
+    elif benchmark == "recall":
+        tasks = [recall_task(data_root)]
     else:
-        tasks = [recall_task(data_root) if benchmark == "recall" else drop_task(data_root)]
+        tasks = [drop_task(data_root)]
     with quiet_lm_eval():
         # include_defaults=False: the tasks are built here, and indexing lm-eval's thousands of YAMLs costs ~15 s
         results = simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0,

@@ -68,15 +68,17 @@ def _chain(projector, pretrain, sft):
     return vila_chain(projector=projector, pretrain=projector + pretrain, sft=projector + sft)
 
 
+def _task_value(task_dir: Path, task: str, metric: str) -> float:
+    """One metric of a sibling task's results (the tasks of a row are evaluated side by side under one folder)."""
+    rows = json.loads((task_dir.parent / task / "results.json").read_text())
+    return next(float(r["value"]) for r in rows if r["metric"] == metric)
+
+
 def _avg(parts: tuple[tuple[str, str], ...]):
     """The mean of the (task, metric) values of one shot count, read from the tasks' results (the paper's Avg)."""
 
     def derive(ctx, task_dir: Path) -> float:
-        values = []
-        for task, metric in parts:
-            rows = json.loads((task_dir.parent / task / "results.json").read_text())
-            values.append(next(float(r["value"]) for r in rows if r["metric"] == metric))
-        return sum(values) / len(values)
+        return sum(_task_value(task_dir, task, metric) for task, metric in parts) / len(parts)
 
     return derive
 
@@ -90,31 +92,24 @@ def _columns(benchmarks: tuple[tuple[str, str, str], ...]) -> tuple[Column, ...]
     return tuple(out)
 
 
-def _gain(task: str, metric: str):
-    """4-shot minus 0-shot of one benchmark: in-context learning (the claims compare rows, so it is a column)."""
+def _difference(task: str, minus: str, metric: str):
+    """`metric` of `task` minus that of `minus` (the claims compare rows, so a within-row difference is a column)."""
 
     def derive(ctx, task_dir: Path) -> float:
-        value = {}
-        for k in (0, 4):
-            rows = json.loads((task_dir.parent / f"{task}_{k}shot" / "results.json").read_text())
-            value[k] = next(float(r["value"]) for r in rows if r["metric"] == metric)
-        return value[4] - value[0]
+        return _task_value(task_dir, task, metric) - _task_value(task_dir, minus, metric)
 
     return derive
+
+
+def _gain(task: str, metric: str):
+    """4-shot minus 0-shot of one benchmark: in-context learning."""
+    return _difference(f"{task}_4shot", f"{task}_0shot", metric)
 
 
 def _shuffled_drop(task: str, metric: str):
     """4-shot with the true demonstration answers minus 4-shot with them shuffled among the demonstrations
     (`eval/fewshot.py` `*_4shot_shuffled`): above 0 when the model reads its demonstrations."""
-
-    def derive(ctx, task_dir: Path) -> float:
-        value = {}
-        for name in (f"{task}_4shot", f"{task}_4shot_shuffled"):
-            rows = json.loads((task_dir.parent / name / "results.json").read_text())
-            value[name] = next(float(r["value"]) for r in rows if r["metric"] == metric)
-        return value[f"{task}_4shot"] - value[f"{task}_4shot_shuffled"]
-
-    return derive
+    return _difference(f"{task}_4shot", f"{task}_4shot_shuffled", metric)
 
 
 MINI_COLUMNS = _columns((("VQA", "mini_vqa", "vqa_accuracy"), ("Caption", "mini_caption", "CIDEr"))) + (
