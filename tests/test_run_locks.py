@@ -108,25 +108,59 @@ def _table(runs: Path, results: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _owner_of_a_run_lock(runs: Path, first: subprocess.Popen, deadline_s: float = 300) -> int:
+    """The pid of the `python -m train` process holding a run lock under `runs`, as soon as one appears."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and first.poll() is None:
+        for lock in runs.glob("*-*/.lock"):
+            try:
+                return int(json.loads(lock.read_text())["pid"])
+            except (OSError, ValueError, KeyError):  # released meanwhile, or not written yet
+                pass
+        time.sleep(0.005)
+    raise AssertionError(f"the first table script held no run lock (exit {first.poll()}): {first.communicate()[0]}")
+
+
 def test_two_table_scripts_at_once_train_every_stage_once_and_write_what_one_alone_writes(tmp_path):
+    """The overlap is made, not left to timing: the first script's trainer is paused (SIGSTOP) while it holds a run
+    lock, the second script is started, and the trainer resumes only once the second has said it waits for that lock.
+    Then both go on at their own pace (the second may wait again, or reuse what the first finished)."""
+    import signal
+
     from train.stages import trainings
 
     start = time.perf_counter()
-    both = [_table(tmp_path / "shared" / "runs", tmp_path / f"results{i}") for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in both]
-    assert [p.returncode for p in both] == [0, 0], outputs
+    shared = tmp_path / "shared" / "runs"
+    first = _table(shared, tmp_path / "results0")
+    owner = _owner_of_a_run_lock(shared, first)
+    os.kill(owner, signal.SIGSTOP)
+    try:
+        second = _table(shared, tmp_path / "results1")
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.extend(second.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 300
+        while not any("waiting for" in line for line in said) and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("waiting for" in line for line in said), "".join(said)  # the second waits for the paused owner
+    finally:
+        os.kill(owner, signal.SIGCONT)
+    outputs = [first.communicate(timeout=600)[0]]
+    second.wait(timeout=600)
+    reader.join(timeout=60)
+    outputs.append("".join(said))
+    assert [first.returncode, second.returncode] == [0, 0], outputs
     together = time.perf_counter() - start
     alone = _table(tmp_path / "alone" / "runs", tmp_path / "results_alone")
     out = alone.communicate(timeout=600)[0]
     assert alone.returncode == 0, out
 
-    runs = sorted((tmp_path / "shared" / "runs").glob("*-*"))
+    runs = sorted(shared.glob("*-*"))
     assert [r.name.split("-")[0] for r in runs] == ["tokenizer", "unified"]
     for run in runs:
         assert trainings(run) == 1, (run, (run / "attempts.jsonl").read_text())
         steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))  # one writer of the metrics
-    assert any("waiting for" in o for o in outputs)  # one of them waited for the other's run
     written = [(tmp_path / f"results{i}" / "lavit_table1.csv").read_bytes() for i in range(2)]
     assert written[0] == written[1] == (tmp_path / "results_alone" / "lavit_table1.csv").read_bytes()
     print(f"two table scripts together: {together:.1f} s")
