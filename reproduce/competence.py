@@ -7,6 +7,7 @@ world's *test* images (never trained on), with probes fitted on training images:
     encoder_features         the ViT's patch features as stage 1a reads them (mean over patches, and all patches)
     tokenizer_statistics     stage 1a under the argmax keep mask: kept tokens per image, codes used, code perplexity,
                              and bag-of-codes features for a probe
+    keep_probabilities       stage 1a's selector: the probability of keeping each patch (the argmax keeps those > 0.5)
 
 `reproduce/mini_release.py` prints them against their targets (the "mini release" report).
 """
@@ -106,6 +107,17 @@ def tokenizer_statistics(tokenizer, images: list, selection: str = "deterministi
         kept.append(out.keep_mask.sum(1))
         codes.extend(c.cpu() for c in out.codes)
     return TokenizerStatistics(kept=torch.cat(kept), codes=codes, codebook_size=tokenizer.cfg.codebook_size)
+
+
+@torch.no_grad()
+def keep_probabilities(tokenizer, images: list, batch_size: int = 256) -> torch.Tensor:
+    """Stage 1a's token selector: the probability of keeping each patch, (n images, N patches). The argmax mask
+    keeps the patches above 0.5; the released Gumbel sampling keeps each with this probability."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        features = tokenizer.encode_features(tokenizer.preprocess(images[start : start + batch_size]))
+        out.append(tokenizer.selector_log_probs(features)[..., 0].float().exp())
+    return torch.cat(out)
 
 
 def held_out_perplexity(lm, world) -> float:

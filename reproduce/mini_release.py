@@ -24,8 +24,9 @@ training images), using Table 1's runs (trained here when missing, reused otherw
     LLM stand-in       mini_knowledge 5-shot through lm-eval (MMLU letter format); the same facts as sentence
                        completions (mini_knowledge_recall, 0-shot); perplexity on held-out documents of the corpus'
                        sources
-    stage 1a           argmax keep mask: kept tokens per test image (min, mean); codes used of 64 and their perplexity;
-                       a probe on bag-of-codes: shape
+    stage 1a           argmax keep mask: kept tokens per test image (min, mean); the selector's keep probabilities
+                       (mean, max, spread within an image: the argmax keeps a patch only above 0.5); codes used of 64
+                       and their perplexity; a probe on bag-of-codes: shape
     Table 1 / Table 2  the cells those scripts measured last (results/lavit_table1.csv, lavit_table2.csv)
 
 Targets are issue 17's. The report states each as met or missed, with the number; nothing is gated.
@@ -277,7 +278,7 @@ def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, f
     from model.lavit.tokenizer import build_tokenizer
     from harness.config import load_config
     from train.lavit.config import TokenizerStageConfig
-    from reproduce.competence import linear_probe, probe_images, tokenizer_statistics
+    from reproduce.competence import keep_probabilities, linear_probe, probe_images, tokenizer_statistics
     from train.stages.common import latest_checkpoint_dir
 
     cfg = load_config(TokenizerStageConfig, tokenizer_run / "config.yaml")
@@ -286,6 +287,7 @@ def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, f
     tokenizer.eval()
     train, test = images or (probe_images(world, "train"), probe_images(world, "test"))
     argmax = tokenizer_statistics(tokenizer, test.images).kept.float()
+    keep = keep_probabilities(tokenizer, test.images)  # why the argmax mask keeps what it keeps
     # The codes under the released selection (Gumbel sampling, seeded): what stages 1b and 2 train and run on.
     stats = {split: tokenizer_statistics(tokenizer, data.images, selection="sampled") for split, data in (("train", train), ("test", test))}
     bags = {split: s.bag_of_codes() for split, s in stats.items()}
@@ -294,6 +296,9 @@ def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, f
         "min kept tokens": float(argmax.min()),
         "mean kept tokens": float(argmax.mean()),
         "mean kept tokens (sampled)": float(stats["test"].kept.float().mean()),
+        "keep probability: mean": float(keep.mean()),
+        "keep probability: max": float(keep.max()),
+        "keep probability: std within an image": float(keep.std(dim=1).mean()),
         "codes used": float(usage.num_used),
         "code perplexity": usage.perplexity,
         "bag-of-codes probe shape": 100 * linear_probe(bags["train"], train.shape, bags["test"], test.shape),

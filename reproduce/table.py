@@ -217,6 +217,7 @@ TABLE_MODULES = (
     "reproduce.vila_table6",
     "reproduce.vila_table8",
     "reproduce.vila_table9",
+    "reproduce.vila_table11",
 )
 
 

@@ -1,4 +1,4 @@
-"""The VILA table scripts (reproduce/vila_table{1,3,4,5,6,8,9}.py) on the table machinery: the mini rows share their runs
+"""The VILA table scripts (reproduce/vila_table{1,3,4,5,6,8,9,11}.py) on the table machinery: the mini rows share their runs
 through the chain prefixes (nothing is trained here: the chains are planned), the paper profiles refuse missing
 input with one `error:` line (exit 2) before anything is built, and every mini claim names rows and columns of its
 profile."""
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from reproduce import table as T
-from reproduce import vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9
+from reproduce import vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9, vila_table11
 
 
 def _plan(spec, tmp_path) -> dict[str, dict[str, str]]:
@@ -72,7 +72,7 @@ def test_paper_profile_names_the_missing_benchmark_file(module, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("error:") and str(tmp_path / "data") in err[0]
 
 
-@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9])
+@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9, vila_table11])
 def test_mini_claims_name_rows_and_columns_of_the_profile(module):
     profile = module.TABLE.profiles["mini"]
     ref = T.reference_for(profile.reference)
@@ -157,3 +157,25 @@ def test_table9_lora_switches_only_sft_at_the_papers_width_fraction(tmp_path):
     assert {k: v for k, v in lora.items() if k != "vila_sft"} == {k: v for k, v in t5["VILA (mini)"].items() if k != "vila_sft"}
     config = _configs(vila_table9.TABLE, f"LoRA (r={vila_table9.LORA_RANK})", tmp_path)["vila_sft"]
     assert config.model.ablation.lora_rank / config.model.llm.hidden_size == 64 / 4096
+
+
+def test_table11_second_backbone_changes_only_the_llm_stand_in_and_what_is_trained_from_it(tmp_path):
+    t1, t5, t11 = _plan(vila_table1.TABLE, tmp_path), _plan(vila_table5.TABLE, tmp_path), _plan(vila_table11.TABLE, tmp_path)
+    llama, vicuna = t11["Llama-2 (mini): PreT ✓, SFT ✓"], t11["Vicuna (mini): PreT ✓, SFT ✓"]
+    assert llama == t5["VILA (mini)"] == t1["VILA recipe (mlp2x_gelu)"]  # evaluated with the same limits there
+    assert vicuna["vila_vision_pretrain"] == llama["vila_vision_pretrain"]
+    assert all(vicuna[k] != llama[k] for k in ("vila_llm_pretrain", "vila_projector", "vila_pretrain", "vila_sft"))
+    for name in ("Llama-2", "Vicuna"):  # the frozen-LLM row shares stage 0 and the stand-ins with the trained one
+        frozen, trained = t11[f"{name} (mini): PreT ✗, SFT ✓"], t11[f"{name} (mini): PreT ✓, SFT ✓"]
+        assert {k: frozen[k] for k in list(frozen)[:3]} == {k: trained[k] for k in list(trained)[:3]}
+        assert frozen["vila_pretrain"] != trained["vila_pretrain"] and frozen["vila_sft"] != trained["vila_sft"]
+    configs = {name: _configs(vila_table11.TABLE, f"{name} (mini): PreT ✗, SFT ✓", tmp_path) for name in ("Llama-2", "Vicuna")}
+    weights = {name: c["vila_llm_pretrain"].data.text_weights for name, c in configs.items()}
+    assert weights["Vicuna"] == pytest.approx({**weights["Llama-2"], "qa": 3 * weights["Llama-2"]["qa"]})  # only qa differs
+    assert configs["Vicuna"]["vila_llm_pretrain"].loop == configs["Llama-2"]["vila_llm_pretrain"].loop  # steps, seed
+    assert [configs["Vicuna"][k].train_llm for k in ("vila_pretrain", "vila_sft")] == [False, True]
+    table1, table5 = vila_table1.TABLE.profiles["mini"], vila_table5.TABLE.profiles["mini"]
+    profile = vila_table11.TABLE.profiles["mini"]
+    for task, limit in profile.task_limits.items():  # a run shared between tables has one evaluation cache
+        assert limit == {**table1.task_limits, **table5.task_limits}[task]
+    assert profile.eval_limit == table1.eval_limit
