@@ -8,6 +8,8 @@ world's *test* images (never trained on), with probes fitted on training images:
     tokenizer_statistics     stage 1a under the argmax keep mask: kept tokens per image, codes used, code perplexity,
                              and bag-of-codes features for a probe
     keep_probabilities       stage 1a's selector: the probability of keeping each patch (the argmax keeps those > 0.5)
+    scene_qa_accuracy        a text LLM on the corpus' questions about scenes described in words (held-out documents):
+                             can it answer, without any image, what VQA asks of it (yes/no, open)?
 
 `reproduce/mini_release.py` prints them against their targets (the "mini release" report).
 """
@@ -123,16 +125,9 @@ def keep_probabilities(tokenizer, images: list, batch_size: int = 256) -> torch.
 def held_out_perplexity(lm, world) -> float:
     """Perplexity of a text LLM (`eval.lm_adapter.text_lm`: .model, .tokenizer) on held-out documents of the mini
     world's corpus sources: new documents of the same generator with another seed, never trained on."""
-    import json
     import math
-    import random
-    from pathlib import Path
 
-    from harness.miniworld import corpus
-
-    facts = [json.loads(line) for line in (Path(world.root) / "knowledge" / "facts.jsonl").read_text().splitlines()]
-    seed = json.loads((Path(world.root) / "DONE").read_text())["params"]["seed"]
-    held_out = corpus(random.Random(f"{seed}/held-out corpus"), facts, docs_per_source=50)
+    held_out = _held_out_corpus(world, docs_per_source=50)
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
         for docs in held_out.values():
@@ -143,3 +138,61 @@ def held_out_perplexity(lm, world) -> float:
                 total_nll += float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
                 total_tokens += ids.shape[1] - 1
     return math.exp(total_nll / total_tokens)
+
+
+SCENE_QA_DOCS = 600  # held-out questions per kind (yes/no, open)
+
+
+def _held_out_corpus(world, docs_per_source: int, name: str = "held-out corpus") -> dict[str, list[str]]:
+    """New documents of the mini world's corpus generator (another seed than the world's): never trained on."""
+    import json
+    import random
+    from pathlib import Path
+
+    from harness.miniworld import corpus
+
+    facts = [json.loads(line) for line in (Path(world.root) / "knowledge" / "facts.jsonl").read_text().splitlines()]
+    seed = json.loads((Path(world.root) / "DONE").read_text())["params"]["seed"]
+    return corpus(random.Random(f"{seed}/{name}"), facts, docs_per_source=docs_per_source)
+
+
+def lm_scorer(lm):
+    """score(prefix, continuation) -> the log-probability a text LLM (`eval.lm_adapter.text_lm`) gives the
+    continuation after BOS + prefix (the continuation's tokens as the tokenizer splits prefix + continuation)."""
+
+    @torch.no_grad()
+    def score(prefix: str, continuation: str) -> float:
+        tokenizer = lm.tokenizer
+        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        tail = tokenizer(prefix + continuation, add_special_tokens=False)["input_ids"][len(head) :]
+        ids = torch.tensor([[tokenizer.bos_token_id, *head, *tail]])
+        log_probs = lm.model(input_ids=ids).logits.float().log_softmax(-1)[0]
+        return float(sum(log_probs[len(head) + i, t] for i, t in enumerate(tail)))
+
+    return score
+
+
+def scene_qa_accuracy(score, world, n: int = SCENE_QA_DOCS) -> dict[str, float]:
+    """Accuracy (%) on held-out documents of the corpus' "qa" source ("A red circle is drawn on a plain background.
+    Question: is there not a circle? Answer: yes"): the first `n` yes/no ones (" yes" against " no") and the first `n`
+    open ones (the answer among the colours, the shapes, or the corner counts), each scored by `score(prefix,
+    continuation)`. The scene is given in words, so this is what VQA asks of the LLM once the image is read."""
+    from harness.miniworld import COLORS, SHAPES
+
+    docs = _held_out_corpus(world, docs_per_source=4 * n, name="held-out scene questions")["qa"]
+    yes_no = [d for d in docs if d.endswith((" yes", " no"))][:n]
+    open_ = [d for d in docs if not d.endswith((" yes", " no"))][:n]
+    if len(yes_no) < n or len(open_) < n:
+        raise ValueError(f"the held-out corpus has {len(yes_no)} yes/no and {len(open_)} open questions, fewer than {n}")
+    corners = ["none", "three", "four"]
+
+    def hits(items: list[str], candidates_for) -> float:
+        right = 0
+        for doc in items:
+            prefix, gold = doc.rsplit(" ", 1)
+            right += max(candidates_for(gold), key=lambda c: score(prefix, " " + c)) == gold
+        return 100.0 * right / len(items)
+
+    return {"yes/no": hits(yes_no, lambda gold: ["yes", "no"]),
+            "open": hits(open_, lambda gold: COLORS if gold in COLORS else SHAPES if gold in SHAPES else corners)}  # fmt: skip
+

@@ -23,7 +23,8 @@ training images), using Table 1's runs (trained here when missing, reused otherw
     encoder stand-in   linear probe on its frozen patch features: shape, colour
     LLM stand-in       mini_knowledge 5-shot through lm-eval (MMLU letter format); the same facts as sentence
                        completions (mini_knowledge_recall, 0-shot); perplexity on held-out documents of the corpus'
-                       sources
+                       sources; the corpus' questions about scenes described in words (held-out documents: yes/no,
+                       open), what VQA asks of the LLM once the image is read
     stage 1a           argmax keep mask: kept tokens per test image (min, mean); the selector's keep probabilities
                        (mean, max, spread within an image: the argmax keeps a patch only above 0.5); codes used of 64
                        and their perplexity; a probe on bag-of-codes: shape
@@ -253,9 +254,9 @@ def encoder_competence(encoder_path: Path, world, images=None) -> dict[str, floa
 
 def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
     """mini_knowledge 5-shot accuracy (%) through lm-eval (the MMLU letter format); the same facts as sentence
-    completions (mini_knowledge_recall, 0-shot: does the LLM hold the facts, apart from the letter format); and
+    completions (mini_knowledge_recall, 0-shot: does the LLM hold the facts, apart from the letter format);
     perplexity on held-out documents: new documents of the corpus' own sources (the same generator, another seed),
-    never trained on."""
+    never trained on; and the accuracy on held-out scene questions in words (`reproduce.competence.scene_qa_accuracy`)."""
     import pandas as pd
 
     from eval.evaluate import evaluate_tasks
@@ -265,11 +266,13 @@ def llm_competence(llm_run: Path, world, eval_dir: Path) -> dict[str, float]:
     tasks = ["mini_knowledge", "mini_knowledge_recall"]
     frame: pd.DataFrame = evaluate_tasks(tasks, "lavit", str(llm_run), str(world.root), str(eval_dir))
     accuracy = {t: float(frame[(frame["task"] == t) & (frame["metric"] == "accuracy")]["value"].iloc[0]) for t in tasks}
-    from reproduce.competence import held_out_perplexity
+    from reproduce.competence import held_out_perplexity, lm_scorer, scene_qa_accuracy
 
     lm = text_lm(load_for_eval(str(llm_run), device="cpu"))
+    scene = scene_qa_accuracy(lm_scorer(lm), world)
     return {"mini_knowledge 5-shot": accuracy["mini_knowledge"], "fact recall 0-shot": accuracy["mini_knowledge_recall"],
-            "held-out perplexity": held_out_perplexity(lm, world)}  # fmt: skip
+            "held-out perplexity": held_out_perplexity(lm, world),
+            "scene QA in words: yes/no": scene["yes/no"], "scene QA in words: open": scene["open"]}  # fmt: skip
 
 
 def tokenizer_competence(tokenizer_run: Path, world, images=None) -> dict[str, float]:

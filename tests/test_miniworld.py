@@ -335,3 +335,56 @@ def test_recall_through_lm_eval_scores_what_the_lm_knows(world):
     assert values == {"accuracy": 100.0} and counts["accuracy"] == world.counts["knowledge_test_questions"]
     values, _ = evaluate(_OracleLM(statements, liar=True), "recall", Path(world.root))
     assert values["accuracy"] == 0.0
+
+
+# ----- the scene-QA competence measure (reproduce/competence.py) over this world ----------------
+
+
+def _scene_oracle(prefix: str, continuation: str) -> float:
+    """Knows the scene: 1 for the true answer to the question about the scene the prefix describes in words."""
+    from harness.miniworld import COLORS, SHAPES
+
+    scene, question = prefix.split(" Question: ")
+    words = scene.rstrip(".").split()
+    color, shape = next(w for w in words if w in COLORS), next(w for w in words if w in SHAPES)
+    asked = question.removesuffix(" Answer:").rstrip("?").split()
+    answer = continuation.strip()
+    if answer in ("yes", "no"):
+        thing = next(w for w in asked if w in COLORS or w in SHAPES)
+        return float((answer == "yes") == ((thing in (color, shape)) != ("not" in asked or "no" in asked)))
+    if "corners" in asked:
+        return float(answer == {"circle": "none", "rectangle": "four", "triangle": "three"}[shape])
+    return float(answer == (color if "color" in asked else shape))
+
+
+def test_scene_qa_scores_an_oracle_full_marks_and_a_constant_answer_at_its_base_rate(world):
+    from reproduce.competence import scene_qa_accuracy
+
+    assert scene_qa_accuracy(_scene_oracle, world, n=200) == {"yes/no": 100.0, "open": 100.0}
+    always_yes = scene_qa_accuracy(lambda prefix, continuation: float(continuation == " yes"), world, n=200)
+    assert 35.0 < always_yes["yes/no"] < 65.0  # the share of "yes" answers: the corpus asks both ways
+    assert always_yes["open"] < 40.0  # a constant guess among colours / shapes / corner counts
+
+
+def test_lm_scorer_sums_the_continuation_tokens_log_probabilities():
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from reproduce.competence import lm_scorer
+
+    vocab = 10
+
+    def tokenizer(text, add_special_tokens=False):
+        return {"input_ids": [3 + (ord(ch) % 5) for ch in text]}
+
+    tokenizer.bos_token_id = 1
+    uniform = SimpleNamespace(logits=None)
+
+    def model(input_ids):
+        uniform.logits = torch.zeros(1, input_ids.shape[1], vocab)
+        return uniform
+
+    score = lm_scorer(SimpleNamespace(tokenizer=tokenizer, model=model))
+    assert math.isclose(score("Answer:", " yes"), -4 * math.log(vocab), rel_tol=1e-6)  # 4 tokens, each 1/vocab
