@@ -28,8 +28,7 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.compare import BandRule
-from reproduce.table import Column, Profile, TableSpec, Trained, main, register_table
+from reproduce.table import Profile, TableSpec, Trained, main, register_table
 from reproduce.vila_mini_chain import VICUNA_LLM, VILA_LLM, vila_chain
 from reproduce.vila_table1 import MINI as TABLE1
 from reproduce.vila_table1 import _columns
@@ -52,7 +51,8 @@ MINI = Profile(
     data="miniworld",
     eval_limit=TABLE1.eval_limit,  # Table 1's and Table 5's limits: the Llama-2 PreT ✓ row is evaluated there
     task_limits={**TABLE1.task_limits, **TABLE5.task_limits},
-    band_rules={**{c.label: TABLE1.band_rules[c.label] for c in FEW_SHOT}, **{c.label: TABLE5.band_rules[c.label] for c in TABLE5_COLUMNS}},
+    band_rules={**{c.label: TABLE1.band_rules[c.label] for c in FEW_SHOT},
+                **{c.label: TABLE5.band_rules[c.label] for c in TABLE5_COLUMNS}},  # fmt: skip
     describe="The mini VILA chain on two LLM stand-ins (Llama-2's and Vicuna's counterparts), the LLM frozen or "
              "trained in pre-training; Table 1's 0/4-shot columns and Table 5's VQAv2 / GQA counterparts. Not "
              "comparable with the paper's numbers.",
