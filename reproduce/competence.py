@@ -157,17 +157,13 @@ def _held_out_corpus(world, docs_per_source: int, name: str = "held-out corpus")
 
 
 def lm_scorer(lm):
-    """score(prefix, continuation) -> the log-probability a text LLM (`eval.lm_adapter.text_lm`) gives the
-    continuation after BOS + prefix (the continuation's tokens as the tokenizer splits prefix + continuation)."""
+    """score(prefix, continuation) -> the log-probability the text LLM `lm` (`eval.lm_adapter.text_lm`, an lm-eval
+    LM) gives the continuation after the prefix: lm-eval's own loglikelihood request, as the knowledge tasks use."""
+    from lm_eval.api.instance import Instance
 
-    @torch.no_grad()
     def score(prefix: str, continuation: str) -> float:
-        tokenizer = lm.tokenizer
-        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        tail = tokenizer(prefix + continuation, add_special_tokens=False)["input_ids"][len(head) :]
-        ids = torch.tensor([[tokenizer.bos_token_id, *head, *tail]])
-        log_probs = lm.model(input_ids=ids).logits.float().log_softmax(-1)[0]
-        return float(sum(log_probs[len(head) + i, t] for i, t in enumerate(tail)))
+        request = Instance(request_type="loglikelihood", doc={}, arguments=(prefix, continuation), idx=0)
+        return float(lm.loglikelihood([request], disable_tqdm=True)[0][0])
 
     return score
 
@@ -195,4 +191,3 @@ def scene_qa_accuracy(score, world, n: int = SCENE_QA_DOCS) -> dict[str, float]:
 
     return {"yes/no": hits(yes_no, lambda gold: ["yes", "no"]),
             "open": hits(open_, lambda gold: COLORS if gold in COLORS else SHAPES if gold in SHAPES else corners)}  # fmt: skip
-

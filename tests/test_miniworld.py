@@ -366,25 +366,12 @@ def test_scene_qa_scores_an_oracle_full_marks_and_a_constant_answer_at_its_base_
     assert always_yes["open"] < 40.0  # a constant guess among colours / shapes / corner counts
 
 
-def test_lm_scorer_sums_the_continuation_tokens_log_probabilities():
-    import math
-    from types import SimpleNamespace
-
-    import torch
-
+def test_lm_scorer_asks_the_lm_for_the_continuations_loglikelihood():
     from reproduce.competence import lm_scorer
 
-    vocab = 10
+    class LM:  # an lm-eval LM: loglikelihood(requests) -> [(log-probability, is greedy)]
+        def loglikelihood(self, requests, disable_tqdm=False):
+            return [(-float(len(r.args[1])), False) for r in requests]
 
-    def tokenizer(text, add_special_tokens=False):
-        return {"input_ids": [3 + (ord(ch) % 5) for ch in text]}
-
-    tokenizer.bos_token_id = 1
-    uniform = SimpleNamespace(logits=None)
-
-    def model(input_ids):
-        uniform.logits = torch.zeros(1, input_ids.shape[1], vocab)
-        return uniform
-
-    score = lm_scorer(SimpleNamespace(tokenizer=tokenizer, model=model))
-    assert math.isclose(score("Answer:", " yes"), -4 * math.log(vocab), rel_tol=1e-6)  # 4 tokens, each 1/vocab
+    score = lm_scorer(LM())
+    assert score("Answer:", " yes") == -4.0 and score("Answer:", " no") == -3.0
