@@ -34,6 +34,7 @@ reproduce-all: setup
 	.venv/bin/python reproduce/vila_table8.py
 	.venv/bin/python reproduce/vila_table9.py
 	.venv/bin/python reproduce/vila_table11.py
+	.venv/bin/python reproduce/vila_table7.py
 	.venv/bin/python reproduce/mini_release.py
 	.venv/bin/python -m reproduce.report
 

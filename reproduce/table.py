@@ -141,6 +141,9 @@ class Profile:
     mode: Literal["numeric", "claim"] = "claim"
     preset: str = "mini"  # the stage preset every StageRun starts from unless it names its own
     data: Literal["miniworld", "data-root"] = "miniworld"  # where evaluation data comes from
+    # data="miniworld": fn(runs_dir) -> the built world the rows train and evaluate on; None = the plain mini world at
+    # runs_dir/miniworld (harness.miniworld.build_miniworld). VILA Table 7's is the text world (harness.textworld).
+    world: Callable[[Path], Any] | None = None
     eval_limit: int | None = None  # evaluate on the first N samples of each task (part of the result's identity)
     # Per task, a limit replacing eval_limit (lm_eval tasks: questions per subject), and a data root other than the
     # profile's (a path; relative = to the checkout), e.g. the real MMLU beside the mini world: {"mmlu": "../shared/data"}.
@@ -215,6 +218,7 @@ TABLE_MODULES = (
     "reproduce.vila_table4",
     "reproduce.vila_table5",
     "reproduce.vila_table6",
+    "reproduce.vila_table7",
     "reproduce.vila_table8",
     "reproduce.vila_table9",
     "reproduce.vila_table11",
@@ -788,7 +792,7 @@ def _main(spec: TableSpec, argv: list[str] | None) -> int:
     if profile.data == "miniworld":
         from harness.miniworld import build_miniworld
 
-        ctx.world = build_miniworld(runs_dir / "miniworld")
+        ctx.world = profile.world(runs_dir) if profile.world else build_miniworld(runs_dir / "miniworld")
         ctx.data_root = Path(ctx.world.root)
         for task in profile.task_data:  # the tasks that read elsewhere: checked before anything is trained
             check_data([task], task_data_root(task, ctx))

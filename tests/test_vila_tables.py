@@ -1,4 +1,4 @@
-"""The VILA table scripts (reproduce/vila_table{1,3,4,5,6,8,9,11}.py) on the table machinery: the mini rows share their runs
+"""The VILA table scripts (reproduce/vila_table{1,3,4,5,6,7,8,9,11}.py) on the table machinery: the mini rows share their runs
 through the chain prefixes (nothing is trained here: the chains are planned), the paper profiles refuse missing
 input with one `error:` line (exit 2) before anything is built, and every mini claim names rows and columns of its
 profile."""
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from reproduce import table as T
-from reproduce import vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9, vila_table11
+from reproduce import vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table7, vila_table8, vila_table9, vila_table11
 
 
 def _plan(spec, tmp_path) -> dict[str, dict[str, str]]:
@@ -72,7 +72,7 @@ def test_paper_profile_names_the_missing_benchmark_file(module, tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("error:") and str(tmp_path / "data") in err[0]
 
 
-@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table8, vila_table9, vila_table11])
+@pytest.mark.parametrize("module", [vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table7, vila_table8, vila_table9, vila_table11])
 def test_mini_claims_name_rows_and_columns_of_the_profile(module):
     profile = module.TABLE.profiles["mini"]
     ref = T.reference_for(profile.reference)
@@ -179,3 +179,23 @@ def test_table11_second_backbone_changes_only_the_llm_stand_in_and_what_is_train
     for task, limit in profile.task_limits.items():  # a run shared between tables has one evaluation cache
         assert limit == {**table1.task_limits, **table5.task_limits}[task]
     assert profile.eval_limit == table1.eval_limit
+
+
+def test_table7_rows_switch_the_resolution_from_the_tower_on_and_the_projector_from_stage_zero_on(tmp_path):
+    t5, t7 = _plan(vila_table5.TABLE, tmp_path), _plan(vila_table7.TABLE, tmp_path)
+    low, high, down = t7["32 px, linear"], t7["48 px, linear"], t7["48 px, downsample"]
+    assert low["vila_llm_pretrain"] == high["vila_llm_pretrain"] == down["vila_llm_pretrain"] == t5["VILA (mini)"]["vila_llm_pretrain"]
+    assert down["vila_vision_pretrain"] == high["vila_vision_pretrain"] != low["vila_vision_pretrain"]  # a tower per resolution
+    assert high["vila_vision_pretrain"] == t5["VILA (mini)"]["vila_vision_pretrain"]  # (on this fake world: the same config)
+    for k in ("vila_projector", "vila_pretrain", "vila_sft"):
+        assert len({low[k], high[k], down[k]}) == 3
+    configs = {row: _configs(vila_table7.TABLE, row, tmp_path) for row in t7}
+    for row, size, projector, tokens in (("32 px, linear", 32, "linear", 16), ("48 px, linear", 48, "linear", 36),
+                                         ("48 px, downsample", 48, "downsample_2x2", 9)):  # fmt: skip
+        c = configs[row]
+        assert c["vila_vision_pretrain"].vision.image_size == size
+        assert all(c[k].model.vision == c["vila_vision_pretrain"].vision for k in ("vila_projector", "vila_pretrain", "vila_sft"))
+        assert {c[k].model.projector.type for k in ("vila_projector", "vila_pretrain", "vila_sft")} == {projector}
+        assert c["vila_sft"].model.tokens_per_image == tokens
+    profile = vila_table7.TABLE.profiles["mini"]
+    assert profile.world is vila_table7.text_world and all(r.seeds == (0, 1, 2) for r in profile.rows.values() if isinstance(r, T.Trained))
