@@ -186,14 +186,14 @@ def test_table7_rows_switch_the_resolution_from_the_tower_on_and_the_projector_f
     low, high, down = t7["32 px, linear"], t7["48 px, linear"], t7["48 px, downsample"]
     assert low["vila_llm_pretrain"] == high["vila_llm_pretrain"] == down["vila_llm_pretrain"] == t5["VILA (mini)"]["vila_llm_pretrain"]
     assert down["vila_vision_pretrain"] == high["vila_vision_pretrain"] != low["vila_vision_pretrain"]  # a tower per resolution
-    assert high["vila_vision_pretrain"] == t5["VILA (mini)"]["vila_vision_pretrain"]  # (on this fake world: the same config)
+    assert high["vila_vision_pretrain"] != t5["VILA (mini)"]["vila_vision_pretrain"]  # its towers train TOWER_STEPS
     for k in ("vila_projector", "vila_pretrain", "vila_sft"):
         assert len({low[k], high[k], down[k]}) == 3
     configs = {row: _configs(vila_table7.TABLE, row, tmp_path) for row in t7}
     for row, size, projector, tokens in (("32 px, linear", 32, "linear", 16), ("48 px, linear", 48, "linear", 36),
                                          ("48 px, downsample", 48, "downsample_2x2", 9)):  # fmt: skip
         c = configs[row]
-        assert c["vila_vision_pretrain"].vision.image_size == size
+        assert c["vila_vision_pretrain"].vision.image_size == size and c["vila_vision_pretrain"].loop.steps == vila_table7.TOWER_STEPS
         assert all(c[k].model.vision == c["vila_vision_pretrain"].vision for k in ("vila_projector", "vila_pretrain", "vila_sft"))
         assert {c[k].model.projector.type for k in ("vila_projector", "vila_pretrain", "vila_sft")} == {projector}
         assert c["vila_sft"].model.tokens_per_image == tokens
