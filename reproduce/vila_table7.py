@@ -64,10 +64,10 @@ def text_world(runs_dir: Path):
     return build_textworld(runs_dir / "miniworld-text", runs_dir / "miniworld")
 
 
-# The towers train 3,000 steps, not the preset's 300. Set on competence, before the claims were looked at: with the
-# preset's tower no row read the digit (TextVQA 10-11 %, chance; the shared chain's tower probes at 48 % on shape),
-# while a 3,000-step tower probes at 97.6 % on shape and the 48-px row (seed 0) answers TextVQA at 86.5 %. The
-# 32-px and downsample rows were trained with it only after that.
+# The towers train 3,000 steps, not the preset's 300. Set on the 48-px row's competence, not on a verdict: a first
+# full run with the preset's tower read no digit in any row (TextVQA 10-11 %, chance; both claims undecided) and
+# the shared chain's tower probes at 48 % on shape, while a 3,000-step tower probes at 97.6 % on shape and the
+# 48-px row (seed 0) answers TextVQA at 86.5 %. The 32-px and downsample rows were trained with it only after that.
 TOWER_STEPS = 3000
 
 
