@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluate_and_leave_group(kwargs: dict[str, Any], wait: bool = True):
+    """`evaluate_tasks`, then leave the process group (under torchrun / SLURM tasks).
+
+    Why: the ranks finish at different times (lm-eval tasks run on rank 0 alone), and a rank whose interpreter
+    exits with its gloo group still alive can abort in the group's threads ("terminate called without an active
+    exception", SIGABRT) and fail the whole job after its work is done. Leaving the group is local: no collective.
+    """
+    from eval.evaluate import evaluate_tasks
+    from train.distributed import shutdown_distributed
+
+    try:
+        return evaluate_tasks(**kwargs, wait=wait)
+    finally:
+        shutdown_distributed()
+
+
 class EvalJob:
     """A submitit callable: one SLURM task of an evaluation (the runner shards samples over the tasks)."""
 
@@ -68,10 +84,8 @@ class EvalJob:
     def __call__(self) -> list[dict[str, Any]]:
         import submitit
 
-        from eval.evaluate import evaluate_tasks
-
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return evaluate_tasks(**self.kwargs).to_dict(orient="records")
+        return evaluate_and_leave_group(self.kwargs).to_dict(orient="records")
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Timeout / preemption: requeue a fresh copy; it resumes from the per-sample caches."""
@@ -126,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = job.results()[0]  # rank 0's rows
         print(format_table(pd.DataFrame(rows)))
         return 0
-    from eval.evaluate import evaluate_tasks
-
-    frame = evaluate_tasks(**kwargs, wait=not args.no_wait)
+    frame = evaluate_and_leave_group(kwargs, wait=not args.no_wait)
     if not frame.empty:
         print(format_table(frame), flush=True)
         if "stale" in frame and frame["stale"].notna().any():
