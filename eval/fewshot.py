@@ -22,7 +22,9 @@ captions one of the image's reference captions, drawn with the same generator.
 
 Templates (task data, `TaskSpec.prompt` / `prompt_by_family`): one demonstration with {text} and {answer}, e.g.
 "Question: {text} Short answer: {answer}\\n" (OpenFlamingo's VQA format, VILA's ablation protocol is not published);
-the query is its part before {answer}, and the model's continuation is cut at the separator after {answer}.
+the query is its part before {answer}, and the model's continuation is cut at the separator after {answer}. The mini
+world's tasks use its own phrasing instead, for every family ("Question: {text} Answer: {answer}.\\n", captions
+with no prompt: MINI_VQA_TEMPLATE says why).
 
 Train-split files (under the data root, as released):
     COCO       coco/annotations/dataset_coco.json splits train + restval, images coco/images/<filepath>/<filename>
@@ -195,6 +197,16 @@ VQA_TEMPLATE = "Question: {text} Short answer: {answer}\n"
 CAPTION_TEMPLATE = "Output: {answer}\n"
 LAVIT_VQA_TEMPLATE = "Question: {text} Answer: {answer}\n"  # LaVIT's VQA prompt (§4.1)
 LAVIT_CAPTION_TEMPLATE = "{answer}\n"  # LaVIT captions without a prompt
+# The mini world's tasks ask in the mini world's own words, for every family: its interleaved documents write a
+# question about an image as the sentence "Question: q Answer: a." (model/vila/data.py `write_miniworld_data`; the
+# corpora as "Question: q Answer: a", harness/miniworld.py VQA_PROMPT) and a caption right after its image, with no
+# prompt. The period ends the answer (the prediction is the continuation cut there). OpenFlamingo's "Short answer:"
+# and "Output:" are phrases a real LLM has read on the web; the mini corpora never contain "short" or "output", so to
+# the mini models they are unseen tokens: with them the 4-shot VQA of every mini VILA row answered with captions
+# ("triangle that is black.") at 0-20 %, while the same models answer the same questions at 95 % with their SFT
+# prompt (VILA Table 5).
+MINI_VQA_TEMPLATE = "Question: {text} Answer: {answer}.\n"
+MINI_CAPTION_TEMPLATE = "{answer}\n"
 QUESTION_KEYS = ("question_template", "question_processing", "lemmatize")  # the template carries the question here
 FEWSHOT_VILA_VQA = {"num_beams": 1, "do_sample": False, "max_new_tokens": 5}
 FEWSHOT_VILA_CAPTION = {"num_beams": 1, "do_sample": False, "max_new_tokens": 20}
@@ -204,11 +216,13 @@ Pool = tuple[Callable[[Path], list[Demo]], tuple[str, ...]]  # (reader of the de
 
 def fewshot_spec(
     base_spec: TaskSpec, k: int, pool: Pool, *, caption: bool, description: str, greedy: dict[str, Any],
-    lavit: dict[str, Any], version: int = 1, shuffle_answers: bool = False,
+    lavit: dict[str, Any], version: int = 1, shuffle_answers: bool = False, template: str | None = None,
 ) -> TaskSpec:  # fmt: skip
     """`{base}_{k}shot`: the 0-shot task `base_spec` (its test reader and files) with k demonstrations from `pool`.
     `greedy` is the default decoding, `lavit` LaVIT's. `shuffle_answers`: `{base}_{k}shot_shuffled`, the same
-    demonstrations with their answers deranged (`draw_shots`), the control that shows whether the model reads them."""
+    demonstrations with their answers deranged (`draw_shots`), the control that shows whether the model reads them.
+    `template`: one demonstration's template for every family (the mini world's tasks); by default OpenFlamingo's,
+    and LaVIT's own for LaVIT."""
     pool_reader, pool_files = pool
     seeds = SEEDS_4SHOT if k else (0,)
     metric = "cider" if caption else base_spec.metric
@@ -226,8 +240,8 @@ def fewshot_spec(
         files=base_spec.files + (pool_files if k else ()),
         layout=base_spec.layout + (f"; demonstrations: {' + '.join(pool_files)} (train split)" if k else ""),
         metric=metric, headline=base_spec.headline, reader=reader,
-        prompt=CAPTION_TEMPLATE if caption else VQA_TEMPLATE,
-        prompt_by_family={"lavit": LAVIT_CAPTION_TEMPLATE if caption else LAVIT_VQA_TEMPLATE},
+        prompt=template or (CAPTION_TEMPLATE if caption else VQA_TEMPLATE),
+        prompt_by_family={"lavit": template or (LAVIT_CAPTION_TEMPLATE if caption else LAVIT_VQA_TEMPLATE)},
         generation=greedy,
         generation_by_family={"lavit": lavit, "vila": FEWSHOT_VILA_CAPTION if caption else FEWSHOT_VILA_VQA},
         metric_builder=lambda data_root, out_dir: seed_averaged(metric),

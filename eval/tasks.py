@@ -768,12 +768,18 @@ FEWSHOT_TASKS = (
 )
 
 
+# The mini world's few-shot tasks ask in its own words (eval/fewshot.py MINI_VQA_TEMPLATE says why); version 2: the
+# template changed from OpenFlamingo's.
+MINI_FEWSHOT_TEMPLATES = {"mini_vqa": fewshot.MINI_VQA_TEMPLATE, "mini_caption": fewshot.MINI_CAPTION_TEMPLATE}
+
+
 def _register_fewshot() -> None:
     for base, benchmark, caption, description, lavit in FEWSHOT_TASKS:
         for k, shuffled in ((0, False), (4, False), (4, True)):  # + the 4-shot shuffled-answers control
             register_task(lambda b=base, k=k, s=shuffled, bm=benchmark, c=caption, d=description, lv=lavit: fewshot.fewshot_spec(
                 get_task(b), k, FEWSHOT_POOLS[bm], caption=c, description=d, greedy=GREEDY_CAPTION if c else GREEDY_VQA,
-                lavit={key: v for key, v in lv.items() if key not in fewshot.QUESTION_KEYS}, shuffle_answers=s))  # fmt: skip
+                lavit={key: v for key, v in lv.items() if key not in fewshot.QUESTION_KEYS}, shuffle_answers=s,
+                template=MINI_FEWSHOT_TEMPLATES.get(b), version=2 if b in MINI_FEWSHOT_TEMPLATES else 1))  # fmt: skip
 
 
 _register_fewshot()

@@ -5,10 +5,16 @@
     vila_vision_pretrain┘
 
 Every stage starts from its `mini` preset with `data.miniworld={data}` (the table's mini world; its build hash is in
-every run's identity). One change from the presets: the LLM stand-in trains 1,000 steps (its preset: 150), the step
-count LaVIT's mini chain set for its LLM stand-in on the same corpus and tokenizer on held-out perplexity
-(`reproduce/mini_chain.py` LLM_PRETRAIN), before any VILA table was looked at; at 150 steps the text-only tables
-(Table 6) would compare a model that has not learned the corpus' facts.
+every run's identity). Two changes from the presets, each set on a stand-in's competence, not on a table's verdict:
+- the LLM stand-in trains 1,000 steps (its preset: 150), the step count LaVIT's mini chain set for its LLM stand-in
+  on the same corpus and tokenizer on held-out perplexity (`reproduce/mini_chain.py` LLM_PRETRAIN), before any VILA
+  table was looked at; at 150 steps the text-only tables (Table 6) would compare a model that has not learned the
+  corpus' facts;
+- the vision tower stand-in (CLIP's counterpart) trains 3,000 steps (VISION_STEPS; its preset: 300). At 300 steps a
+  linear probe on its frozen test-image features reads shape at 48.3 % (colour 98.7 %; chance 33 %) and the chain's
+  final model answers shape questions at 41.5 %: every table compared models that could not see form. At 3,000 steps
+  (167 s) the probe reads shape at 97.6 % (colour 99.6 %), and the chain with only that change answers Table 5's
+  questions at 94.7 % (shape 96.2 %; SFT seed 0), both measured before any table was regenerated with it.
 
 `vila_chain(pretrain=(...), sft=(...))` is the chain with `--set` switches on stage 1 and/or stage 2 (an ablation
 row); the unchanged prefix is the same run directories (the machinery names a run by the hash of its config and of
@@ -26,7 +32,8 @@ from reproduce.table import StageRun
 WORLD = ("data.miniworld={data}",)
 
 VILA_LLM = StageRun("vila_llm_pretrain", overrides=(*WORLD, "loop.steps=1000"))
-VILA_VISION = StageRun("vila_vision_pretrain", overrides=WORLD)
+VISION_STEPS = 3000  # the vision tower stand-in's steps (the module docstring says why)
+VILA_VISION = StageRun("vila_vision_pretrain", overrides=(*WORLD, f"loop.steps={VISION_STEPS}"))
 VILA_PROJECTOR = StageRun(
     "vila_projector", overrides=WORLD, inputs=(("llm_path", "vila_llm_pretrain"), ("vision_tower_path", "vila_vision_pretrain"))
 )
@@ -63,7 +70,9 @@ def vila_chain(projector: tuple[str, ...] = (), pretrain: tuple[str, ...] = (), 
 # Evaluation limits shared by the mini VILA tables (a run shared between tables has one evaluation cache).
 
 VILA_EVAL_LIMIT = 500  # mini_caption*: the first 500 test images
-VILA_TASK_LIMITS = {"mini_vqa": 1500, "mini_vqa_0shot": 1500, "mini_vqa_4shot": 500, "mini_caption_4shot": 200,
+# mini_vqa: the first 3,000 test questions, LaVIT Table 1's set (808 yes/no). The first 1,500 hold only 162 yes/no
+# questions (the question file lists them late), short of the >= 300 that issue 18's competence targets ask for.
+VILA_TASK_LIMITS = {"mini_vqa": 3000, "mini_vqa_0shot": 1500, "mini_vqa_4shot": 500, "mini_caption_4shot": 200,
                     "mini_knowledge": None}  # fmt: skip
 
 

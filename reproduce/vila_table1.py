@@ -18,7 +18,9 @@ share runs through their chain prefixes: the two stand-ins for all rows; stage 0
 for (a)-(c); the frozen-LLM stage 1 for (a) and (b); the last row is the chain Tables 5 and 6 evaluate (evaluated
 only). Nine stage runs beyond the shared chain: (a)-(c) six, (d) three. Columns: the
 mini world's held-out test questions and images, 0-shot and 4-shot in context (`eval/fewshot.py`: demonstrations
-from the 200-image train pool, 3 demonstration seeds, mean; their std over the seeds beside), the mini counterparts
+from the 200-image train pool, 3 demonstration seeds, mean; their std over the seeds beside; each demonstration in
+the mini world's own phrasing, "Question: q Answer: a." and a caption after its image, where the paper profile uses
+OpenFlamingo's "Short answer:" and "Output:", words the mini corpora never contain), the mini counterparts
 of OKVQA/TextVQA (VQA accuracy) and COCO/Flickr (CIDEr); Avg = the mean of the VQA accuracy and the CIDEr of the
 shot count, as the paper's Avg (CIDEr is in the hundreds here, so it dominates the Avg). The paper's claims
 (results/mini/vila_table1.yaml) are reported, not gated; the sanity claim (in-context demonstrations do not break

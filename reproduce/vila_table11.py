@@ -33,13 +33,14 @@ from reproduce.vila_mini_chain import VICUNA_LLM, VILA_LLM, vila_chain
 from reproduce.vila_table1 import MINI as TABLE1
 from reproduce.vila_table1 import _columns
 from reproduce.vila_table5 import MINI as TABLE5
+from reproduce.vila_table5 import VQA_COLUMNS
 
 FROZEN = ("train_llm=false",)
 BACKBONES = (("Llama-2", VILA_LLM), ("Vicuna", VICUNA_LLM))
 SETTINGS = (("PreT ✗, SFT ✓", FROZEN), ("PreT ✓, SFT ✓", ()))
 
 FEW_SHOT = _columns((("VQA", "mini_vqa", "vqa_accuracy"), ("Caption", "mini_caption", "CIDEr")))
-TABLE5_COLUMNS = tuple(c for c in TABLE5.columns if not c.label.startswith("POPE"))  # VQAv2, GQA: the paper's right half
+TABLE5_COLUMNS = tuple(c for c in VQA_COLUMNS if not c.label.startswith("POPE"))  # VQAv2, GQA: the paper's right half
 COLUMNS = FEW_SHOT + TABLE5_COLUMNS
 
 MINI = Profile(

@@ -14,12 +14,17 @@ mm_projector/, `model/vila/checkpoints.py`) on the twelve benchmarks in their of
         model's answers are generated and cached, and the cells read "needs a judge" (no number is invented)
 
 `mini` (CPU): the mini VILA chain's final model (`reproduce/vila_mini_chain.py`, shared with the other mini VILA
-tables) on the mini counterparts that exist: the mini world's held-out VQA (`mini_vqa`, the first 1,500 test
+tables) on the mini counterparts that exist: the mini world's held-out VQA (`mini_vqa`, the first 3,000 test
 questions, VILA's short-answer prompt) overall (VQAv2's counterpart), on its yes/no object-presence questions ("is
 there a red shape?", POPE's counterpart: POPE asks "Is there a <object> in the image?") and on its colour / shape
 questions (GQA's attribute questions). The other nine benchmarks (text reading, science diagrams, multiple-choice
 suites, judged chat) have no counterpart in a world of single coloured shapes. Baselines that never see the image:
 the training answer prior per question type and per question string (`harness/miniworld.py`).
+
+The instrument's competence is measured beside it (issue 18 asks the mini VILA for the mini LaVIT's targets): its
+captions of the first 500 test images (CIDEr, and whether each names the image's shape and colour, against chance
+captions), and a control, the same model with the test images permuted among the questions
+(`mini_vqa_image_shuffle`), which must fall to the blind baselines if its answers come from the image.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ if __name__ == "__main__":  # run as a script: import this checkout's packages a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reproduce.compare import BandRule
-from reproduce.mini_chain import vqa_by_type
-from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit
-from reproduce.vila_mini_chain import VILA_CHAIN, VILA_TASK_LIMITS
+from reproduce.mini_chain import caption_hits, vqa_by_type
+from reproduce.table import (Column, Computed, Profile, Released, TableSpec, Trained, evaluate_for_row, main, register_table,
+                             task_limit)
+from reproduce.vila_mini_chain import VILA_CHAIN, VILA_EVAL_LIMIT, VILA_TASK_LIMITS
 
 OURS = "VILA (mini)"
 
@@ -44,36 +50,66 @@ def _needs_judge() -> float:
     return float("nan")
 
 
+def _vqa_cells(ctx, **how) -> dict[str, float]:
+    """The three VQA columns on the table's questions: of saved predictions (`predictions_path=`) or a blind
+    baseline (`blind=`), as `eval.baselines.vqa_accuracy` scores them."""
+    from eval.baselines import vqa_accuracy
+
+    limit = task_limit("mini_vqa", ctx.profile)
+    return {
+        "VQAv2 (mini VQA)": vqa_accuracy(ctx.world, ctx.data_root, limit, **how),
+        "POPE (mini yes/no)": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", **how),
+        "GQA (mini colour/shape)": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", **how),
+    }
+
+
 def _blind(kind: str):
-    def fn(ctx) -> dict[str, float]:
-        from eval.baselines import vqa_accuracy
+    return lambda ctx: _vqa_cells(ctx, blind=kind)
 
-        limit = task_limit("mini_vqa", ctx.profile)
-        return {
-            "VQAv2 (mini VQA)": vqa_accuracy(ctx.world, ctx.data_root, limit, blind=kind),
-            "POPE (mini yes/no)": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", blind=kind),
-            "GQA (mini colour/shape)": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", blind=kind),
-        }
 
-    return fn
+def _image_shuffle(ctx) -> dict[str, float]:
+    """The chain's final model on the same questions with the test images permuted among them."""
+    out = ctx.eval_dirs[OURS]
+    evaluate_for_row(ctx, ["mini_vqa_image_shuffle"], "vila", ctx.run_dirs[OURS]["vila_sft"], out,
+                     limit=task_limit("mini_vqa_image_shuffle", ctx.profile))  # fmt: skip
+    return _vqa_cells(ctx, predictions_path=out / "mini_vqa_image_shuffle" / "predictions.jsonl")
 
+
+def _chance_captions(ctx) -> dict[str, float]:
+    from eval.baselines import chance_caption_scores
+
+    scores = chance_caption_scores(ctx.world, ctx.data_root, task_limit("mini_caption", ctx.profile))
+    return {"Caption CIDEr": scores["CIDEr"] * 100, "Shape named": scores["shape"] * 100, "Colour named": scores["color"] * 100}
+
+
+# The benchmarks' counterparts (Tables 9 and 11 show them too), then the captions that measure the instrument.
+VQA_COLUMNS = (
+    Column("VQAv2 (mini VQA)", "mini_vqa", "vqa_accuracy"),
+    Column("POPE (mini yes/no)", "mini_vqa", "", derive=vqa_by_type("yes/no")),
+    Column("GQA (mini colour/shape)", "mini_vqa", "", derive=vqa_by_type("other")),
+)
+CAPTION_COLUMNS = (
+    Column("Caption CIDEr", "mini_caption", "CIDEr"),
+    Column("Shape named", "mini_caption", "", scale=100, derive=caption_hits("shape")),
+    Column("Colour named", "mini_caption", "", scale=100, derive=caption_hits("color")),
+)
 
 MINI = Profile(
     rows={
         OURS: Trained("vila", VILA_CHAIN),
+        "Images shuffled (VILA mini)": Computed(_image_shuffle, "the same model, the test images permuted among the questions"),
         "Answer prior (no image)": Computed(_blind("question_type"), "most frequent training answer per question type"),
         "Question prior (no image)": Computed(_blind("question"), "most frequent training answer per question string"),
+        "Chance captions": Computed(_chance_captions, "template captions with a random shape and colour"),
     },
-    columns=(
-        Column("VQAv2 (mini VQA)", "mini_vqa", "vqa_accuracy"),
-        Column("POPE (mini yes/no)", "mini_vqa", "", derive=vqa_by_type("yes/no")),
-        Column("GQA (mini colour/shape)", "mini_vqa", "", derive=vqa_by_type("other")),
-    ),
+    columns=VQA_COLUMNS + CAPTION_COLUMNS,
     reference="mini/vila_table5",
     mode="claim",
     data="miniworld",
-    task_limits={"mini_vqa": VILA_TASK_LIMITS["mini_vqa"]},
-    band_rules={c: BandRule(relative=0.1, floor=3.0) for c in ("VQAv2 (mini VQA)", "POPE (mini yes/no)", "GQA (mini colour/shape)")},
+    task_limits={"mini_vqa": VILA_TASK_LIMITS["mini_vqa"], "mini_vqa_image_shuffle": VILA_TASK_LIMITS["mini_vqa"],
+                 "mini_caption": VILA_EVAL_LIMIT},  # fmt: skip
+    band_rules={c: BandRule(relative=0.1, floor=3.0) for c in ("VQAv2 (mini VQA)", "POPE (mini yes/no)", "GQA (mini colour/shape)",
+                                                               "Shape named", "Colour named")},  # fmt: skip
     describe="The mini VILA chain's final model, zero-shot on the mini world's held-out test questions (the mini "
              "counterparts of VQAv2, POPE and GQA). Not comparable with the paper's numbers.",
 )

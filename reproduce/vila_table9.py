@@ -27,6 +27,7 @@ from reproduce.compare import BandRule
 from reproduce.table import Column, Profile, TableSpec, Trained, main, register_table
 from reproduce.vila_mini_chain import VILA_CHAIN, vila_chain
 from reproduce.vila_table5 import MINI as TABLE5
+from reproduce.vila_table5 import VQA_COLUMNS
 from reproduce.vila_table8 import final_sft_loss
 
 LORA_RANK = 1  # the paper's 64 / 4096 of the LLM's width, at the mini LLM's 64
@@ -36,7 +37,7 @@ MINI = Profile(
         f"LoRA (r={LORA_RANK})": Trained("vila", vila_chain(sft=(f"model.ablation.lora_rank={LORA_RANK}",))),
         "Fine-tune (ours)": Trained("vila", VILA_CHAIN),
     },
-    columns=(*TABLE5.columns, Column("SFT loss (last 50 steps)", "", "", derive=final_sft_loss)),
+    columns=(*VQA_COLUMNS, Column("SFT loss (last 50 steps)", "", "", derive=final_sft_loss)),
     reference="mini/vila_table9",
     mode="claim",
     data="miniworld",

@@ -343,3 +343,23 @@ def test_sft_instructions_are_the_evaluation_prompts():
 
     assert CAPTION_PROMPT == VILA_CAPTION
     assert SHORT_ANSWER == "{text}\n" + VQA_SUFFIX
+
+
+def test_mini_fewshot_demonstrations_are_written_as_the_worlds_documents_write_them(world, converted):
+    """The mini k-shot tasks ask in the mini world's words (eval/fewshot.py MINI_VQA_TEMPLATE): a VQA demonstration
+    is a sentence the interleaved documents contain verbatim, and no template word is one the corpora never use."""
+    import re
+
+    from eval.fewshot import MINI_CAPTION_TEMPLATE, MINI_VQA_TEMPLATE, VQA_TEMPLATE
+
+    sentences = {s for line in Path(converted["mmc4"]).read_text().splitlines() for s in json.loads(line)["text_list"]}
+    asked = [s for s in sentences if s.startswith("Question: ")]
+    assert asked
+    for sentence in asked:
+        q, _, a = sentence[len("Question: "):].partition(" Answer: ")
+        assert MINI_VQA_TEMPLATE.format(text=q, answer=a.removesuffix(".")).strip() == sentence
+    corpus = " ".join(json.loads(l)["text"] for f in sorted((Path(world.root) / "text").glob("*.jsonl"))
+                      for l in f.read_text().splitlines()).lower() + " " + " ".join(sentences).lower()  # fmt: skip
+    words = lambda template: set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", template).lower()))  # noqa: E731
+    assert words(MINI_VQA_TEMPLATE) | words(MINI_CAPTION_TEMPLATE) <= set(re.findall(r"[a-z]+", corpus))
+    assert not words(VQA_TEMPLATE) <= set(re.findall(r"[a-z]+", corpus))  # OpenFlamingo's "short": why the mini template

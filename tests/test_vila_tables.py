@@ -186,7 +186,9 @@ def test_table7_rows_switch_the_resolution_from_the_tower_on_and_the_projector_f
     low, high, down = t7["32 px, linear"], t7["48 px, linear"], t7["48 px, downsample"]
     assert low["vila_llm_pretrain"] == high["vila_llm_pretrain"] == down["vila_llm_pretrain"] == t5["VILA (mini)"]["vila_llm_pretrain"]
     assert down["vila_vision_pretrain"] == high["vila_vision_pretrain"] != low["vila_vision_pretrain"]  # a tower per resolution
-    assert high["vila_vision_pretrain"] != t5["VILA (mini)"]["vila_vision_pretrain"]  # its towers train TOWER_STEPS
+    # One tower recipe (Table 7 set it first, the shared chain adopted it): on the same world (this test plans both on
+    # one) the 48-px tower is the shared chain's own run; on the text world it is its own run.
+    assert high["vila_vision_pretrain"] == t5["VILA (mini)"]["vila_vision_pretrain"]
     for k in ("vila_projector", "vila_pretrain", "vila_sft"):
         assert len({low[k], high[k], down[k]}) == 3
     configs = {row: _configs(vila_table7.TABLE, row, tmp_path) for row in t7}
