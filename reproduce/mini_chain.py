@@ -136,6 +136,41 @@ def vqa_by_type(answer_type: str):
     return derive
 
 
+def vqa_cells(ctx, labels: tuple[str, str, str], **how) -> dict[str, float]:
+    """VQA accuracy on the table's mini_vqa questions, overall, on yes/no and on colour/shape, under the three column
+    `labels`: of saved predictions (`predictions_path=`) or of a blind baseline (`blind=`), as
+    `eval.baselines.vqa_accuracy` scores them."""
+    from eval.baselines import vqa_accuracy
+
+    from reproduce.table import task_limit
+
+    limit = task_limit("mini_vqa", ctx.profile)
+    return {label: vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type=answer_type, **how)
+            for label, answer_type in zip(labels, (None, "yes/no", "other"))}  # fmt: skip
+
+
+def image_shuffle_cells(ctx, row: str, family: str, stage: str, labels: tuple[str, str, str], **options) -> dict[str, float]:
+    """The control of a table's model (row `row`, its run of `stage`): the same questions with the test images
+    permuted among them (task mini_vqa_image_shuffle), scored as `vqa_cells`. `options` go to the evaluation."""
+    from reproduce.table import evaluate_for_row, task_limit
+
+    out = ctx.eval_dirs[row]
+    evaluate_for_row(ctx, ["mini_vqa_image_shuffle"], family, ctx.run_dirs[row][stage], out,
+                     limit=task_limit("mini_vqa_image_shuffle", ctx.profile), **options)  # fmt: skip
+    return vqa_cells(ctx, labels, predictions_path=out / "mini_vqa_image_shuffle" / "predictions.jsonl")
+
+
+def chance_caption_cells(ctx) -> dict[str, float]:
+    """Template captions with a random shape and colour, on the table's mini_caption images: the columns "Caption
+    CIDEr", "Shape named" and "Colour named"."""
+    from eval.baselines import chance_caption_scores
+
+    from reproduce.table import task_limit
+
+    scores = chance_caption_scores(ctx.world, ctx.data_root, task_limit("mini_caption", ctx.profile))
+    return {"Caption CIDEr": scores["CIDEr"] * 100, "Shape named": scores["shape"] * 100, "Colour named": scores["color"] * 100}
+
+
 # Every mini table evaluates the same questions, so a run shared between tables has one evaluation: captions of the
 # 1,000 test images, and the first 3,000 test questions (3 per image; 808 yes/no, where the first 1,000 had 50).
 MINI_EVAL_LIMIT = 1000

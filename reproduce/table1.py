@@ -28,8 +28,9 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: import this checkout's packages and write into its results/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.mini_chain import MINI_CHAIN, MINI_EVAL_LIMIT, MINI_TASK_LIMITS, caption_hits, vqa_by_type
-from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit, evaluate_for_row
+from reproduce.mini_chain import (MINI_CHAIN, MINI_EVAL_LIMIT, MINI_TASK_LIMITS, caption_hits, chance_caption_cells, image_shuffle_cells,
+                                  vqa_by_type, vqa_cells)
+from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table, task_limit
 
 # ---------------------------------------------------------------------------------------------
 # The mini profile: one LaVIT trained from nothing on the mini world.
@@ -38,37 +39,17 @@ from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trai
 OURS = "Ours (mini LaVIT)"
 
 
-def _vqa_cells(ctx, **how) -> dict[str, float]:
-    """The three VQA columns on the task's questions: of saved predictions (`predictions_path=`) or a blind baseline
-    (`blind=`), as `eval.baselines.vqa_accuracy` scores them."""
-    from eval.baselines import vqa_accuracy
-
-    limit = task_limit("mini_vqa", ctx.profile)
-    return {
-        "VQA accuracy": vqa_accuracy(ctx.world, ctx.data_root, limit, **how),
-        "VQA yes/no": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", **how),
-        "VQA colour/shape": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", **how),
-    }
+VQA_LABELS = ("VQA accuracy", "VQA yes/no", "VQA colour/shape")
 
 
 def _blind(kind: str):
     """A baseline that never sees the image, scored on the same questions as the model."""
-    return lambda ctx: _vqa_cells(ctx, blind=kind)
+    return lambda ctx: vqa_cells(ctx, VQA_LABELS, blind=kind)
 
 
 def _image_shuffle(ctx) -> dict[str, float]:
     """Our model on the same questions with the test images permuted among them (task mini_vqa_image_shuffle)."""
-    out = ctx.eval_dirs[OURS]
-    evaluate_for_row(ctx, ["mini_vqa_image_shuffle"], "lavit", ctx.run_dirs[OURS]["unified"], out,
-                     limit=task_limit("mini_vqa_image_shuffle", ctx.profile), batch_size=ctx.profile.eval_batch_size)  # fmt: skip
-    return _vqa_cells(ctx, predictions_path=out / "mini_vqa_image_shuffle" / "predictions.jsonl")
-
-
-def _chance_captions(ctx) -> dict[str, float]:
-    from eval.baselines import chance_caption_scores
-
-    scores = chance_caption_scores(ctx.world, ctx.data_root, ctx.profile.eval_limit)
-    return {"Caption CIDEr": scores["CIDEr"] * 100, "Shape named": scores["shape"] * 100, "Colour named": scores["color"] * 100}
+    return image_shuffle_cells(ctx, OURS, "lavit", "unified", VQA_LABELS, batch_size=ctx.profile.eval_batch_size)
 
 
 def _gallery(ctx, path: Path) -> Path:
@@ -111,7 +92,7 @@ MINI = Profile(
         "Images shuffled (ours)": Computed(_image_shuffle, "our model, the test images permuted among the questions"),
         "Answer prior (no image)": Computed(_blind("question_type"), "most frequent training answer per question type"),
         "Question prior (no image)": Computed(_blind("question"), "most frequent training answer per question string"),
-        "Chance captions": Computed(_chance_captions, "template captions with a random shape and colour"),
+        "Chance captions": Computed(chance_caption_cells, "template captions with a random shape and colour"),
     },
     columns=(
         Column("Caption CIDEr", "mini_caption", "CIDEr"),

@@ -36,9 +36,8 @@ if __name__ == "__main__":  # run as a script: import this checkout's packages a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reproduce.compare import BandRule
-from reproduce.mini_chain import caption_hits, vqa_by_type
-from reproduce.table import (Column, Computed, Profile, Released, TableSpec, Trained, evaluate_for_row, main, register_table,
-                             task_limit)
+from reproduce.mini_chain import caption_hits, chance_caption_cells, image_shuffle_cells, vqa_by_type, vqa_cells
+from reproduce.table import Column, Computed, Profile, Released, TableSpec, Trained, main, register_table
 from reproduce.vila_mini_chain import VILA_CHAIN, VILA_EVAL_LIMIT, VILA_TASK_LIMITS
 
 OURS = "VILA (mini)"
@@ -50,36 +49,16 @@ def _needs_judge() -> float:
     return float("nan")
 
 
-def _vqa_cells(ctx, **how) -> dict[str, float]:
-    """The three VQA columns on the table's questions: of saved predictions (`predictions_path=`) or a blind
-    baseline (`blind=`), as `eval.baselines.vqa_accuracy` scores them."""
-    from eval.baselines import vqa_accuracy
-
-    limit = task_limit("mini_vqa", ctx.profile)
-    return {
-        "VQAv2 (mini VQA)": vqa_accuracy(ctx.world, ctx.data_root, limit, **how),
-        "POPE (mini yes/no)": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="yes/no", **how),
-        "GQA (mini colour/shape)": vqa_accuracy(ctx.world, ctx.data_root, limit, answer_type="other", **how),
-    }
+VQA_LABELS = ("VQAv2 (mini VQA)", "POPE (mini yes/no)", "GQA (mini colour/shape)")
 
 
 def _blind(kind: str):
-    return lambda ctx: _vqa_cells(ctx, blind=kind)
+    return lambda ctx: vqa_cells(ctx, VQA_LABELS, blind=kind)
 
 
 def _image_shuffle(ctx) -> dict[str, float]:
     """The chain's final model on the same questions with the test images permuted among them."""
-    out = ctx.eval_dirs[OURS]
-    evaluate_for_row(ctx, ["mini_vqa_image_shuffle"], "vila", ctx.run_dirs[OURS]["vila_sft"], out,
-                     limit=task_limit("mini_vqa_image_shuffle", ctx.profile))  # fmt: skip
-    return _vqa_cells(ctx, predictions_path=out / "mini_vqa_image_shuffle" / "predictions.jsonl")
-
-
-def _chance_captions(ctx) -> dict[str, float]:
-    from eval.baselines import chance_caption_scores
-
-    scores = chance_caption_scores(ctx.world, ctx.data_root, task_limit("mini_caption", ctx.profile))
-    return {"Caption CIDEr": scores["CIDEr"] * 100, "Shape named": scores["shape"] * 100, "Colour named": scores["color"] * 100}
+    return image_shuffle_cells(ctx, OURS, "vila", "vila_sft", VQA_LABELS)
 
 
 # The benchmarks' counterparts (Tables 9 and 11 show them too), then the captions that measure the instrument.
@@ -100,7 +79,7 @@ MINI = Profile(
         "Images shuffled (VILA mini)": Computed(_image_shuffle, "the same model, the test images permuted among the questions"),
         "Answer prior (no image)": Computed(_blind("question_type"), "most frequent training answer per question type"),
         "Question prior (no image)": Computed(_blind("question"), "most frequent training answer per question string"),
-        "Chance captions": Computed(_chance_captions, "template captions with a random shape and colour"),
+        "Chance captions": Computed(chance_caption_cells, "template captions with a random shape and colour"),
     },
     columns=VQA_COLUMNS + CAPTION_COLUMNS,
     reference="mini/vila_table5",
