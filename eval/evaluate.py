@@ -263,6 +263,7 @@ def evaluate_tasks(
     loaded: Any = None,
     judge: Any = None,
     reuse_stale: bool = False,
+    restart_changed: bool = False,
     wait: bool = True,
 ) -> "pd.DataFrame":
     """Evaluate `checkpoint` (a family's released or run directory) on `tasks`; returns every result row.
@@ -276,7 +277,9 @@ def evaluate_tasks(
     One process at a time evaluates a task's output directory (`harness.runlock.eval_lock`; `wait=False`: fail
     naming the owner). A finished task made by other code (`harness.code_identity`, OUT/<task>/code.json) is
     evaluated again from scratch; with `reuse_stale` its rows are reused and carry `stale` ("stale: evaluated at
-    <rev>; ...").
+    <rev>; ..."). A finished task made with other settings (task version, limit, dataset, model) is recomputed; its
+    prediction cache then refuses to resume (a user's output directory is never deleted), unless `restart_changed`
+    (the table machinery, which owns its run directories): the task starts over from scratch.
     """
     import pandas as pd
 
@@ -305,7 +308,7 @@ def evaluate_tasks(
         try:
             rows_of[spec.name] = _evaluate_one(task, loaded, family, data_root, out_dir, checkpoint_text, limit=limit,
                                                batch_size=batch_size, progress=progress, rank=rank, judge=judge,
-                                               reuse_stale=reuse_stale)  # fmt: skip
+                                               reuse_stale=reuse_stale, restart_changed=restart_changed)  # fmt: skip
         finally:
             if lock is not None:
                 lock.release()
@@ -318,7 +321,7 @@ def evaluate_tasks(
 
 def _evaluate_one(
     task: PreparedTask, loaded: Any, family: str, data_root: Path, out_dir: Path, checkpoint_text: str, *, limit: int | None,
-    batch_size: int, progress: bool | None, rank: int, judge: Any, reuse_stale: bool,
+    batch_size: int, progress: bool | None, rank: int, judge: Any, reuse_stale: bool, restart_changed: bool = False,
 ) -> list[dict[str, Any]] | None:  # fmt: skip
     """One task: reuse its finished results when made the same way by the same code, else evaluate it."""
     from harness.code_identity import changed_files, code_record, describe_change, made_at
@@ -328,6 +331,10 @@ def _evaluate_one(
     model_id = loaded.model_id if spec.kind == "lm_eval" else getattr(loaded.adapter, "model_id", loaded.model_id)
     identity = run_identity(task, family, model_id, limit, None if spec.kind == "lm_eval" else loaded.adapter)
     rows = finished_rows(out_dir, identity)
+    if rows is None and restart_changed and (out_dir / "results.json").is_file():
+        # Finished with other settings (a new task version or limit): its prediction cache would refuse to resume.
+        log.warning("%s: finished with other settings; evaluating again from scratch", out_dir)
+        shutil.rmtree(out_dir)
     if rows is not None and any(r.get("value") is None for r in rows):
         rows = None  # a "needs a judge" row: try again (a judge may be given now; the predictions are cached)
     if rows is not None and spec.judge and any(r.get("judge") != getattr(judge, "model_id", None) for r in rows):

@@ -529,7 +529,7 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
         ((root, limit), tasks), = groups.items()
         return evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
                               batch_size=profile.eval_batch_size, device=ctx.device, reuse_stale=ctx.reuse_stale,
-                              wait=ctx.wait)  # fmt: skip
+                              restart_changed=True, wait=ctx.wait)  # fmt: skip
     from model.families import get_family
 
     if load_options:  # evaluate_tasks checks the data before it loads a model; here the model is loaded first
@@ -539,7 +539,7 @@ def evaluate_row(family: str, checkpoint: str | Path, output_dir: Path, ctx: Con
     frames = [
         evaluate_tasks(tasks, family, str(checkpoint), str(root), str(output_dir), limit=limit,
                        batch_size=profile.eval_batch_size, device=ctx.device, loaded=loaded, reuse_stale=ctx.reuse_stale,
-                       wait=ctx.wait)  # fmt: skip
+                       restart_changed=True, wait=ctx.wait)  # fmt: skip
         for (root, limit), tasks in groups.items()
     ]
     return pd.concat(frames, ignore_index=True)
@@ -551,7 +551,7 @@ def evaluate_for_row(ctx: Context, tasks: list, family: str, checkpoint: str | P
     from eval.evaluate import evaluate_tasks
 
     frame = evaluate_tasks(tasks, family, str(checkpoint), str(ctx.data_root), str(output_dir), device=ctx.device,
-                           reuse_stale=ctx.reuse_stale, wait=ctx.wait, **options)  # fmt: skip
+                           reuse_stale=ctx.reuse_stale, restart_changed=True, wait=ctx.wait, **options)  # fmt: skip
     _note_stale(frame, ctx.row, ctx)
     return frame
 

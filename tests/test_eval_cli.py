@@ -203,6 +203,10 @@ def test_library_reuses_finished_tasks_without_model_calls(data_root, family, tm
 
     with pytest.raises(CacheError, match=f"version: cache has {version}, this run has {version + 1}"):
         evaluate_tasks([bumped], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
+    # The table machinery owns its run directories: there the changed task starts over instead.
+    restarted = evaluate_tasks([bumped], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded, restart_changed=True)
+    assert list(restarted["reused"]) == [False] and len(loaded.adapter.calls) == n_calls + 1
+    assert list(restarted["task_version"]) == [version + 1] and restarted["value"].iloc[0] == first["value"].iloc[0]
 
 
 def test_results_made_by_other_code_are_redone_or_reused_marked_stale(data_root, family, tmp_path):
