@@ -13,8 +13,9 @@ eva_vitg_psz14.bin) and CI never retrains it:
                                        stand-in gets new run directories downstream (runs are keyed by their config)
     MANIFEST.json                      per file: SHA-256, size, recipe (the stage and its --set overrides), steps,
                                        wall time, threads, competence, and the SHA-256 of the weights after the
-                                       recipe's first PREFIX_STEPS steps (tests/test_mini_release.py retrains that
-                                       prefix and compares it bit for bit)
+                                       recipe's first PREFIX_STEPS steps, per CPU kernel set (`cpu_capability`:
+                                       AVX2 and AVX-512 kernels round differently; tests/test_mini_release.py
+                                       retrains that prefix and compares it bit for bit with its machine's)
     CARD_<part>.md                     data, steps, wall time and competence numbers, for people
 
 The report measures each part on held-out data (the mini world's test images, never trained on; probes are fitted on
@@ -151,6 +152,14 @@ def state_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
+def cpu_capability() -> str:
+    """The CPU kernel set PyTorch dispatches to on this machine ("AVX2", "AVX512", ...): float results, and so the
+    prefix's bits, depend on it."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def prefix_sha256(stand_in: StandIn) -> str:
     """The weights' SHA-256 after the recipe's first PREFIX_STEPS steps on the PREFIX_WORLD (fresh, temporary)."""
     from harness.miniworld import build_miniworld
@@ -198,7 +207,8 @@ def build(world_root: Path, runs_dir: Path, release_dir: Path = RELEASE_DIR) -> 
             "file": name, "sha256": digest, "bytes": (release_dir / name).stat().st_size, "stands_for": stand_in.stands_for,
             "stage": stand_in.stage, "preset": "mini", "overrides": list(stand_in.overrides), "steps": steps,
             "wall_time_s": round(seconds, 1), "threads": torch.get_num_threads(), "data": stand_in.data,
-            "competence": competence, "prefix_steps": PREFIX_STEPS, "prefix_world": PREFIX_WORLD, "prefix_sha256": prefix_sha256(stand_in),
+            "competence": competence, "prefix_steps": PREFIX_STEPS, "prefix_world": PREFIX_WORLD,
+            "prefix_sha256": {cpu_capability(): prefix_sha256(stand_in)},
         }  # fmt: skip
         atomic_write_text(release_dir / f"CARD_{stand_in.part}.md", card(stand_in, manifest["parts"][stand_in.part]))
     atomic_write_json(release_dir / MANIFEST, manifest)
@@ -225,8 +235,10 @@ def card(stand_in: StandIn, entry: dict) -> str:
         *(f"  - {k}: {v:.1f} %" for k, v in entry["competence"].items()),
         "",
         f"- Reproducibility: the first {entry['prefix_steps']} steps of the recipe on a reduced world "
-        f"({entry['prefix_world']}) give weights with SHA-256 `{entry['prefix_sha256']}` "
-        "(tests/test_mini_release.py retrains and compares).",
+        f"({entry['prefix_world']}) give weights with SHA-256 "
+        + ", ".join(f"`{sha}` with {cpu}" for cpu, sha in entry["prefix_sha256"].items())
+        + " CPU kernels (PyTorch picks its float kernels by the CPU's instruction set, and they round differently; "
+        "tests/test_mini_release.py retrains and compares on the machine's own).",
         "",
     ]
     return "\n".join(lines)
