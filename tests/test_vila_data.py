@@ -5,6 +5,7 @@ conversion, and resume-exact streams."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.vila.data import (
+    DOC_KINDS,
     IGNORE_INDEX,
     MAX_IMAGES_PER_DOC,
     Grouped,
@@ -26,6 +28,7 @@ from model.vila.data import (
     mmc4_segments,
     text,
     write_miniworld_data,
+    yes_no_answer,
 )
 from train.data import JsonlRecords
 
@@ -272,7 +275,13 @@ def test_miniworld_conversion_writes_official_layouts_from_the_train_split(world
             assert set(info) >= {"image_name", "matched_text_index", "matched_sim"}
             assert info["image_name"][: -len(".png")] in train_ids
             assert (Path(converted["image_root"]) / info["image_name"]).is_file()
-            assert world.labels["train"][info["image_name"][:-4]][0] in doc["text_list"][info["matched_text_index"]]
+            shape, color = world.labels["train"][info["image_name"][:-4]]
+            matched = doc["text_list"][info["matched_text_index"]]
+            if matched.startswith("Question: "):  # a page of questions: one about this image, answered for it
+                q, _, a = matched[len("Question: "):].partition(" Answer: ")
+                assert a.removesuffix(".") == (yes_no_answer(q, shape, color) or (color if "color" in q else shape))
+            else:
+                assert shape in matched  # its caption
         counts.append(len(doc["image_info"]))
     assert min(counts) >= 2 and max(counts) > MAX_IMAGES_PER_DOC  # the cap is exercised by the data
     sft = json.loads(Path(converted["sft"]).read_text())
@@ -283,6 +292,58 @@ def test_miniworld_conversion_writes_official_layouts_from_the_train_split(world
     assert len(text_sft) > 100 and all("image" not in r for r in text_sft)
     align = json.loads(Path(converted["align"]).read_text())
     assert len(align) == 3 * len(train_ids)  # one record per caption sample
+
+
+def test_yes_no_answers_are_easy_vqas_on_every_train_question(world):
+    """`yes_no_answer`, from an image's labels, gives easy-vqa's own answer to every yes/no train question, and
+    none to an open one: the complements of `balanced_questions` are answered by the rule the data follow."""
+    from model.vila.data import _miniworld_images
+
+    asked = 0
+    for im in _miniworld_images(Path(world.root)):
+        shape, color = world.labels["train"][str(im.image_id)]
+        for q, a in im.questions:
+            assert yes_no_answer(q, shape, color) == (a if a in ("yes", "no") else None), q
+            asked += a in ("yes", "no")
+    assert asked > 20
+
+
+def test_sft_yes_no_questions_are_balanced_pairs(world, converted):
+    """VQA v2's balancing: in the SFT data every yes/no question string is answered "yes" exactly as often as "no",
+    each answer right for its image, and every original question of an image is still asked of it."""
+    from model.vila.data import _miniworld_images
+
+    sft = json.loads(Path(converted["sft"]).read_text())
+    answers: dict[str, Counter] = {}
+    asked: dict[str, set] = {}
+    for record in sft:
+        shape, color = world.labels["train"][record["image"][:-4]]
+        turns = record["conversations"]
+        for user, assistant in zip(turns[::2], turns[1::2]):
+            q = user["value"].removeprefix("<image>\n").split("\n")[0]
+            asked.setdefault(record["image"][:-4], set()).add((q, assistant["value"]))
+            if assistant["value"] in ("yes", "no"):
+                assert yes_no_answer(q, shape, color) == assistant["value"]
+                answers.setdefault(q, Counter())[assistant["value"]] += 1
+    for q, counts in answers.items():
+        assert counts["yes"] == counts["no"], (q, counts)
+    for im in _miniworld_images(Path(world.root)):
+        assert set(im.questions) <= asked[str(im.image_id)]
+
+
+def test_mini_mmc4_has_pages_that_repeat_a_task_from_image_to_image(converted):
+    """Besides web pages, the documents hold pages of questions and galleries (DOC_KINDS): the counterparts of a
+    k-shot prompt, each image's matched sentence a question (or a caption) with no other sentence in between."""
+    kinds = Counter()
+    for line in Path(converted["mmc4"]).read_text().splitlines():
+        doc = json.loads(line)
+        matched = sorted(i["matched_text_index"] for i in doc["image_info"])
+        if matched == list(range(len(matched))):  # image, its sentence, image, its sentence, ...
+            text = [doc["text_list"][i] for i in matched]
+            kinds["question page" if all(t.startswith("Question: ") for t in text) else "gallery"] += 1
+        else:
+            kinds["web page"] += 1
+    assert set(kinds) == set(DOC_KINDS), kinds
 
 
 def test_miniworld_conversion_is_deterministic(world, converted, tmp_path):

@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from reproduce import table as T
 from reproduce import vila_table1, vila_table3, vila_table4, vila_table5, vila_table6, vila_table7, vila_table8, vila_table9, vila_table11
@@ -40,6 +41,24 @@ def test_mini_rows_share_runs_through_their_chain_prefixes(tmp_path):
     assert len({a["vila_sft"], b["vila_sft"], c["vila_sft"], d["vila_sft"], final["vila_sft"]}) == 5
     new_runs = {r for row in (a, b, c, d) for r in row.values()} - set(final.values())
     assert len(new_runs) == 9  # what Table 1 trains beyond the shared chain
+
+
+def test_table1_shuffled_answers_drop_counts_only_beyond_the_demonstration_seeds_std(tmp_path):
+    """The control's claim reads "VQA drop beyond seed std": the drop minus the larger seed std of the two tasks, so a
+    drop inside the seed-to-seed variation (the last stop's 0.2 points against a std of 4.3) does not pass."""
+    def task(name: str, value: float, std: float) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps([{"metric": "vqa_accuracy", "value": value},
+                                                                  {"metric": "vqa_accuracy/std", "value": std}]))
+
+    task("mini_vqa_4shot", 58.9, 4.3)
+    task("mini_vqa_4shot_shuffled", 58.7, 2.0)
+    column = next(c for c in vila_table1.MINI_COLUMNS if c.label == "VQA drop beyond seed std")
+    assert column.derive(None, tmp_path / "mini_vqa_4shot_shuffled") == pytest.approx(0.2 - 4.3)
+    claim = next(c for c in yaml.safe_load((T.MINI_REFERENCE_DIR / "vila_table1.yaml").read_text())["claims"]
+                 if c["id"] == "competence_reads_its_demonstrations")
+    assert claim["checks"][0]["columns"] == ["VQA drop beyond seed std", "Caption drop beyond seed std"]
+    assert claim["checks"][0]["than"] == {"value": 0} and claim["checks"][0]["is"] == "higher"
 
 
 def test_the_world_build_is_in_every_run_identity(tmp_path):

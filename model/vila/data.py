@@ -480,18 +480,85 @@ def _miniworld_images(world_root: Path) -> list[MiniWorldImage]:
     return [images[i] for i in sorted(images)]
 
 
+YES_NO = ("yes", "no")
+DOC_KINDS = ("web page", "question page", "gallery")  # the mini MMC4's kinds of document (write_miniworld_data)
+DOC_KIND_WEIGHTS = (2, 1, 1)  # set before any table was rerun on them; see the docstring
+
+
+def yes_no_answer(question: str, shape: str, color: str) -> str | None:
+    """The answer of a mini-world yes/no question ("is there not a red shape?") about an image of `shape` and `color`,
+    or None for a question that is not one. Equal to easy-vqa's own answer on every train yes/no question."""
+    from harness.miniworld import COLORS, SHAPES
+
+    words = question.rstrip("?").split()
+    asked = [w for w in words if w in COLORS or w in SHAPES]
+    if len(asked) != 1 or words[0] not in ("is", "does"):
+        return None
+    negated = any(w in ("not", "no") for w in words)
+    return "yes" if (asked[0] in (shape, color)) != negated else "no"
+
+
+def balanced_questions(images: list[MiniWorldImage], labels: dict[str, list[str]], rng: random.Random) -> dict[int, list[tuple[str, str]]]:
+    """Every image's questions plus the complements VQA v2 balances with (Goyal et al. 2017): for each yes/no
+    question of an image, the same question about another train image whose answer is the other one. A question
+    string is then "yes" as often as "no", so the form of a question ("is there a ...?" is mostly "no" in easy-vqa)
+    no longer tells the answer; the image has to. Open questions are kept as they are."""
+    by_image = {im.image_id: list(im.questions) for im in images}
+    ids = [im.image_id for im in images]
+    for im in images:
+        for q, a in im.questions:
+            if a not in YES_NO:
+                continue
+            flipped = "no" if a == "yes" else "yes"
+            for _ in range(100):  # a random image with the other answer (every form has both among 4,000 images)
+                other = rng.choice(ids)
+                if yes_no_answer(q, *labels[str(other)]) == flipped:
+                    by_image[other].append((q, flipped))
+                    break
+    return by_image
+
+
+def _mmc4_document(kind: str, chosen: list[MiniWorldImage], questions: dict[int, list[tuple[str, str]]],
+                   filler_sentences: list[str], rng: random.Random) -> tuple[list[str], list[dict]]:
+    """(text_list, image_info) of one mini MMC4 document of `kind` (DOC_KINDS) about the `chosen` images."""
+    sentences: list[str] = []
+    info = []
+    for im in chosen:
+        if kind == "web page":  # weakly related sentences, the caption, sometimes a question about the image
+            for _ in range(rng.randint(0, 2)):
+                sentences.append(rng.choice(filler_sentences))
+        info.append({"image_name": f"{im.image_id}.png", "matched_text_index": len(sentences), "matched_sim": 1.0})
+        if kind == "question page" and questions[im.image_id]:  # a page of Q&A: each image followed by a question about it
+            q, a = rng.choice(questions[im.image_id])
+            sentences.append(f"Question: {q} Answer: {a}.")
+            continue
+        caption = rng.choice(im.captions)
+        sentences.append(caption[0].upper() + caption[1:])
+        if kind == "web page" and questions[im.image_id] and rng.random() < 0.5:
+            q, a = rng.choice(questions[im.image_id])
+            sentences.append(f"Question: {q} Answer: {a}.")
+    sentences.append(rng.choice(filler_sentences))
+    rng.shuffle(info)  # image_info order is not text order in MMC4 either
+    return sentences, info
+
+
 def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0, docs: int = 800) -> dict[str, str]:
     """Write the mini world's train split in VILA's layouts under `out` (deterministic; test images never enter):
 
         images/<id>.png             every train image
-        mmc4/docs.jsonl             `docs` interleaved documents in the official MMC4 fields: 2-8 images each
-                                    (more than six in some, as in MMC4, so the cap matters), each matched to one of
-                                    its captions; between them sentences of the text corpus (weakly related text,
-                                    as MMC4's), plus sometimes a question-answer sentence about the image
+        mmc4/docs.jsonl             `docs` interleaved documents in the official MMC4 fields, 2-8 images each (more
+                                    than six in some, as in MMC4, so the cap matters), of three kinds (DOC_KINDS,
+                                    drawn 2:1:1): a web page (each image matched to one of its captions, between
+                                    sentences of the text corpus, weakly related text as MMC4's, plus sometimes a
+                                    question-answer sentence about the image), a page of questions (each image
+                                    followed by "Question: q Answer: a." about it) and a gallery (each image followed
+                                    by its caption). The web has pages of both; they are what repeats a task from
+                                    image to image as a k-shot prompt does, which a web page alone never does.
         align.json                  LLaVA caption-alignment records (stage 0): <image> -> caption, one per caption
         sft.json                    LLaVA SFT records (stage 2): per image a caption turn and its questions
         text_sft.json               text-only instructions from the corpus' "qa" documents (joint SFT)
 
+    Questions (in the documents and in SFT) are the image's own plus VQA v2's complements (`balanced_questions`).
     The COYO-style pairs are the mini world's own shards (img2dataset layout, kind "caption"). Returns the paths."""
     world_root, out = Path(world_root), Path(out)
     done = out / "DONE"
@@ -510,6 +577,8 @@ def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0,
         raise FileNotFoundError(f"{world_root} holds no complete mini world (build it with python -m harness.miniworld --root {world_root})")
     rng = random.Random(f"{seed}/vila-miniworld")
     images = _miniworld_images(world_root)
+    labels = json.loads((world_root / "miniworld.json").read_text())["labels"]["train"]
+    questions = balanced_questions(images, labels, random.Random(f"{seed}/vila-balanced"))
     for im in images:
         path = out / "images" / f"{im.image_id}.png"
         if not path.is_file():
@@ -521,20 +590,8 @@ def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0,
 
     lines = []
     for d in range(docs):
-        chosen = rng.sample(images, rng.randint(2, 8))
-        sentences: list[str] = []
-        info = []
-        for im in chosen:
-            for _ in range(rng.randint(0, 2)):
-                sentences.append(rng.choice(filler_sentences))
-            caption = rng.choice(im.captions)
-            info.append({"image_name": f"{im.image_id}.png", "matched_text_index": len(sentences), "matched_sim": 1.0})
-            sentences.append(caption[0].upper() + caption[1:])
-            if im.questions and rng.random() < 0.5:
-                q, a = rng.choice(im.questions)
-                sentences.append(f"Question: {q} Answer: {a}.")
-        sentences.append(rng.choice(filler_sentences))
-        rng.shuffle(info)  # image_info order is not text order in MMC4 either
+        kind = rng.choices(DOC_KINDS, weights=DOC_KIND_WEIGHTS)[0]
+        sentences, info = _mmc4_document(kind, rng.sample(images, rng.randint(2, 8)), questions, filler_sentences, rng)
         lines.append(json.dumps({"url": f"miniworld://doc/{d}", "text_list": sentences, "image_info": info}))
     atomic_write_text(Path(paths["mmc4"]), "\n".join(lines) + "\n")
 
@@ -545,7 +602,7 @@ def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0,
 
     sft = []
     for im in images:
-        turns = [(CAPTION_PROMPT, rng.choice(im.captions))] + [(f"{q}\n{VQA_SUFFIX}", a) for q, a in im.questions]
+        turns = [(CAPTION_PROMPT, rng.choice(im.captions))] + [(f"{q}\n{VQA_SUFFIX}", a) for q, a in questions[im.image_id]]
         rng.shuffle(turns)
         turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])  # LLaVA: the image opens the first turn
         conv = [m for u, a in turns for m in ({"from": "human", "value": u}, {"from": "gpt", "value": a})]
