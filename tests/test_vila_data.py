@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.miniworld import yes_no_answer
 from model.vila.data import (
     DOC_KINDS,
     IGNORE_INDEX,
@@ -28,7 +29,6 @@ from model.vila.data import (
     mmc4_segments,
     text,
     write_miniworld_data,
-    yes_no_answer,
 )
 from train.data import JsonlRecords
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from harness.data import epoch_order, expand_files
+from harness.miniworld import VQA_PROMPT, yes_no_answer
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -485,19 +486,6 @@ DOC_KINDS = ("web page", "question page", "gallery")  # the mini MMC4's kinds of
 DOC_KIND_WEIGHTS = (2, 1, 1)  # set before any table was rerun on them; see the docstring
 
 
-def yes_no_answer(question: str, shape: str, color: str) -> str | None:
-    """The answer of a mini-world yes/no question ("is there not a red shape?") about an image of `shape` and `color`,
-    or None for a question that is not one. Equal to easy-vqa's own answer on every train yes/no question."""
-    from harness.miniworld import COLORS, SHAPES
-
-    words = question.rstrip("?").split()
-    asked = [w for w in words if w in COLORS or w in SHAPES]
-    if len(asked) != 1 or words[0] not in ("is", "does"):
-        return None
-    negated = any(w in ("not", "no") for w in words)
-    return "yes" if (asked[0] in (shape, color)) != negated else "no"
-
-
 def balanced_questions(images: list[MiniWorldImage], labels: dict[str, list[str]], rng: random.Random) -> dict[int, list[tuple[str, str]]]:
     """Every image's questions plus the complements VQA v2 balances with (Goyal et al. 2017): for each yes/no
     question of an image, the same question about another train image whose answer is the other one. A question
@@ -518,6 +506,11 @@ def balanced_questions(images: list[MiniWorldImage], labels: dict[str, list[str]
     return by_image
 
 
+def _question_sentence(question: str, answer: str) -> str:
+    """A question about an image as a sentence of the mini MMC4: the world's VQA prompt, ended by a period."""
+    return VQA_PROMPT.format(q=question, a=answer) + "."
+
+
 def _mmc4_document(kind: str, chosen: list[MiniWorldImage], questions: dict[int, list[tuple[str, str]]],
                    filler_sentences: list[str], rng: random.Random) -> tuple[list[str], list[dict]]:
     """(text_list, image_info) of one mini MMC4 document of `kind` (DOC_KINDS) about the `chosen` images."""
@@ -529,14 +522,12 @@ def _mmc4_document(kind: str, chosen: list[MiniWorldImage], questions: dict[int,
                 sentences.append(rng.choice(filler_sentences))
         info.append({"image_name": f"{im.image_id}.png", "matched_text_index": len(sentences), "matched_sim": 1.0})
         if kind == "question page" and questions[im.image_id]:  # a page of Q&A: each image followed by a question about it
-            q, a = rng.choice(questions[im.image_id])
-            sentences.append(f"Question: {q} Answer: {a}.")
+            sentences.append(_question_sentence(*rng.choice(questions[im.image_id])))
             continue
         caption = rng.choice(im.captions)
         sentences.append(caption[0].upper() + caption[1:])
         if kind == "web page" and questions[im.image_id] and rng.random() < 0.5:
-            q, a = rng.choice(questions[im.image_id])
-            sentences.append(f"Question: {q} Answer: {a}.")
+            sentences.append(_question_sentence(*rng.choice(questions[im.image_id])))
     sentences.append(rng.choice(filler_sentences))
     rng.shuffle(info)  # image_info order is not text order in MMC4 either
     return sentences, info
