@@ -46,11 +46,14 @@ def loaded_sources(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 def code_record(packages: tuple[str, ...] = ("harness", "model", "train")) -> dict[str, Any]:
     """What made a result: the loaded sources of `packages` (training: harness, model, train; an evaluation adds
     eval), their fingerprint, and the git revision."""
+    from harness.cpu_kernels import kernel_set
     from harness.io import git_revision
 
     files = loaded_sources(packages)
     fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-    return {"fingerprint": fingerprint, "git_revision": git_revision(CHECKOUT), "files": files}
+    # The CPU kernel set is part of what made a float result (harness/cpu_kernels.py); recorded, not compared.
+    return {"fingerprint": fingerprint, "git_revision": git_revision(CHECKOUT), "files": files,
+            "cpu_kernels": kernel_set()}
 
 
 def changed_files(record: Any) -> list[str] | None:

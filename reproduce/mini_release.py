@@ -153,11 +153,11 @@ def state_sha256(state: dict) -> str:
 
 
 def cpu_capability() -> str:
-    """The CPU kernel set PyTorch dispatches to on this machine ("AVX2", "AVX512", ...): float results, and so the
-    prefix's bits, depend on it."""
-    import torch
+    """The CPU kernel set PyTorch dispatches to in this process: float results, and so the prefix's bits, depend on
+    it. AVX2 on every machine unless the environment overrides the pin (`harness/cpu_kernels.py`)."""
+    from harness.cpu_kernels import kernel_set
 
-    return torch.backends.cpu.get_cpu_capability()
+    return kernel_set()
 
 
 def prefix_sha256(stand_in: StandIn) -> str:

@@ -9,6 +9,7 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import harness  # noqa: E402,F401  (pins the CPU kernel set, harness/cpu_kernels.py, before torch runs anything)
 import torch  # noqa: E402
 
 torch.manual_seed(0)
