@@ -36,6 +36,10 @@ class CacheError(EvalInputError):
     """A prediction cache that is malformed, inconsistent with the dataset, or made with other settings."""
 
 
+class CacheSettingsError(CacheError):
+    """A well-formed prediction cache written with other settings (task version, model, dataset, shard layout)."""
+
+
 def normalize(obj: Any) -> Any:
     """`obj` as it reads back from JSON (tuples become lists), so identities compare equal across a round trip."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
@@ -147,7 +151,7 @@ class CacheWriter:
         if contents.header is not None:
             differences = identity_differences(contents.identity or {}, identity)
             if differences:
-                raise CacheError(
+                raise CacheSettingsError(
                     f"refusing to resume into {path}: it was written with different settings:\n  "
                     + "\n  ".join(differences)
                     + "\nUse another output directory, or delete the file to recompute."

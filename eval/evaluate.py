@@ -277,9 +277,9 @@ def evaluate_tasks(
     One process at a time evaluates a task's output directory (`harness.runlock.eval_lock`; `wait=False`: fail
     naming the owner). A finished task made by other code (`harness.code_identity`, OUT/<task>/code.json) is
     evaluated again from scratch; with `reuse_stale` its rows are reused and carry `stale` ("stale: evaluated at
-    <rev>; ..."). A finished task made with other settings (task version, limit, dataset, model) is recomputed; its
-    prediction cache then refuses to resume (a user's output directory is never deleted), unless `restart_changed`
-    (the table machinery, which owns its run directories): the task starts over from scratch.
+    <rev>; ..."). A task made with other settings (task version, limit, dataset, model), finished or not, is
+    recomputed; its prediction cache then refuses to resume (a user's output directory is never deleted), unless
+    `restart_changed` (the table machinery, which owns its run directories): the task starts over from scratch.
     """
     import pandas as pd
 
@@ -324,6 +324,7 @@ def _evaluate_one(
     batch_size: int, progress: bool | None, rank: int, judge: Any, reuse_stale: bool, restart_changed: bool = False,
 ) -> list[dict[str, Any]] | None:  # fmt: skip
     """One task: reuse its finished results when made the same way by the same code, else evaluate it."""
+    from eval.cache import CacheSettingsError
     from harness.code_identity import changed_files, code_record, describe_change, made_at
     from harness.io import atomic_write_json
 
@@ -352,8 +353,17 @@ def _evaluate_one(
     if rows is not None:
         log.info("%s: finished with the same settings in %s, reused%s", spec.name, out_dir, f" ({stale})" if stale else "")
         return [{**r, "reused": True, **({"stale": stale} if stale else {})} for r in rows]
-    rows = _run_task(task, loaded, family, data_root, out_dir, limit=limit, batch_size=batch_size, progress=progress,
-                     rank=rank, judge=judge)  # fmt: skip
+    try:
+        rows = _run_task(task, loaded, family, data_root, out_dir, limit=limit, batch_size=batch_size,
+                         progress=progress, rank=rank, judge=judge)  # fmt: skip
+    except CacheSettingsError as err:
+        if not restart_changed:
+            raise
+        # Unfinished (killed before its results.json) and made with other settings: start over, as a finished one.
+        log.warning("%s: %s; evaluating again from scratch", out_dir, str(err).splitlines()[0])
+        shutil.rmtree(out_dir)
+        rows = _run_task(task, loaded, family, data_root, out_dir, limit=limit, batch_size=batch_size,
+                         progress=progress, rank=rank, judge=judge)  # fmt: skip
     if rows is None:  # not rank 0
         return None
     run = {"family": family, "checkpoint": checkpoint_text, "split": spec.split, "limit": limit}

@@ -23,7 +23,16 @@ EOF
 }
 
 stop() {
-    # Only the processes this script started for $dir, by their recorded PIDs.
+    # Its jobs first: a job's slurmstepd and processes outlive slurmd, so a test that failed while its job ran would
+    # leave the job computing on the machine (and slowing everything after it).
+    if [ -f "$dir/slurm.conf" ] && [ -f "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        SLURM_CONF="$dir/slurm.conf" scancel --user "$(id -un)" 2>/dev/null || true
+        for _ in $(seq 100); do
+            [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h 2>/dev/null)" ] && break
+            sleep 0.1
+        done
+    fi
+    # Then only the processes this script started for $dir, by their recorded PIDs.
     for name in slurmd slurmctld munged; do
         pidfile="$dir/$name.pid"
         [ -f "$pidfile" ] || continue

@@ -207,6 +207,14 @@ def test_library_reuses_finished_tasks_without_model_calls(data_root, family, tm
     restarted = evaluate_tasks([bumped], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded, restart_changed=True)
     assert list(restarted["reused"]) == [False] and len(loaded.adapter.calls) == n_calls + 1
     assert list(restarted["task_version"]) == [version + 1] and restarted["value"].iloc[0] == first["value"].iloc[0]
+    # So does one killed before it finished (a prediction cache, no results.json) and then changed.
+    (tmp_path / "out" / "okvqa_val" / "results.json").unlink()
+    again = dataclasses.replace(bumped, version=version + 2)
+    with pytest.raises(CacheError, match=f"version: cache has {version + 1}, this run has {version + 2}"):
+        evaluate_tasks([again], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded)
+    restarted = evaluate_tasks([again], family, tmp_path, data_root, tmp_path / "out", limit=LIMIT, loaded=loaded, restart_changed=True)
+    assert list(restarted["reused"]) == [False] and len(loaded.adapter.calls) == n_calls + 2
+    assert list(restarted["task_version"]) == [version + 2] and restarted["value"].iloc[0] == first["value"].iloc[0]
 
 
 def test_results_made_by_other_code_are_redone_or_reused_marked_stale(data_root, family, tmp_path):

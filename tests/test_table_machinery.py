@@ -404,3 +404,23 @@ def test_changed_files_names_what_changed(tmp_path, monkeypatch):
     assert C.changed_files(record) == ["model/a.py"]
     assert C.made_at(record) == "0123456789+dirty"
     assert C.changed_files(None) is None and "no record" in C.describe_change({})
+
+
+def test_documentation_edits_leave_the_code_digest_alone_and_code_edits_change_it(tmp_path):
+    import harness.code_identity as C
+
+    def digest(source: str) -> str:
+        path = tmp_path / "m.py"
+        path.write_text(source)
+        return C._digest(path)
+
+    base = digest('"""Module."""\n\ndef f(x):\n    """Twice x."""\n    return 2 * x\n\n\nclass A:\n    """A."""\n')
+    # Docstrings, comments, blank lines: documentation.
+    assert digest('"""Module, said\nbetter."""\n# why\n\n\ndef f(x):\n    """Twice."""\n    return 2 * x  # doubled\n'
+                  '\n\nclass A:\n    """Another A."""\n') == base
+    assert digest('def f(x):\n    return 2 * x\n\n\nclass A:\n    pass\n') == base  # a body of only a docstring is a pass
+    # Anything that runs: code.
+    assert digest('"""Module."""\n\ndef f(x):\n    """Twice x."""\n    return 3 * x\n\n\nclass A:\n    """A."""\n') != base
+    assert digest('"""Module."""\n\ndef f(x):\n    """Twice x."""\n    return "2" * x\n\n\nclass A:\n    """A."""\n') != base
+    assert digest('"""Module."""\nX = "not a docstring"\n\ndef f(x):\n    return 2 * x\n\n\nclass A:\n    """A."""\n') != base
+    assert digest("def f(:\n") != digest("def f(:  \n")  # does not parse: hashed as bytes
