@@ -13,8 +13,8 @@ eva_vitg_psz14.bin) and CI never retrains it:
                                        stand-in gets new run directories downstream (runs are keyed by their config)
     MANIFEST.json                      per file: SHA-256, size, recipe (the stage and its --set overrides), steps,
                                        wall time, threads, competence, and the SHA-256 of the weights after the
-                                       recipe's first PREFIX_STEPS steps, per CPU kernel set (`cpu_capability`:
-                                       AVX2 and AVX-512 kernels round differently; tests/test_mini_release.py
+                                       recipe's first PREFIX_STEPS steps, per CPU kernel set (`harness.cpu_kernels
+                                       .kernel_set`: AVX2 and AVX-512 kernels round differently; tests/test_mini_release.py
                                        retrains that prefix and compares it bit for bit with its machine's)
     CARD_<part>.md                     data, steps, wall time and competence numbers, for people
 
@@ -152,14 +152,6 @@ def state_sha256(state: dict) -> str:
     return h.hexdigest()
 
 
-def cpu_capability() -> str:
-    """The CPU kernel set PyTorch dispatches to in this process: float results, and so the prefix's bits, depend on
-    it. AVX2 on every machine unless the environment overrides the pin (`harness/cpu_kernels.py`)."""
-    from harness.cpu_kernels import kernel_set
-
-    return kernel_set()
-
-
 def prefix_sha256(stand_in: StandIn) -> str:
     """The weights' SHA-256 after the recipe's first PREFIX_STEPS steps on the PREFIX_WORLD (fresh, temporary)."""
     from harness.miniworld import build_miniworld
@@ -176,6 +168,7 @@ def build(world_root: Path, runs_dir: Path, release_dir: Path = RELEASE_DIR) -> 
     import torch
     from safetensors.torch import save
 
+    from harness.cpu_kernels import kernel_set
     from harness.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from harness.miniworld import load_miniworld
 
@@ -208,7 +201,7 @@ def build(world_root: Path, runs_dir: Path, release_dir: Path = RELEASE_DIR) -> 
             "stage": stand_in.stage, "preset": "mini", "overrides": list(stand_in.overrides), "steps": steps,
             "wall_time_s": round(seconds, 1), "threads": torch.get_num_threads(), "data": stand_in.data,
             "competence": competence, "prefix_steps": PREFIX_STEPS, "prefix_world": PREFIX_WORLD,
-            "prefix_sha256": {cpu_capability(): prefix_sha256(stand_in)},
+            "prefix_sha256": {kernel_set(): prefix_sha256(stand_in)},
         }  # fmt: skip
         atomic_write_text(release_dir / f"CARD_{stand_in.part}.md", card(stand_in, manifest["parts"][stand_in.part]))
     atomic_write_json(release_dir / MANIFEST, manifest)

@@ -1,5 +1,5 @@
-"""Every process of this checkout computes with AVX2 CPU kernels (harness/cpu_kernels.py), so a committed mini number
-is the same bits on an AVX2 and an AVX-512 machine; the environment can still choose otherwise."""
+"""Every process of this checkout asks for one CPU kernel set (harness/cpu_kernels.py), so that a committed mini number
+is checkable on another machine; the environment can still choose otherwise."""
 
 from __future__ import annotations
 

@@ -57,10 +57,10 @@ def test_the_encoder_loads_through_stage_1a_encoder_path_as_eva_clip_weights_do(
 def test_the_encoder_recipe_regenerates_its_first_steps_bit_for_bit(monkeypatch):
     """Bit for bit against the prefix recorded for this machine's CPU kernels: float results depend on the thread
     count and on the kernel set (AVX2 and AVX-512 round differently; both are recorded, each measured on its kind)."""
-    from reproduce.mini_release import cpu_capability
+    from harness.cpu_kernels import kernel_set
 
     entry = read_manifest()["parts"]["encoder"]
     monkeypatch.setenv("OMP_NUM_THREADS", str(entry["threads"]))  # CPU float reductions depend on the thread count
     recorded = entry["prefix_sha256"]
-    assert cpu_capability() in recorded, f"no prefix recorded for {cpu_capability()} CPU kernels (only {sorted(recorded)})"
-    assert prefix_sha256(ENCODER) == recorded[cpu_capability()]
+    assert kernel_set() in recorded, f"no prefix recorded for {kernel_set()} CPU kernels (only {sorted(recorded)})"
+    assert prefix_sha256(ENCODER) == recorded[kernel_set()]
