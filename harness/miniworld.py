@@ -58,7 +58,7 @@ from typing import Callable
 from harness.errors import InputError
 from harness.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FORMAT_VERSION = 4  # 4: the "qa" corpus asks every easy-VQA question form; 3: 3 captions + 2 QA per image, questions ordered for --limit; 2: adds tokenizer/
+FORMAT_VERSION = 5  # 5: a "qa" document asks 1-4 questions about its scene, 5x as many qa documents; 4: the "qa" corpus asks every easy-VQA question form; 3: 3 captions + 2 QA per image, questions ordered for --limit; 2: adds tokenizer/
 TEXT_VOCAB_SIZE = 512  # ids of the mini world's text tokenizer: 3 specials + 256 bytes + 253 merges
 SHAPES = ("circle", "rectangle", "triangle")
 PALETTE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
@@ -258,27 +258,47 @@ def yes_no_answer(question: str, shape: str, color: str) -> str | None:
     return "yes" if (asked[0] in (shape, color)) != negated else "no"
 
 
-def corpus(rng: random.Random, facts: list[dict[str, str]], docs_per_source: int) -> dict[str, list[str]]:
-    shapes, qa, filler = [], [], []
+QA_QUESTIONS_PER_DOC = (1, 4)  # a "qa" document asks 1-4 questions about its one scene
+QA_DOCS_PER_SOURCE_DOC = 5  # qa documents per document of the other sources
+
+
+def scene_question(rng: random.Random, shape: str, color: str) -> tuple[str, str]:
+    """One question about a scene of `shape` and `color` and its answer: an open one or a corner count half of the
+    time, else a yes/no one about a colour or a shape, the scene's own half of the time."""
     corners = {"circle": "none", "rectangle": "four", "triangle": "three"}
+    s, c = shape, color
+    if rng.random() < 0.5:
+        return rng.choice([(t.format(s=s), c) for t in COLOR_QUESTIONS] + [(t.format(c=c), s) for t in SHAPE_QUESTIONS]
+                          + [(f"how many corners does a {s} have?", corners[s])])
+    template = rng.choice(YES_NO_QUESTIONS)
+    asked = rng.choice(COLORS if "{c}" in template else SHAPES) if rng.random() < 0.5 else (c if "{c}" in template else s)
+    q = template.format(c=asked, s=asked)
+    return q, yes_no_answer(q, s, c)
+
+
+def corpus(rng: random.Random, facts: list[dict[str, str]], docs_per_source: int) -> dict[str, list[str]]:
+    """The corpus sources, `docs_per_source` documents each (the "qa" source QA_DOCS_PER_SOURCE_DOC times as many).
+
+    A "qa" document describes one scene in words and asks 1-4 questions about it ("A red circle is drawn on a
+    plain background. Question: is there not a circle? Answer: no. Question: what color is the shape? Answer: red"),
+    the last answer ending the document as a VQA prompt's answer does. Several questions about one scene are what
+    teach a small LLM to compare the asked colour or shape with the scene: with one question per document, the
+    2-layer, 64-wide stand-in answered held-out yes/no questions at chance (49.8 %) after its 1,000 steps and at
+    60.0 % after 5,000 steps on 20,000 documents; with 1-4 per document, 99.7 % (reproduce/competence.py
+    `scene_qa_accuracy`, measured before any table was rerun)."""
+    shapes, qa, filler = [], [], []
     for _ in range(docs_per_source):
         s, c = rng.choice(SHAPES), rng.choice(COLORS)
         sentences = [rng.choice(SHAPE_FACTS[s]), f"{c.capitalize()} is the colour of {COLOR_THINGS[c]}.",
                      rng.choice(captions(s, c)).capitalize(), f"This {s} is painted {c}."]
         shapes.append(" ".join(rng.sample(sentences, rng.randint(2, 4))))
-        s, c = rng.choice(SHAPES), rng.choice(COLORS)
-        if rng.random() < 0.5:  # an open question, or a corner count
-            q, a = rng.choice([(t.format(s=s), c) for t in COLOR_QUESTIONS] + [(t.format(c=c), s) for t in SHAPE_QUESTIONS]
-                              + [(f"how many corners does a {s} have?", corners[s])])
-        else:  # a yes/no question about a colour or a shape, the scene's own half of the time
-            template = rng.choice(YES_NO_QUESTIONS)
-            asked = rng.choice(COLORS if "{c}" in template else SHAPES) if rng.random() < 0.5 else (c if "{c}" in template else s)
-            q = template.format(c=asked, s=asked)
-            a = yes_no_answer(q, s, c)
-        scene = rng.choice(["The picture shows a {c} {s}.", "In the image there is a {c} {s}.", "A {c} {s} is drawn on a plain background."])
-        qa.append(scene.format(c=c, s=s) + " " + VQA_PROMPT.format(q=q, a=a))
         filler.append(" ".join(f"{rng.choice(FILLER['who']).capitalize()} {rng.choice(FILLER['did'])} {rng.choice(FILLER['where'])}. "
                                f"{rng.choice(FILLER['then'])}" for _ in range(rng.randint(1, 3))))
+    for _ in range(QA_DOCS_PER_SOURCE_DOC * docs_per_source):
+        s, c = rng.choice(SHAPES), rng.choice(COLORS)
+        scene = rng.choice(["The picture shows a {c} {s}.", "In the image there is a {c} {s}.", "A {c} {s} is drawn on a plain background."])
+        questions = [scene_question(rng, s, c) for _ in range(rng.randint(*QA_QUESTIONS_PER_DOC))]
+        qa.append(scene.format(c=c, s=s) + " " + ". ".join(VQA_PROMPT.format(q=q, a=a) for q, a in questions))
     fact_docs = []
     for k in range(8):  # every fact is stated 8 times, cycling through its phrasings, in documents of 2-5 facts
         order = rng.sample(range(len(facts)), len(facts))

@@ -172,10 +172,12 @@ def scene_qa_accuracy(score, world, n: int = SCENE_QA_DOCS) -> dict[str, float]:
     """Accuracy (%) on held-out documents of the corpus' "qa" source ("A red circle is drawn on a plain background.
     Question: is there not a circle? Answer: yes"): the first `n` yes/no ones (" yes" against " no") and the first `n`
     open ones (the answer among the colours, the shapes, or the corner counts), each scored by `score(prefix,
-    continuation)`. The scene is given in words, so this is what VQA asks of the LLM once the image is read."""
+    continuation)`. The scene is given in words, so this is what VQA asks of the LLM once the image is read. Each
+    document is cut after its first answer: one question about the scene, as a VQA prompt asks."""
     from harness.miniworld import COLORS, SHAPES
 
-    docs = _held_out_corpus(world, docs_per_source=4 * n, name="held-out scene questions")["qa"]
+    docs = [". Question: ".join(d.split(". Question: ")[:2])  # the scene and its first question
+            for d in _held_out_corpus(world, docs_per_source=n, name="held-out scene questions")["qa"]]
     yes_no = [d for d in docs if d.endswith((" yes", " no"))][:n]
     open_ = [d for d in docs if not d.endswith((" yes", " no"))][:n]
     if len(yes_no) < n or len(open_) < n:

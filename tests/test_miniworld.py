@@ -18,6 +18,7 @@ from eval.datasets import read_karpathy_captions, read_vqa_official
 from eval.mmlu import list_subjects, read_subject_csv
 from harness.miniworld import (
     CAPTIONS_PER_IMAGE,
+    COLORS,
     QA_PER_IMAGE,
     SHAPES,
     build_miniworld,
@@ -26,6 +27,7 @@ from harness.miniworld import (
     pixel_labels,
     question_labels,
     question_type,
+    yes_no_answer,
 )
 from train.data import ImageTextShards, JsonlText
 
@@ -157,7 +159,25 @@ def test_every_text_source_is_read_by_the_jsonl_reader(world):
         if name == "qa":
             assert all(re.search(r"Question: .+\? Answer: \w+$", d) for d in docs)
         total += n
-    assert 2000 <= total <= 6000
+    assert 6000 <= total <= 9000
+
+
+def test_a_qa_document_asks_one_to_four_questions_about_its_scene_and_answers_each_rightly(world):
+    """The "qa" source's answers are the scene's: a yes/no one by `yes_no_answer`, an open one the scene's colour,
+    shape or corner count; 1-4 questions per document, each count present."""
+    corners = {"circle": "none", "rectangle": "four", "triangle": "three"}
+    (path,) = world.text_sources["qa"]
+    counts = Counter()
+    for line in Path(path).read_text().splitlines():
+        scene, *asked = json.loads(line)["text"].split(" Question: ")
+        (color, shape), = [(w, v) for w, v in zip(scene.split(), scene.split()[1:]) if w in COLORS and v.rstrip(".") in SHAPES]
+        shape = shape.rstrip(".")
+        counts[len(asked)] += 1
+        for qa in asked:
+            q, _, a = qa.removesuffix(".").partition(" Answer: ")
+            expected = yes_no_answer(q, shape, color) or (corners[shape] if "corners" in q else color if "color" in q else shape)
+            assert a == expected, (scene, q, a)
+    assert set(counts) == {1, 2, 3, 4} and min(counts.values()) > 0.2 * sum(counts.values())
 
 
 def test_labels_from_questions_agree_with_labels_from_pixels():

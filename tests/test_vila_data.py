@@ -290,6 +290,11 @@ def test_miniworld_conversion_writes_official_layouts_from_the_train_split(world
     assert all("<image>" not in t["value"] for r in sft for t in r["conversations"][1:])
     text_sft = json.loads(Path(converted["text_sft"]).read_text())
     assert len(text_sft) > 100 and all("image" not in r for r in text_sft)
+    # one human turn per question of a qa document, the scene in the first only
+    turns = Counter(len(r["conversations"]) // 2 for r in text_sft)
+    assert set(turns) == {1, 2, 3, 4}
+    later = [t["value"] for r in text_sft for t in r["conversations"][2::2]]
+    assert later and not any(" is drawn on " in v or "picture shows" in v or "In the image" in v for v in later)
     align = json.loads(Path(converted["align"]).read_text())
     assert len(align) == 3 * len(train_ids)  # one record per caption sample
 

@@ -602,12 +602,13 @@ def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0,
 
     text_sft = []
     for k, line in enumerate((world_root / "text" / "qa.jsonl").read_text().splitlines()):
-        doc = json.loads(line)["text"]
-        scene, _, qa = doc.partition(" Question: ")
-        q, _, a = qa.partition(" Answer: ")
-        if scene and q and a:
+        # "scene. Question: q1 Answer: a1. Question: q2 Answer: a2": one turn per question, the scene in the first
+        scene, *asked = json.loads(line)["text"].split(" Question: ")
+        pairs = [qa.removesuffix(".").partition(" Answer: ")[::2] for qa in asked]
+        if scene and pairs and all(q and a for q, a in pairs):
+            turns = [(f"{scene} {q}" if i == 0 else q, a) for i, (q, a) in enumerate(pairs)]
             text_sft.append({"id": f"qa-{k}", "conversations": [
-                {"from": "human", "value": f"{scene} {q}\n{VQA_SUFFIX}"}, {"from": "gpt", "value": a}]})
+                m for q, a in turns for m in ({"from": "human", "value": f"{q}\n{VQA_SUFFIX}"}, {"from": "gpt", "value": a})]})
     atomic_write_text(Path(paths["text_sft"]), json.dumps(text_sft))
     atomic_write_text(done, json.dumps({"seed": seed, "docs": docs, "images": len(images)}) + "\n")
     return paths
