@@ -260,16 +260,16 @@ def yes_no_answer(question: str, shape: str, color: str) -> str | None:
 
 QA_QUESTIONS_PER_DOC = (1, 4)  # a "qa" document asks 1-4 questions about its one scene
 QA_DOCS_PER_SOURCE_DOC = 5  # qa documents per document of the other sources
+CORNERS = {"circle": "none", "rectangle": "four", "triangle": "three"}  # the answer to "how many corners does a {s} have?"
 
 
 def scene_question(rng: random.Random, shape: str, color: str) -> tuple[str, str]:
     """One question about a scene of `shape` and `color` and its answer: an open one or a corner count half of the
     time, else a yes/no one about a colour or a shape, the scene's own half of the time."""
-    corners = {"circle": "none", "rectangle": "four", "triangle": "three"}
     s, c = shape, color
     if rng.random() < 0.5:
         return rng.choice([(t.format(s=s), c) for t in COLOR_QUESTIONS] + [(t.format(c=c), s) for t in SHAPE_QUESTIONS]
-                          + [(f"how many corners does a {s} have?", corners[s])])
+                          + [(f"how many corners does a {s} have?", CORNERS[s])])
     template = rng.choice(YES_NO_QUESTIONS)
     asked = rng.choice(COLORS if "{c}" in template else SHAPES) if rng.random() < 0.5 else (c if "{c}" in template else s)
     q = template.format(c=asked, s=asked)

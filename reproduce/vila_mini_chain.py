@@ -28,14 +28,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from reproduce.mini_chain import LLM_PRETRAIN_STEPS, LLM_TEXT_WEIGHTS
 from reproduce.table import StageRun
 
 WORLD = ("data.miniworld={data}",)
 
 # The LLM stand-in (Llama-2's counterpart): the LaVIT chain's recipe for its stand-in (reproduce/mini_chain.py
 # LLM_TEXT_WEIGHTS: the scene questions weighted up, 5,000 steps; set on its held-out competence, which it shares).
-LLM_TEXT_WEIGHTS = {"shapes": 0.1, "qa": 0.7, "facts": 0.15, "filler": 0.05}
-VILA_LLM = StageRun("vila_llm_pretrain", overrides=(*WORLD, f"data.text_weights={json.dumps(LLM_TEXT_WEIGHTS)}", "loop.steps=5000"))
+VILA_LLM = StageRun("vila_llm_pretrain",
+                    overrides=(*WORLD, f"data.text_weights={json.dumps(LLM_TEXT_WEIGHTS)}", f"loop.steps={LLM_PRETRAIN_STEPS}"))
 VISION_STEPS = 3000  # the vision tower stand-in's steps (the module docstring says why)
 VILA_VISION = StageRun("vila_vision_pretrain", overrides=(*WORLD, f"loop.steps={VISION_STEPS}"))
 VILA_PROJECTOR = StageRun(
