@@ -8,6 +8,11 @@ world's *test* images (never trained on), with probes fitted on training images:
     tokenizer_statistics     stage 1a under the argmax keep mask: kept tokens per image, codes used, code perplexity,
                              and bag-of-codes features for a probe
     keep_probabilities       stage 1a's selector: the probability of keeping each patch (the argmax keeps those > 0.5)
+    reconstruction_by_kept_patches
+                             stage 1a's reconstruction under forced keep masks (the shape's patches, background,
+                             random, all): does it pay the selector to keep the shape?
+    decoder_conditioning     stage 1b's diffusion loss with an image's own context, another's, none: does the pixel
+                             decoder use what it is conditioned on?
     scene_qa_accuracy        a text LLM on the corpus' questions about scenes described in words (held-out documents):
                              can it answer, without any image, what VQA asks of it (yes/no, open)?
 
@@ -120,6 +125,89 @@ def keep_probabilities(tokenizer, images: list, batch_size: int = 256) -> torch.
         features = tokenizer.encode_features(tokenizer.preprocess(images[start : start + batch_size]))
         out.append(tokenizer.selector_log_probs(features)[..., 0].float().exp())
     return torch.cat(out)
+
+
+def foreground_patches(images: list, grid: int) -> torch.Tensor:
+    """(n, grid * grid) share of each patch's pixels that belong to the shape: pixels far from the image's median
+    border colour, the foreground rule of `harness.miniworld.image_attributes`. Patches in raster order."""
+    import numpy as np
+
+    out = []
+    for image in images:
+        pixels = np.asarray(image.convert("RGB")).astype(np.float64)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        mask = torch.from_numpy(np.abs(pixels - np.median(border, axis=0)).sum(-1) > 90).float()  # (H, W)
+        h, w = mask.shape
+        out.append(mask[: h - h % grid, : w - w % grid].reshape(grid, h // grid, grid, w // grid).mean((1, 3)).flatten())
+    return torch.stack(out)
+
+
+# Forced keep masks of `reconstruction_by_kept_patches`, each keeping round(rho * N) patches per image.
+FORCED_MASKS = ("foreground", "background", "random")
+
+
+def forced_keep_masks(foreground: torch.Tensor, k: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """{name in FORCED_MASKS: (n, N) bool keep mask of k patches per image} from `foreground_patches`: the k most
+    foreground patches, the k least (ties broken by raster order), k at random."""
+    order = foreground.argsort(dim=1, descending=True, stable=True)
+    chosen = {"foreground": order[:, :k], "background": order[:, -k:],
+              "random": torch.rand(foreground.shape, generator=generator).argsort(dim=1)[:, :k]}  # fmt: skip
+    return {name: torch.zeros(foreground.shape, dtype=torch.bool).scatter_(1, chosen[name], True) for name in FORCED_MASKS}
+
+
+@torch.no_grad()
+def reconstruction_by_kept_patches(tokenizer, images: list, seed: int = 0, batch_size: int = 256) -> dict[str, float]:
+    """Stage 1a's reconstruction loss (Eq. 4's first term, 1 - cos, quantized) on `images` under different keep masks:
+    the selector's own (the released Gumbel sampling, seeded), every patch, and round(rho * N) patches chosen by
+    pixels -- the most foreground (the shape), the least (background), or at random. Whether it pays to keep the
+    shape is the only reason the selector has to prefer one patch to another: if the foreground mask reconstructs
+    no better than the others, the selector has nothing to learn."""
+    generator = torch.Generator().manual_seed(seed)
+    grid = tokenizer.cfg.image_size // tokenizer.cfg.patch_size
+    k = max(1, round(tokenizer.cfg.keep_ratio * grid * grid))
+    masks = forced_keep_masks(foreground_patches(images, grid), k, generator)
+    totals: dict[str, float] = {}
+    for start in range(0, len(images), batch_size):
+        pixels = tokenizer.preprocess(images[start : start + batch_size])
+        b = pixels.shape[0]
+        batch = {"selector (sampled)": None, "every patch": torch.ones(b, grid * grid, dtype=torch.bool)}
+        batch.update({f"{k} {name} patches": mask[start : start + b] for name, mask in masks.items()})
+        for name, mask in batch.items():
+            loss = tokenizer.compute_loss(pixels, keep_mask=mask, selection="sampled", generator=generator).recon_loss
+            totals[name] = totals.get(name, 0.0) + float(loss) * b
+    return {name: total / len(images) for name, total in totals.items()}
+
+
+@torch.no_grad()
+def decoder_conditioning(model, images: list, timesteps: tuple[int, ...] = (100, 300, 600), seed: int = 0) -> dict[str, float]:
+    """Does the stage-1b pixel decoder use its conditioning? Its diffusion loss (Eq. 5) on `images` (real test
+    images), averaged over fixed `timesteps`, with each image's own context (unet_proj(x_rec) of its stage-1a codes,
+    the released Gumbel selection, seeded), another image's (the batch rolled by one), and the unconditional one. A
+    decoder that ignores its context scores the three alike. `model`: a LaVIT model with a pixel decoder
+    (`load_for_eval(run, pixel_decoder=...)`)."""
+    from train.lavit.pixel_decoder import to_unit_range
+
+    tokenizer, decoder = model.visual_tokenizer, model.pixel_decoder
+    generator = torch.Generator().manual_seed(seed)
+    codes = tokenizer.tokenize(tokenizer.preprocess(images), selection="sampled", generator=generator).codes
+    context = tokenizer.decoder_context(codes)  # (n, N, C)
+    pixels = torch.stack([to_unit_range(image, decoder.cfg.image_size) for image in images])
+    latents = decoder.encode_latents(pixels.to(decoder.device), generator)
+    n = latents.shape[0]
+    unconditional, unconditional_mask = decoder.unconditional_context(n, context.shape[1], context.dtype)
+    full = torch.ones(context.shape[:2], dtype=torch.bool)
+    contexts = {"own context": (context, full), "another image's context": (context.roll(1, dims=0), full),
+                "unconditional": (unconditional, unconditional_mask)}  # fmt: skip
+    scheduler = decoder.training_scheduler()
+    totals = dict.fromkeys(contexts, 0.0)
+    for step in timesteps:
+        noise = torch.randn(latents.shape, generator=generator)
+        t = torch.full((n,), step, dtype=torch.long)
+        noisy = scheduler.add_noise(latents, noise, t)
+        for name, (c, mask) in contexts.items():
+            predicted = decoder.unet(noisy, t, encoder_hidden_states=c, encoder_attention_mask=mask).sample
+            totals[name] += float(torch.nn.functional.mse_loss(predicted.float(), noise)) / len(timesteps)
+    return totals
 
 
 def held_out_perplexity(lm, world) -> float:

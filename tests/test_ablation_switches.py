@@ -148,7 +148,7 @@ def test_pixel_decoder_stage_trains_on_the_switched_tokenizer(stage1a, tmp_path)
     _run("pixel_decoder", tmp_path, f"tokenizer_checkpoint={tok_run}", "loop.steps=2", f"model.tokenizer.{key}={json.dumps(value)}")
     records = _metrics(tmp_path)
     assert _config(tmp_path)["model"]["tokenizer"][key] == value
-    assert all(k.startswith("pixel_decoder.unet.") for k in _optimized(tmp_path))
+    assert all(k.startswith(("pixel_decoder.unet.", "tokenizer.decoder.unet_proj.")) for k in _optimized(tmp_path))  # U-Net + context projection
     tokens_per_image = [r["kept_tokens"] for r in records]  # metric_sums: mean over the step's images
     if switch == "fixed_length":
         assert tokens_per_image == [N_PATCHES] * len(records)

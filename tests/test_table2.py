@@ -112,6 +112,11 @@ def test_a_unified_run_renders_images_with_a_pixel_decoder_run_of_its_tokenizer(
     saved = load_file(str(decoder / "checkpoints" / "step_00000002" / "model.safetensors"))
     unet = loaded.adapter.model.pixel_decoder.unet.state_dict()
     assert all(torch.equal(unet[k[len("pixel_decoder.unet."):]], v) for k, v in saved.items() if k.startswith("pixel_decoder.unet."))
+    # So is the tokenizer's unet_proj, which stage 1b trains (x_rec -> the U-Net's context): the run's, not stage 1a's.
+    unet_proj = loaded.adapter.model.visual_tokenizer.decoder.unet_proj.state_dict()
+    assert all(torch.equal(unet_proj[k[len("tokenizer.decoder.unet_proj."):]], v)
+               for k, v in saved.items() if k.startswith("tokenizer.decoder.unet_proj."))
+    assert not torch.equal(unet_proj["weight"], plain.adapter.model.visual_tokenizer.decoder.unet_proj.weight)
     images = loaded.adapter.generate_images(["a red circle.", "a blue square."], [0, 1], **T2I)
     again = loaded.adapter.generate_images(["a red circle."], [0], **T2I)
     assert [im.size for im in images] == [(16, 16)] * 2 and images[0].tobytes() == again[0].tobytes()

@@ -36,14 +36,19 @@ def tokenizer_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_pixel_decoder_trains_only_the_unet_on_the_stage1a_tokenizer(tokenizer_run, tmp_path):
+def test_pixel_decoder_trains_only_the_unet_and_the_context_projection_on_the_stage1a_tokenizer(tokenizer_run, tmp_path):
     summary = _run("pixel_decoder", tmp_path, f"tokenizer_checkpoint={tokenizer_run}", "loop.steps=2")
     assert summary["finished"] and all(torch.isfinite(torch.tensor(_losses(tmp_path))))
     saved = load_file(str(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors"))
     assert any(k.startswith("pixel_decoder.unet.") for k in saved)
-    assert not any(k.startswith(("tokenizer.", "pixel_decoder.vae.")) for k in saved)  # frozen, rebuilt from source
+    # Of the tokenizer only unet_proj (x_rec -> the U-Net's context) is saved: it trained; the rest is rebuilt.
+    assert {k for k in saved if k.startswith("tokenizer.")} == {"tokenizer.decoder.unet_proj.weight", "tokenizer.decoder.unet_proj.bias"}
+    assert not any(k.startswith("pixel_decoder.vae.") for k in saved)
+    stage_1a = load_file(str(tokenizer_run / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert not torch.equal(saved["tokenizer.decoder.unet_proj.weight"], stage_1a["tokenizer.decoder.unet_proj.weight"])
     optim = torch.load(tmp_path / "checkpoints" / "step_00000002" / "optimizer.pt", weights_only=True)
-    assert optim["state"] and all(k.startswith("pixel_decoder.unet.") for k in optim["state"])
+    assert optim["state"] and all(k.startswith(("pixel_decoder.unet.", "tokenizer.decoder.unet_proj.")) for k in optim["state"])
+    assert any(k.startswith("tokenizer.decoder.unet_proj.") for k in optim["state"])
 
 
 def test_unified_with_code_cache_matches_on_the_fly_tokenization(tokenizer_run, tmp_path):

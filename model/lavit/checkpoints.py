@@ -348,6 +348,7 @@ def _load_run(checkpoint: Path, device: str, dtype: torch.dtype):
 # A stage-1b run attached to a `unified` run (the two stages branch off the same stage-1a tokenizer, §3.3)
 
 PIXEL_DECODER_PREFIX = "pixel_decoder."  # PixelDecoderTrainModule holds the decoder as `.pixel_decoder`
+UNET_PROJ_PREFIX = "tokenizer.decoder.unet_proj."  # ... and the tokenizer, whose unet_proj stage 1b trains
 
 
 def _pixel_decoder_checkpoint(path: str | Path) -> Path:
@@ -402,11 +403,18 @@ def attach_pixel_decoder(model, model_config: LavitConfig, tokenizer_checkpoint:
         decoder = PixelDecoder.from_stable_diffusion(pd_cfg, decoder_cfg.stable_diffusion_path, context_dim=context_dim)
     else:
         decoder = PixelDecoder(pd_cfg, context_dim=context_dim)
-    state, file = read_checkpoint_weights(checkpoint)
-    state = {k[len(PIXEL_DECODER_PREFIX):]: v for k, v in state.items() if k.startswith(PIXEL_DECODER_PREFIX)}
+    full_state, file = read_checkpoint_weights(checkpoint)
+    state = {k[len(PIXEL_DECODER_PREFIX):]: v for k, v in full_state.items() if k.startswith(PIXEL_DECODER_PREFIX)}
     expected = {k: v.shape for k, v in decoder.state_dict().items() if not k.startswith("vae.")}
     check_state_dict(file, {k: v for k, v in state.items() if not k.startswith("vae.")}, expected, what="the pixel decoder of the run's config")
     decoder.load_state_dict(state, strict=False)
+    # Stage 1b trains the tokenizer's unet_proj (x_rec -> the U-Net's context) with the U-Net; a run made before it
+    # did holds none and was conditioned on the tokenizer's own, which the model already has.
+    projection = {k[len(UNET_PROJ_PREFIX):]: v for k, v in full_state.items() if k.startswith(UNET_PROJ_PREFIX)}
+    if projection:
+        unet_proj = model.visual_tokenizer.decoder.unet_proj
+        check_state_dict(file, projection, {k: v.shape for k, v in unet_proj.state_dict().items()}, what="the tokenizer's unet_proj")
+        unet_proj.load_state_dict({k: v.to(device=device, dtype=unet_proj.weight.dtype) for k, v in projection.items()})
     model.pixel_decoder = decoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
     step = json.loads((checkpoint / MANIFEST).read_text())["step"]
     return dataclasses.replace(model_config, pixel_decoder=pd_cfg), step

@@ -4,7 +4,14 @@ Pixels", Eq. 5; §3.3: initialised from Stable Diffusion 1.5, fine-tuned 20k ste
     context = unet_proj(x_rec(codes(image)))          frozen tokenizer (encoder, selector, merger, quantizer, decoder)
     L       = E_{z, eps, t} || eps - eps_theta(z_t, t, context) ||^2     z = VAE latent of the image (VAE frozen)
 
-Only the U-Net trains. Conditioning dropout (`pixel_decoder.condition_dropout`) trains the unconditional branch used
+The U-Net trains, and with it the tokenizer's `unet_proj`, the map from x_rec to the U-Net's context width: no
+stage-1a loss reads it, so it leaves stage 1a at its random initialisation; the release ships it in the tokenizer's
+file, so it can only have learned with the U-Net. Kept frozen (as this stage did before 2026-12-07) it shrank the mini
+tokenizer's x_rec (mean |x| 0.035) to a context of mean |c| 0.004, and the U-Net learned to ignore it: on the mini
+chain's test images its loss was the same with the image's own context, another image's and the unconditional one
+(0.0321 / 0.0321 / 0.0321 at t = 100), so every rendered image was unconditional. The stage checkpoints hold the U-Net
+and `tokenizer.decoder.unet_proj.*`; `model.lavit.checkpoints.attach_pixel_decoder` puts the latter into the
+tokenizer it renders with. Conditioning dropout (`pixel_decoder.condition_dropout`) trains the unconditional branch used
 by classifier-free guidance at sampling time. The diffusion noise and timesteps come from each rank's own RNG
 stream, which is checkpointed, so a resumed run draws the same noise.
 """
@@ -35,6 +42,9 @@ def to_unit_range(image, size: int) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+UNET_PROJ = "decoder.unet_proj."  # the one tokenizer part stage 1b trains (module docstring)
+
+
 class PixelDecoderTrainModule(nn.Module):
     def __init__(self, tokenizer: nn.Module, pixel_decoder: nn.Module):
         super().__init__()
@@ -46,7 +56,8 @@ class PixelDecoderTrainModule(nn.Module):
         with torch.no_grad():
             # The released selection (Gumbel sampling; noise from this rank's checkpointed RNG stream).
             out = self.tokenizer.tokenize(batch["tokenizer_pixels"].to(device), selection="sampled")
-            context = self.tokenizer.decoder_context(out.codes)  # (b, N, C)
+            reconstruction = self.tokenizer.decode(out.codes)  # x_rec (b, N, D) of the frozen tokenizer
+        context = self.tokenizer.decoder.unet_proj(reconstruction)  # (b, N, C): trains with the U-Net
         images = batch["images"].to(device)  # (b, 3, H, W) in [-1, 1]
         loss = self.pixel_decoder.loss(images, context)  # mean over the batch
         b = images.shape[0]
@@ -72,7 +83,11 @@ class PixelDecoderTask(StatelessStage):
     def parameter_counts(self) -> tuple[int, int]:
         # The whole LaVIT config on the meta device; this stage trains only the U-Net (the LLM is not built here).
         model = self.cfg.model
-        return meta_parameter_counts(model, lambda lavit: list(lavit.pixel_decoder.unet.parameters()), exclude=("language_model.",))
+        return meta_parameter_counts(
+            model,
+            lambda lavit: [*lavit.pixel_decoder.unet.parameters(), *lavit.visual_tokenizer.decoder.unet_proj.parameters()],
+            exclude=("language_model.",),
+        )
 
     def build_model(self, info: DistInfo) -> nn.Module:
         from model.lavit.pixel_decoder import PixelDecoder
@@ -83,6 +98,7 @@ class PixelDecoderTask(StatelessStage):
         if cfg.tokenizer_checkpoint != RANDOM_INIT:  # checked in check_inputs; random-init is the explicit opt-in
             load_tokenizer_checkpoint(tokenizer, latest_checkpoint_dir(cfg.tokenizer_checkpoint))
         tokenizer.requires_grad_(False).eval()
+        tokenizer.decoder.unet_proj.requires_grad_(True)  # x_rec -> context: trains here (module docstring)
         context_dim = cfg.model.tokenizer.unet_context_dim
         if cfg.stable_diffusion_path:
             decoder = PixelDecoder.from_stable_diffusion(cfg.model.pixel_decoder, cfg.stable_diffusion_path, context_dim=context_dim)
@@ -102,11 +118,20 @@ class PixelDecoderTask(StatelessStage):
         return (BasicTransformerBlock, ResnetBlock2D)
 
     def param_groups(self, model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        return {"unet": [(n, p) for n, p in model.named_parameters() if p.requires_grad]}
+        # "context": unet_proj, which can take its own peak LR (`optim.group_lr`): it starts from stage 1a's random
+        # initialisation, the U-Net from a pretrained one at paper scale.
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        context = [(n, p) for n, p in trained if n.startswith(f"tokenizer.{UNET_PROJ}")]
+        return {"unet": [(n, p) for n, p in trained if not n.startswith(f"tokenizer.{UNET_PROJ}")], "context": context}
 
     def checkpoint_exclude(self) -> tuple[str, ...]:
-        # Frozen and rebuilt from tokenizer_checkpoint / stable_diffusion_path.
-        return ("tokenizer.", "pixel_decoder.vae.")
+        # Frozen and rebuilt from tokenizer_checkpoint / stable_diffusion_path: every tokenizer key but unet_proj's
+        # (read off the tokenizer of this config built on the meta device: no memory, any size), and the VAE.
+        from model.lavit.tokenizer import build_tokenizer
+
+        with torch.device("meta"):
+            keys = build_tokenizer(self.cfg.model.tokenizer).state_dict()
+        return (*(f"tokenizer.{k}" for k in keys if not k.startswith(UNET_PROJ)), "pixel_decoder.vae.")
 
     def build_data(self, info: DistInfo, micro_batch_size: int):
         shards = self.cfg.data.shards

@@ -1,0 +1,99 @@
+"""The selector measures of `reproduce/competence.py`: which patches hold the shape, the forced keep masks built from
+them, and stage 1a's reconstruction under those masks."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from model.lavit.tokenizer import build_tokenizer
+from model.lavit.tokenizer_config import tiny
+from reproduce.competence import FORCED_MASKS, forced_keep_masks, foreground_patches, reconstruction_by_kept_patches
+
+
+def square_image(row: int, col: int, size: int = 56, grid: int = 4) -> Image.Image:
+    """A grey picture with a red square filling exactly the patch (row, col) of a grid x grid split."""
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    step = size // grid
+    ImageDraw.Draw(image).rectangle([col * step, row * step, (col + 1) * step - 1, (row + 1) * step - 1], fill=(255, 0, 0))
+    return image
+
+
+def test_foreground_patches_finds_the_one_patch_the_shape_fills():
+    shares = foreground_patches([square_image(1, 2), square_image(3, 0)], grid=4)
+    assert shares.shape == (2, 16)
+    assert shares[0, 1 * 4 + 2] == 1.0 and shares[1, 3 * 4 + 0] == 1.0
+    assert shares.sum(dim=1).tolist() == [1.0, 1.0]  # nothing else is foreground
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), k=st.integers(1, 15))
+def test_forced_masks_keep_k_patches_and_the_foreground_mask_keeps_the_most_foreground(seed, k):
+    generator = torch.Generator().manual_seed(seed)
+    foreground = torch.rand(3, 16, generator=generator)
+    masks = forced_keep_masks(foreground, k, generator)
+    assert set(masks) == set(FORCED_MASKS)
+    for mask in masks.values():
+        assert mask.dtype == torch.bool and mask.sum(dim=1).tolist() == [k, k, k]
+    kept = foreground.masked_fill(~masks["foreground"], float("inf")).min(dim=1).values
+    dropped = foreground.masked_fill(masks["foreground"], float("-inf")).max(dim=1).values
+    assert (kept >= dropped).all()  # every kept patch is at least as foreground as every dropped one
+    kept = foreground.masked_fill(~masks["background"], float("-inf")).max(dim=1).values
+    dropped = foreground.masked_fill(masks["background"], float("inf")).min(dim=1).values
+    assert (kept <= dropped).all()
+
+
+def test_reconstruction_by_kept_patches_reports_every_mask_and_repeats_itself():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(tiny()).eval()
+    images = [square_image(r, c) for r in range(4) for c in range(0, 4, 2)]
+    first = reconstruction_by_kept_patches(tokenizer, images, batch_size=3)  # batches of 3 must not change the result
+    k = round(tokenizer.cfg.keep_ratio * 16)
+    assert list(first) == ["selector (sampled)", "every patch", *(f"{k} {name} patches" for name in FORCED_MASKS)]
+    assert all(0.0 <= v <= 2.0 for v in first.values())  # 1 - cos
+    assert len({round(v, 6) for v in first.values()}) > 1  # the masks are not all the same
+    again = reconstruction_by_kept_patches(tokenizer, images, batch_size=8)
+    assert all(abs(again[n] - first[n]) < 1e-6 for n in first)
+
+
+def _model_with_pixel_decoder():
+    """A tiny stage-1a tokenizer and a 16-px pixel-space decoder, as `load_for_eval(..., pixel_decoder=)` pairs them."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from harness.config import get_preset
+    from model.lavit.pixel_decoder import PixelDecoder
+
+    import train.lavit.config  # noqa: F401  (registers the LaVIT presets)
+
+    cfg = get_preset("train/pixel_decoder", "mini").model
+    torch.manual_seed(0)
+    # Fixed length (every patch kept): an image's codes do not depend on the keep mask's Gumbel draw.
+    tokenizer = build_tokenizer(dataclasses.replace(cfg.tokenizer, fixed_length=True)).eval()
+    # A codebook from k-means of these pictures' features, so that different pictures get different codes.
+    tokenizer.init_codebook_kmeans(tokenizer.preprocess([square_image(r, c) for r in range(4) for c in range(4)]))
+    decoder_cfg = dataclasses.replace(cfg.pixel_decoder, latent_space="pixels", image_size=16)
+    decoder = PixelDecoder(decoder_cfg, context_dim=cfg.tokenizer.unet_context_dim).eval()
+    with torch.no_grad():  # diffusers zero-initialises the attention blocks' output layers: give the context a path
+        for parameter in decoder.unet.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.02)
+        tokenizer.decoder.unet_proj.weight.normal_(0.0, 10.0)  # a context of unit scale, as stage 1b learns it
+    return SimpleNamespace(visual_tokenizer=tokenizer, pixel_decoder=decoder)
+
+
+def test_decoder_conditioning_tells_an_images_own_context_from_anothers():
+    from reproduce.competence import decoder_conditioning
+
+    model = _model_with_pixel_decoder()
+    images = [square_image(r, c) for r, c in ((0, 0), (3, 3), (1, 2), (2, 0))]
+    loss = decoder_conditioning(model, images, timesteps=(50, 500))
+    assert list(loss) == ["own context", "another image's context", "unconditional"]
+    assert all(v > 0 for v in loss.values())
+    assert loss["own context"] != loss["another image's context"]  # different images, different contexts
+    assert decoder_conditioning(model, images, timesteps=(50, 500)) == loss  # seeded
+    # One image four times: another image's context is the image's own, so the two losses are the same number.
+    same = decoder_conditioning(model, [square_image(1, 1)] * 4, timesteps=(50, 500))
+    assert same["own context"] == same["another image's context"]
