@@ -195,18 +195,18 @@ def decoder_conditioning(model, images: list, timesteps: tuple[int, ...] = (100,
     latents = decoder.encode_latents(pixels.to(decoder.device), generator)
     n = latents.shape[0]
     unconditional, unconditional_mask = decoder.unconditional_context(n, context.shape[1], context.dtype)
-    full = torch.ones(context.shape[:2], dtype=torch.bool)
+    full = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
     contexts = {"own context": (context, full), "another image's context": (context.roll(1, dims=0), full),
                 "unconditional": (unconditional, unconditional_mask)}  # fmt: skip
     scheduler = decoder.training_scheduler()
     totals = dict.fromkeys(contexts, 0.0)
     for step in timesteps:
-        noise = torch.randn(latents.shape, generator=generator)
-        t = torch.full((n,), step, dtype=torch.long)
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device)  # CPU generator: same draw anywhere
+        t = torch.full((n,), step, dtype=torch.long, device=latents.device)
         noisy = scheduler.add_noise(latents, noise, t)
         for name, (c, mask) in contexts.items():
             predicted = decoder.unet(noisy, t, encoder_hidden_states=c, encoder_attention_mask=mask).sample
-            totals[name] += float(torch.nn.functional.mse_loss(predicted.float(), noise)) / len(timesteps)
+            totals[name] += float(torch.nn.functional.mse_loss(predicted.float(), noise.float())) / len(timesteps)
     return totals
 
 

@@ -344,14 +344,12 @@ def chain_runs(chain, reference: str, runs_dir: Path, results_dir: Path, world) 
     return ctx.run_dirs["chain"]
 
 
-def pixel_decoder_competence(runs_dir: Path, results_dir: Path, world, test, n: int = 200) -> dict[str, float]:
-    """Table 2's stage-1b pixel decoder on the first `n` test images: its diffusion loss with their own context,
-    another image's and none (`reproduce.competence.decoder_conditioning`)."""
+def pixel_decoder_competence(runs: dict[str, Path], test, n: int = 200) -> dict[str, float]:
+    """Table 2's stage-1b pixel decoder (`runs`: its chain's run directories) on the first `n` test images: its
+    diffusion loss with their own context, another image's and none (`reproduce.competence.decoder_conditioning`)."""
     from model.lavit.checkpoints import load_for_eval
     from reproduce.competence import decoder_conditioning
-    from reproduce.mini_chain import MINI_CHAIN_WITH_DECODER
 
-    runs = chain_runs(MINI_CHAIN_WITH_DECODER, "mini/lavit_table2", runs_dir, results_dir, world)  # Table 2's
     model = load_for_eval(runs["unified"], device="cpu", pixel_decoder=runs["pixel_decoder"]).adapter.model
     loss = decoder_conditioning(model, test.images[:n])
     return {f"diffusion loss x1000: {name}": 1000 * value for name, value in loss.items()}
@@ -396,11 +394,12 @@ TARGETS = {
 def report(runs_dir: Path, results_dir: Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
-    from reproduce.mini_chain import MINI_CHAIN
+    from reproduce.mini_chain import MINI_CHAIN_WITH_DECODER
     from harness.miniworld import build_miniworld
 
     world = build_miniworld(runs_dir / "miniworld")
-    runs = chain_runs(MINI_CHAIN, "mini/lavit_table1", runs_dir, results_dir, world)  # Table 1's
+    # Table 1's runs and Table 2's pixel decoder (the decoder chain shares every run directory of MINI_CHAIN).
+    runs = chain_runs(MINI_CHAIN_WITH_DECODER, "mini/lavit_table2", runs_dir, results_dir, world)
     from reproduce.competence import probe_images
 
     images = (probe_images(world, "train"), probe_images(world, "test"))  # (train, test), read once for every probe
@@ -415,7 +414,7 @@ def report(runs_dir: Path, results_dir: Path) -> "pd.DataFrame":  # noqa: F821
     ours = table_cells(results_dir, "lavit_table2", "Ours (mini LaVIT)", {"colour shown": "Colour shown", "shape shown": "Shape shown", "FID": "FID"})
     chance = table_cells(results_dir, "lavit_table2", "Random codes (chance)", {"FID": "FID"})
     ceiling = table_cells(results_dir, "lavit_table2", "Tokenizer codes (decoder ceiling)", {"shape": "Shape shown"})
-    measures["stage 1b"] = pixel_decoder_competence(runs_dir, results_dir, world, images[1])
+    measures["stage 1b"] = pixel_decoder_competence(runs, images[1])
     measures["Table 2"] = {"colour shown": ours["colour shown"], "shape shown": ours["shape shown"],
                            "FID / random-codes FID": ours["FID"] / chance["FID"], "decoder ceiling: shape shown": ceiling["shape"]}  # fmt: skip
     rows = []
