@@ -15,6 +15,8 @@ world's *test* images (never trained on), with probes fitted on training images:
                              decoder use what it is conditioned on?
     scene_qa_accuracy        a text LLM on the corpus' questions about scenes described in words (held-out documents):
                              can it answer, without any image, what VQA asks of it (yes/no, open)?
+    vqa_by_context           the multimodal model on the test questions, given the image, the scene in words, both,
+                             the image and its own caption, or nothing: does the image reach the answer?
 
 `reproduce/mini_release.py` prints them against their targets (the "mini release" report).
 """
@@ -281,3 +283,52 @@ def scene_qa_accuracy(score, world, n: int = SCENE_QA_DOCS) -> dict[str, float]:
 
     return {"yes/no": hits(yes_no, lambda gold: ["yes", "no"]),
             "open": hits(open_, lambda gold: COLORS if gold in COLORS else SHAPES if gold in SHAPES else corners)}  # fmt: skip
+
+
+# The contexts `vqa_by_context` scores each test question in. {image}: the image before the text (as zero-shot VQA
+# shows it); {scene}: the scene in words, as the corpus' "qa" documents describe theirs; {caption}: the model's own
+# caption of the image (Table 1's saved predictions).
+VQA_CONTEXTS = {
+    "image": (True, "{question}"),
+    "scene in words": (False, "{scene} {question}"),
+    "image + scene in words": (True, "{scene} {question}"),
+    "image + own caption": (True, "{caption}. {question}"),
+    "nothing": (False, "{question}"),
+}
+VQA_BY_CONTEXT_QUESTIONS = 300  # test questions per answer kind (yes/no, colour/shape)
+
+
+def vqa_by_context(score, samples, labels: dict, captions: dict, n: int = VQA_BY_CONTEXT_QUESTIONS) -> dict[str, float]:
+    """Where does zero-shot VQA break: reading the image, or answering? Accuracy (%) of the first `n` yes/no and the
+    first `n` colour/shape questions of `samples` (`eval.tasks` mini_vqa samples, the evaluation's own questions)
+    with each context of VQA_CONTEXTS, the answer picked by log-probability among its candidates (" yes" / " no";
+    the colours or the shapes), so that decoding plays no part.
+
+    score(context, continuations, image path or None) -> log-probabilities (a LaVIT adapter's `score_text`, under
+    the evaluation's keep-mask draw); labels: image id -> (shape, colour); captions: image id -> the model's caption.
+    The question is put as the evaluation puts it (the released normalisation, "Question: {} Answer:").
+    A model that answers in words but not from the image has not learned to read its visual tokens as a scene: the
+    LLM knows the answer, the image does not reach it."""
+    from eval.tasks import LAVIT_QUESTIONS
+    from harness.miniworld import COLORS, SHAPES
+    from model.lavit import released_processing
+
+    yes_no = [s for s in samples if s.references[0] in ("yes", "no")][:n]
+    open_ = [s for s in samples if s.references[0] not in ("yes", "no")][:n]
+    if len(yes_no) < n or len(open_) < n:
+        raise ValueError(f"{len(yes_no)} yes/no and {len(open_)} open questions, fewer than {n} of each")
+    out = {}
+    for kind, group in (("yes/no", yes_no), ("colour/shape", open_)):
+        for name, (with_image, template) in VQA_CONTEXTS.items():
+            right = 0
+            for sample in group:
+                image_id = sample.image.rsplit("/", 1)[-1].split(".")[0]
+                shape, color = labels[image_id]
+                question = LAVIT_QUESTIONS["question_template"].format(released_processing.normalize_question(sample.text))
+                context = template.format(question=question, scene=f"The picture shows a {color} {shape}.", caption=captions.get(image_id, ""))
+                gold = sample.references[0]
+                candidates = ["yes", "no"] if kind == "yes/no" else list(COLORS if gold in COLORS else SHAPES)
+                logp = score(context, [" " + c for c in candidates], sample.image if with_image else None)
+                right += candidates[max(range(len(candidates)), key=logp.__getitem__)] == gold
+            out[f"{kind}, {name}"] = 100.0 * right / n
+    return out

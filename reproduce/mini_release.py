@@ -31,6 +31,9 @@ training images), using Table 1's runs (trained here when missing, reused otherw
                        patches minus on background); codes used of 64 and their perplexity; a probe on bag-of-codes:
                        shape; the reconstruction loss under the selector's mask and forced masks (every patch; the 5
                        patches most of the shape, the 5 of background, 5 at random): does it pay to keep the shape?
+    Table 1's model    its test questions scored by log-probability (the answer among " yes" / " no", the colours or
+                       the shapes) given the image, the scene in words, both, the image and its own caption, or
+                       nothing: does the image reach the answer, or is it the LLM that cannot answer?
     stage 1b           Table 2's pixel decoder: its diffusion loss on test images with their own context, another
                        image's and none (a decoder that ignores its conditioning scores the three alike)
     Table 1 / Table 2  the cells those scripts measured last (results/lavit_table1.csv, lavit_table2.csv)
@@ -355,6 +358,38 @@ def pixel_decoder_competence(runs: dict[str, Path], test, n: int = 200) -> dict[
     return {f"diffusion loss x1000: {name}": 1000 * value for name, value in loss.items()}
 
 
+def vqa_context_competence(unified_run: Path, world) -> dict[str, float]:
+    """Table 1's model on its own test questions, scored by log-probability with the image, the scene in words, both,
+    the image and its own caption, or nothing (`reproduce.competence.vqa_by_context`). Its captions are Table 1's
+    evaluation (reused from the run's eval cache; made here when Table 1 has not run)."""
+    from PIL import Image
+
+    from eval.evaluate import evaluate_tasks
+    from eval.tasks import LAVIT_MINI_VQA, read_mini_vqa
+    from model.lavit.checkpoints import load_for_eval
+    from model.lavit.eval_adapter import SELECTIONS
+    from reproduce.competence import vqa_by_context
+    from reproduce.mini_chain import MINI_EVAL_LIMIT, MINI_TASK_LIMITS
+
+    eval_dir = unified_run / "eval"
+    evaluate_tasks(["mini_caption"], "lavit", str(unified_run), str(world.root), str(eval_dir), limit=MINI_EVAL_LIMIT, progress=False)
+    records = [json.loads(line) for line in (eval_dir / "mini_caption" / "predictions.jsonl").read_text().splitlines()[1:]]
+    captions = {str(r["id"]): r["prediction"] for r in records if "prediction" in r}
+    # The keep mask of the evaluation: the released Gumbel draw, seeded per image by the task's seed.
+    adapter = load_for_eval(str(unified_run), device="cpu", seed=int(LAVIT_MINI_VQA["seed"]),
+                            understanding_selection=SELECTIONS[LAVIT_MINI_VQA["selection"]]).adapter  # fmt: skip
+    samples, root = read_mini_vqa(Path(world.root), MINI_TASK_LIMITS["mini_vqa"])
+
+    def score(context: str, continuations: list[str], image: str | None) -> list[float]:
+        if image is None:
+            return adapter.score_text([context] * len(continuations), continuations)
+        with Image.open(root / image) as im:
+            picture = im.convert("RGB")
+        return adapter.score_text([context] * len(continuations), continuations, [picture] * len(continuations))
+
+    return {f"VQA scored, {name}": value for name, value in vqa_by_context(score, samples, world.labels["test"], captions).items()}
+
+
 def table_cells(results_dir: Path, key: str, row: str, columns: dict[str, str]) -> dict[str, float]:
     """{our name: measured} for `row`'s cells in results/<key>.csv (the table script's last run); NaN if absent."""
     import pandas as pd
@@ -414,6 +449,7 @@ def report(runs_dir: Path, results_dir: Path) -> "pd.DataFrame":  # noqa: F821
     ours = table_cells(results_dir, "lavit_table2", "Ours (mini LaVIT)", {"colour shown": "Colour shown", "shape shown": "Shape shown", "FID": "FID"})
     chance = table_cells(results_dir, "lavit_table2", "Random codes (chance)", {"FID": "FID"})
     ceiling = table_cells(results_dir, "lavit_table2", "Tokenizer codes (decoder ceiling)", {"shape": "Shape shown"})
+    measures["Table 1"].update(vqa_context_competence(runs["unified"], world))
     measures["stage 1b"] = pixel_decoder_competence(runs, images[1])
     measures["Table 2"] = {"colour shown": ours["colour shown"], "shape shown": ours["shape shown"],
                            "FID / random-codes FID": ours["FID"] / chance["FID"], "decoder ceiling: shape shown": ceiling["shape"]}  # fmt: skip

@@ -97,3 +97,55 @@ def test_decoder_conditioning_tells_an_images_own_context_from_anothers():
     # One image four times: another image's context is the image's own, so the two losses are the same number.
     same = decoder_conditioning(model, [square_image(1, 1)] * 4, timesteps=(50, 500))
     assert same["own context"] == same["another image's context"]
+
+
+def vqa_samples(n: int) -> tuple[list, dict]:
+    """n yes/no and n colour/shape questions of the mini world's forms, on images with known labels."""
+    from eval.interface import EvalSample
+    from harness.miniworld import COLORS, SHAPES, yes_no_answer
+
+    samples, labels = [], {}
+    for i in range(n):
+        shape, color = SHAPES[i % 3], COLORS[i % 8]
+        labels[str(i)] = (shape, color)
+        asked = COLORS[(i * 5) % 8]
+        yes_no = f"Is there a {asked} shape?"
+        samples.append(EvalSample(id=2 * i, image=f"images/test/{i}.png", text=yes_no, references=(yes_no_answer(yes_no.lower(), shape, color),) * 10))
+        samples.append(EvalSample(id=2 * i + 1, image=f"images/test/{i}.png", text="What color is the shape?", references=(color,) * 10))
+    return samples, labels
+
+
+def test_vqa_by_context_scores_each_context_and_puts_the_question_as_the_evaluation_does():
+    """A scorer that answers right exactly when the scene is written in its context (as the mini LLM does) and says
+    the first candidate otherwise: 100 % with the scene in words, the first candidate's share without."""
+    from harness.miniworld import COLORS, yes_no_answer
+    from reproduce.competence import VQA_CONTEXTS, vqa_by_context
+
+    samples, labels = vqa_samples(24)
+    captions = {i: f"a {c} {s}" for i, (s, c) in labels.items()}
+    seen = []
+
+    def score(context, continuations, image):
+        seen.append((context, image))
+        question = context.split("Question: ")[1].removesuffix(" Answer:")
+        for shape, color in labels.values():
+            if f"a {color} {shape}" in context:  # the scene is written: answer from it
+                gold = yes_no_answer(question, shape, color) or color
+                return [0.0 if c == " " + gold else -1.0 for c in continuations]
+        return [0.0] + [-1.0] * (len(continuations) - 1)
+
+    result = vqa_by_context(score, samples, labels, captions, n=24)
+    assert list(result) == [f"{kind}, {name}" for kind in ("yes/no", "colour/shape") for name in VQA_CONTEXTS]
+    for kind in ("yes/no", "colour/shape"):
+        for name in ("scene in words", "image + scene in words", "image + own caption"):
+            assert result[f"{kind}, {name}"] == 100.0
+    first_yes = 100 * sum(s.references[0] == "yes" for s in samples if s.references[0] in ("yes", "no")) / 24
+    first_colour = 100 * sum(s.references[0] == COLORS[0] for s in samples if s.references[0] not in ("yes", "no")) / 24
+    assert result["yes/no, image"] == result["yes/no, nothing"] == first_yes < 100
+    assert result["colour/shape, image"] == result["colour/shape, nothing"] == first_colour < 100
+    # The evaluation's question: released normalisation (lower case, "?" kept) inside "Question: {} Answer:"; the
+    # image is passed only where the context has it.
+    assert ("Question: is there a red shape? Answer:", None) in seen
+    assert any(image == "images/test/0.png" and context.startswith("Question: ") for context, image in seen)
+    scene_images = {image is None for context, image in seen if context.startswith("The picture shows")}
+    assert scene_images == {True, False}  # the scene in words alone, and with the image

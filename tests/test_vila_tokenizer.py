@@ -23,7 +23,7 @@ import pytest
 
 from model.text_tokenizer import load_text_tokenizer
 from model.vila.conversation import get_template, tokenize_with_images
-from model.vila.data import IGNORE_INDEX, conversation_segments, conversation_turns, encode
+from model.vila.data import IGNORE_INDEX, conversation_segments, conversation_turns, encode, layout
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -111,40 +111,57 @@ def release_processor(model_file: str):
     return processor
 
 
-def release_pieces(processor, text: str) -> list[str]:
+def _split_specials(text: str, specials: dict[str, int]) -> list[str]:
+    return re.split("(" + "|".join(re.escape(t) for t in specials) + ")", text)
+
+
+def release_pieces(processor, text: str, specials: dict[str, int] = SPECIALS) -> list[str]:
     """LlamaTokenizer(legacy=False).tokenize (transformers 4.36): "▁" + text, split on special tokens, pieces that
     start with "▁" encoded behind "<unk>" (whose pieces are dropped), others encoded as they are."""
     if not text:
         return []
     text = "\u2581" + text.replace("\u2581", " ")
     pieces: list[str] = []
-    for part in re.split("(<unk>|<s>|</s>)", text):
-        if part in SPECIALS:
+    for part in _split_specials(text, specials):
+        if part in specials:
             pieces.append(part)
         elif part.startswith(("\u2581", " ")):
             unk = len(processor.encode("<unk>", out_type=str))
             pieces += processor.encode("<unk>" + part, out_type=str)[unk:]
         elif part:
             pieces += processor.encode(part, out_type=str)
-    if len(pieces) > 1 and pieces[0] == "\u2581" and pieces[1] in SPECIALS:
+    if len(pieces) > 1 and pieces[0] == "\u2581" and pieces[1] in specials:
         pieces = pieces[1:]
     return pieces
 
 
-def release_ids(processor, text: str, bos: bool = True) -> list[int]:
-    ids = [SPECIALS[p] if p in SPECIALS else processor.piece_to_id(p) for p in release_pieces(processor, text)]
-    return ([1] if bos else []) + ids
+def release_legacy_pieces(processor, text: str, specials: dict[str, int]) -> list[str]:
+    """LlamaTokenizer(legacy=True).tokenize (what the release's "yi" branch loads: Yi's config has legacy=true):
+    split on special tokens, every other piece encoded by the unmodified model, with its dummy prefix."""
+    pieces: list[str] = []
+    for part in _split_specials(text, specials):
+        pieces += [part] if part in specials else processor.encode(part, out_type=str) if part else []
+    return pieces
 
 
-def release_tokenizer_image_token(processor, prompt: str) -> list[int]:
-    """llava/mm_utils.py tokenizer_image_token: each chunk between <image>s tokenized with <s>, which only the
-    first keeps; IMAGE between chunks."""
-    chunks = [release_ids(processor, chunk) for chunk in prompt.split("<image>")]
-    out = [chunks[0][0]]
+def release_ids(processor, text: str, bos: bool = True, specials: dict[str, int] = SPECIALS, legacy_processor=None) -> list[int]:
+    """`tokenizer(text).input_ids`; `legacy_processor` (the unmodified model) for a legacy=True tokenizer."""
+    if legacy_processor is not None:
+        pieces = release_legacy_pieces(legacy_processor, text, specials)
+    else:
+        pieces = release_pieces(processor, text, specials)
+    return ([1] if bos else []) + [specials[p] if p in specials else processor.piece_to_id(p) for p in pieces]
+
+
+def release_tokenizer_image_token(processor, prompt: str, bos: bool = True, **kwargs) -> list[int]:
+    """llava/mm_utils.py tokenizer_image_token: each chunk between <image>s tokenized (with <s> when the tokenizer
+    adds one, which only the first chunk keeps); IMAGE between chunks."""
+    chunks = [release_ids(processor, chunk, bos, **kwargs) for chunk in prompt.split("<image>")]
+    out = chunks[0][:1] if bos else []
     for k, chunk in enumerate(chunks):
         if k:
             out.append(IMAGE)
-        out += chunk[1:]
+        out += chunk[1:] if bos else chunk
     return out
 
 
@@ -326,3 +343,129 @@ def test_plain_caption_labels_are_preprocess_plains(released_folder, model_file)
     masked = len(release_tokenizer_image_token(processor, "<image>"))
     assert out.input_ids == ids
     assert out.labels == [IGNORE_INDEX] * masked + ids[masked:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 4: SFT labels of the VILA 1.5 templates hermes-2 (SeparatorStyle.MPT) and llama_3 (SeparatorStyle.LLAMA_3)
+
+CHAT_SPECIALS = {t: 300 + k for k, t in enumerate(("<|im_start|>", "<|im_end|>", "<|begin_of_text|>",
+                                                   "<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"))}
+THREE_TURNS = [("<image>\nwhat colour is it?", "It is red."), ("what shape?", "a circle"), ("and the colour?", "blue")]
+
+
+def chat_tokenizer(released_folder, tmp_path, add_bos: bool, legacy: bool):
+    """The fixture's LlamaTokenizer with the chat templates' tokens added as special tokens (ids 300-305, as
+    Nous-Hermes-2-Yi-34B's <|im_start|>/<|im_end|> and Llama-3's header tokens are special, never split)."""
+    folder = tmp_path / f"chat_{add_bos}_{legacy}"
+    shutil.copytree(released_folder, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": add_bos, "legacy": legacy}))
+    tokenizer = load_text_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIALS)})
+    return tokenizer
+
+
+def release_preprocess_counted(style: str, conversation: str, max_len: int, tii) -> tuple[list[int], list[int]]:
+    """llava/data/dataset.py (VILA branch vila1.5) preprocess_mpt / preprocess_llama_3 (has_image=True) on one
+    prompt, `tii` its tokenizer_image_token: the prompt split at sep, regrouped into [system, user, gpt] and then
+    [user, gpt] rounds; each round's part up to sep + the assistant role masked by its token count; the position
+    advanced by count(round) + count(sep) (mpt) or count(round) + 1 (llama_3: "include <|eot_id|>"); every label
+    dropped when the end is not the number of ids and lies below model_max_length."""
+    sep = "<|im_end|>" if style == "mpt" else "<|end_of_text|>"
+    role = "<|im_start|>assistant\n" if style == "mpt" else "<|start_header_id|>system<|end_header_id|>\n\n"
+    ids = tii(conversation)
+    labels = list(ids)
+    pieces = conversation.split(sep)
+    rounds = [sep.join(pieces[:3])] + [sep.join(pieces[i : i + 2]) for i in range(3, len(pieces), 2)]
+    cur = 0
+    for rou in rounds:
+        if rou == "":
+            break
+        parts = rou.split(sep + role)
+        if len(parts) != 2:
+            break
+        parts[0] += sep + role
+        if style == "mpt":
+            round_len = len(tii(rou)) + len(tii(sep))
+            instruction_len = len(tii(parts[0]))
+        else:
+            round_len = len(tii(rou)) + 1
+            instruction_len = len(tii(parts[0])) - 1 + 1
+        labels[cur : cur + instruction_len] = [IGNORE_INDEX] * len(labels[cur : cur + instruction_len])
+        cur += round_len
+    labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
+    if cur < max_len and cur != len(ids):
+        labels = [IGNORE_INDEX] * len(ids)  # "WARNING: tokenization mismatch ... (ignored)"
+    return ids, labels
+
+
+def _chat_sample(tokenizer, name: str, turns, max_len: int = 4096):
+    record = {"image": "x.png", "conversations": [m for q, a in turns for m in (
+        {"from": "human", "value": q}, {"from": "gpt", "value": a})]}  # fmt: skip
+    segments = conversation_segments(conversation_turns(record), get_template(name).prompt, "IMG")
+    bos = 1 if tokenizer("")["input_ids"][:1] == [1] else None  # train/vila/common.py: <s> only if the tokenizer adds it
+    return encode(segments, lambda s: tokenizer(s, add_special_tokens=False)["input_ids"], image_token_index=IMAGE,
+                  tokens_per_image=4, bos_id=bos, eos_id=2, max_len=max_len, eos_text="</s>")  # fmt: skip
+
+
+def _release_tii(model_file: str, add_bos: bool, legacy: bool):
+    legacy_processor = spm.SentencePieceProcessor(model_file=model_file) if legacy else None
+    processor = release_processor(model_file)
+    return lambda s: release_tokenizer_image_token(processor, s, add_bos, specials={**SPECIALS, **CHAT_SPECIALS},
+                                                   legacy_processor=legacy_processor)  # fmt: skip
+
+
+@pytest.mark.parametrize("name, style, add_bos, legacy", [
+    ("hermes-2", "mpt", False, True),  # VILA1.5-40B: Yi's tokenizer (add_bos_token false, legacy true)
+    ("hermes-2", "mpt", True, False),  # a LLaMA-2-style tokenizer: the counts run 2 ahead per round
+    ("llama_3", "llama_3", True, False),  # <s> added (as Llama-3's <|begin_of_text|>): 1 ahead per later round
+    ("llama_3", "llama_3", False, False),
+])  # fmt: skip
+def test_sft_labels_of_hermes_2_and_llama_3_are_the_releases(released_folder, model_file, tmp_path, name, style, add_bos, legacy):
+    tokenizer = chat_tokenizer(released_folder, tmp_path, add_bos, legacy)
+    prompt = get_template(name).prompt(THREE_TURNS)
+    ids, labels = release_preprocess_counted(style, prompt, 4096, _release_tii(model_file, add_bos, legacy))
+    assert tokenize_with_images(prompt, tokenizer, IMAGE) == ids
+    out = _chat_sample(tokenizer, name, THREE_TURNS)
+    if add_bos:
+        # the release's counts never reach the number of ids: every label is dropped, so we skip the sample
+        assert set(labels) == {IGNORE_INDEX} and out is None
+        return
+    assert out.input_ids == ids
+    assert out.labels == labels
+    # the instruction's count ends inside the token "▁a" (the role's "\n" is a space to this model): the release
+    # masks that token, the first of the second answer; the answers' other tokens and each <sep> are learnt
+    supervised = tokenizer.decode([t for t, l in zip(out.input_ids, out.labels) if l != IGNORE_INDEX])
+    sep = "<|im_end|>" if name == "hermes-2" else "<|end_of_text|>"
+    assert supervised.replace(" ", "") == f"Itisred.{sep}circle{sep}blue{sep}"
+
+
+def test_llama_3_labels_of_a_sample_longer_than_max_len_keep_the_releases_shift(released_folder, model_file, tmp_path):
+    """With <s> and model_max_length at most the release's count, the mismatch check is skipped and the labels of
+    the second round stay shifted by one: its first answer token masked, the token after its separator learnt."""
+    tokenizer = chat_tokenizer(released_folder, tmp_path, True, False)
+    turns = THREE_TURNS[:2]
+    prompt = get_template("llama_3").prompt(turns)
+    tii = _release_tii(model_file, True, False)
+    n = len(tii(prompt))
+    ids, labels = release_preprocess_counted("llama_3", prompt, n + 1, tii)  # the count ends at n + 1
+    out = _chat_sample(tokenizer, "llama_3", turns, max_len=n + 1)
+    kept = n + 1 - 3  # max_len counts the image's 4 positions; the release cuts after expanding the image too
+    assert out.input_ids == ids[:kept]
+    assert out.labels == labels[:kept]
+    full = _chat_sample(tokenizer, "llama_3", turns, max_len=n + 3)  # room for all: the mismatch check fires
+    assert full is None
+
+
+def test_hermes_2_record_ending_with_a_question_is_dropped_as_the_release_drops_it(released_folder, tmp_path):
+    tokenizer = chat_tokenizer(released_folder, tmp_path, False, True)
+    assert _chat_sample(tokenizer, "hermes-2", THREE_TURNS[:2]) is not None
+    record = {"image": "x.png", "conversations": [{"from": "human", "value": "<image>\nwhat colour is it?"},
+                                                  {"from": "gpt", "value": "It is red."},
+                                                  {"from": "human", "value": "what shape?"}]}  # fmt: skip
+    segments = conversation_segments(conversation_turns(record), get_template("hermes-2").prompt, "IMG")
+    # the release renders the last question (role + text + <|im_end|>), cannot split that round, and ignores all
+    assert layout(segments) == get_template("hermes-2").prompt([THREE_TURNS[0]]) + "<|im_start|>user\nwhat shape?<|im_end|>"
+    out = encode(segments, lambda s: tokenizer(s, add_special_tokens=False)["input_ids"], image_token_index=IMAGE,
+                 tokens_per_image=4, bos_id=None, eos_id=2, max_len=4096)  # fmt: skip
+    assert out is None

@@ -123,13 +123,20 @@ def get_template(name: str) -> Conversation:
     return TEMPLATES[name]
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its `<s>` first by itself (`tokenizer("")` starts with it): LLaMA-2's and
+    Llama-3's do; Yi's (VILA1.5-40B's hermes-2 LLM, `add_bos_token: false`) does not. The release's
+    `tokenizer_image_token` keeps a `<s>` only when the tokenizer put one there."""
+    return tokenizer.bos_token_id is not None and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+
 def tokenize_with_images(text: str, tokenizer: Any, image_token_index: int, add_bos: bool = True) -> list[int]:
     """Token ids of `text` with one `image_token_index` per "<image>" (llava/mm_utils.py `tokenizer_image_token`):
     each stretch between placeholders is tokenized on its own (no special tokens: with a non-legacy LLaMA
     tokenizer each stretch starts with its own "▁", as in the release), and `<s>` is put first when `add_bos` and
     the tokenizer adds one (the release keeps the first stretch's `<s>` only if it is there)."""
     ids: list[int] = []
-    if add_bos and tokenizer.bos_token_id is not None and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+    if add_bos and adds_bos(tokenizer):
         ids.append(tokenizer.bos_token_id)
     pieces = text.split(IMAGE_PLACEHOLDER)
     for i, piece in enumerate(pieces):

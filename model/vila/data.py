@@ -18,7 +18,9 @@ scripts' data loaders):
     Conversations        LLaVA JSON (a list of records, or JSONL): {"image": path (optional), "conversations":
                          [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]},
                          rendered with a conversation template (`model/vila/conversation.py`); labels only on the
-                         assistant turns. Stage 0 uses it with the "plain" template (LLaVA's caption alignment data),
+                         assistant turns (for hermes-2 and llama_3 exactly where the release's token counting puts
+                         them, quirks included: `release_counted_supervision`). Stage 0 uses it with the "plain"
+                         template (LLaVA's caption alignment data),
                          stage 2 with the model's template (vicuna_v1 for VILA-7B/13B). A record without "image" is a
                          text-only instruction (joint SFT, Table 4).
 
@@ -38,6 +40,7 @@ import json
 import random
 import tarfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -55,12 +58,20 @@ Mmc4Format = Literal["interleaved", "pairs", "reformatted"]
 # Segments: the format-independent form of a sample.
 
 
+# A released preprocessor's label rule: (the sample's text with "<image>" placeholders, count(s) = the number of ids
+# the release's `tokenizer_image_token(s)` gives, max_len) -> per id of the text, whether it is supervised.
+LabelRule = Callable[[str, Callable[[str], int], int], list[bool]]
+
+
 @dataclass
 class Segment:
-    kind: Literal["text", "image", "eos"]
+    kind: Literal["text", "image", "eos", "rule"]
     text: str = ""  # kind "text"
     image: Any = None  # kind "image": a PIL image (or anything `encode`'s caller can turn into pixels)
     supervised: bool = True  # labels on this segment's tokens (images are never supervised)
+    # kind "rule" (zero-width, at most one per sample): `encode` takes the labels from this rule over the whole
+    # sample instead of from the segments' `supervised` flags (the hermes-2 / llama_3 preprocessors count tokens)
+    rule: LabelRule | None = None
 
 
 def text(s: str, supervised: bool = True) -> Segment:
@@ -199,15 +210,23 @@ def conversation_segments(turns: list[tuple[str, str]], prompt: Callable[[list[t
 
     The assistant span of exchange k is `prompt(pairs[:k+1])` minus `prompt(pairs[:k] + [(user_k, None)])` (the
     generation prompt at that point), so training sees exactly the prompt text evaluation generates from, and the
-    labels cover the answer and the template's end-of-turn separator (`</s>` of vicuna_v1, "\n" of plain)."""
+    labels cover the answer and the template's end-of-turn separator (`</s>` of vicuna_v1, "\n" of plain).
+
+    The hermes-2 (SeparatorStyle.MPT) and llama_3 (SeparatorStyle.LLAMA_3) templates add a "rule" segment: the
+    release masks them by counting tokens of its rounds, with offsets that do not always land on the turn
+    boundaries above, and `encode` applies that count instead (`release_counted_supervision`). Their trailing
+    user turn, if any, is kept as the release renders it (it makes the release drop every label)."""
     pairs = [(turns[i][1], turns[i + 1][1] if i + 1 < len(turns) else None) for i in range(0, len(turns), 2)]
     template = getattr(prompt, "__self__", None)  # a bound Conversation.prompt tells its template
-    if getattr(template, "style", None) == "plain":
+    style = getattr(template, "style", None)
+    if style == "plain":
         return _plain_segments(pairs, template.sep, img)
     segments: list[Segment] = []
     done = ""
     for k, (user, answer) in enumerate(pairs):
         if answer is None:
+            if style in RELEASE_COUNTED_STYLES:
+                segments += _split_images(_trailing_user_text(template, prompt(pairs), done), img, supervised=False)
             break  # a trailing user turn has nothing to supervise
         open_prompt = prompt(pairs[:k] + [(user, None)])
         closed = prompt(pairs[: k + 1])
@@ -216,10 +235,21 @@ def conversation_segments(turns: list[tuple[str, str]], prompt: Callable[[list[t
         segments += _split_images(open_prompt[len(done) :], img, supervised=False)
         segments.append(text(closed[len(open_prompt) :], supervised=True))
         done = closed
+    if style in RELEASE_COUNTED_STYLES:
+        rule = partial(release_counted_supervision, style=style, sep=template.sep, assistant=template.roles[1])
+        segments.append(Segment("rule", supervised=False, rule=rule))
     n_images = sum(s.kind == "image" for s in segments)
     if n_images != (1 if img is not None else 0):
         raise ValueError(f"conversation renders {n_images} images, record has {1 if img is not None else 0}")
     return [s for s in segments if s.kind != "text" or s.text]
+
+
+def _trailing_user_text(template: Any, open_prompt: str, done: str) -> str:
+    """A last user turn without an answer as the release's `get_prompt` ends a training text with it (MPT /
+    LLAMA_3: role + text + sep, no assistant role after it): our generation prompt without its assistant role."""
+    if not open_prompt.startswith(done) or not open_prompt.endswith(template.roles[1]):
+        raise ValueError("the conversation template does not render turns as prefixes of each other")
+    return open_prompt[len(done) : len(open_prompt) - len(template.roles[1])]
 
 
 def _plain_segments(pairs: list[tuple[str, str | None]], sep: str, img: Any) -> list[Segment]:
@@ -239,6 +269,75 @@ def _split_images(s: str, img: Any, supervised: bool) -> list[Segment]:
     for part in parts[1:]:
         out += [image(img), text(part, supervised)]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The hermes-2 / llama_3 label masks of VILA 1.5 (NVlabs/VILA branch vila1.5, llava/data/dataset.py
+# `preprocess_mpt` / `preprocess_llama_3`). Both mask by token counts, not by turn boundaries:
+#
+#   text     system + sep + (user role + question + sep + assistant role + answer + sep) per exchange
+#   rounds   the text split at sep, regrouped: [system, user 1, answer 1] joined by sep, then [user k, answer k]
+#   per round, with parts = round.split(sep + assistant role) (a round that does not split in two ends the loop):
+#            masked:  count(parts[0] + sep + assistant role)        from the running position cur
+#            advance: MPT     count(round) + count(sep)             (sep tokenized on its own)
+#                     LLAMA_3 count(round) + 1                      ("+1 for <|eot_id|>"; the -1 for <s> and +1
+#                                                                    on the instruction cancel out)
+#   then everything from cur on is masked, and if cur < model_max_length and cur differs from the number of ids,
+#   every label is masked ("WARNING: tokenization mismatch ... (ignored)").
+#
+# count(s) is len(tokenizer_image_token(s)), which includes the tokenizer's <s> when it adds one. So with a
+# tokenizer that adds <s> the counts run ahead: hermes-2 by 2 per round (every sample entirely masked), llama_3 by 1
+# per round after the first (every multi-turn sample entirely masked; a single exchange is right). Without <s>
+# (Yi's tokenizer, which VILA1.5-40B's hermes-2 uses) both land on the turns except where a piece tokenizes
+# differently alone than inside the whole text: a token straddling the end of the instruction (the role's "\n"
+# merged with the answer's first letter) is masked with the instruction, where our own split gives it to the
+# answer. The `tokenizer.legacy` correction of upstream LLaVA's
+# preprocess_mpt is not in VILA's. These are the release's bugs; we reproduce them, since they decide which tokens
+# the released models were trained on.
+
+RELEASE_COUNTED_STYLES = ("mpt", "llama_3")
+
+
+def release_rounds(conversation: str, sep: str) -> list[str]:
+    """The rounds the release measures: system + first exchange, then one per later exchange."""
+    pieces = conversation.split(sep)
+    return [sep.join(pieces[:3])] + [sep.join(pieces[i : i + 2]) for i in range(3, len(pieces), 2)]
+
+
+def release_counted_supervision(
+    conversation: str, count: Callable[[str], int], max_len: int, *, style: str, sep: str, assistant: str
+) -> list[bool]:
+    """Per id of `conversation` (count(conversation) ids), whether `preprocess_mpt` (style "mpt") or
+    `preprocess_llama_3` (style "llama_3") leaves its label on (see the comment above)."""
+    n = count(conversation)
+    supervised = [True] * n
+    answer_start = sep + assistant
+    cur = 0
+    for rou in release_rounds(conversation, sep):
+        if rou == "":
+            break
+        parts = rou.split(answer_start)
+        if len(parts) != 2:
+            break  # a trailing user turn, or a message that itself contains sep + assistant role
+        instruction = count(parts[0] + answer_start)
+        if style == "mpt":
+            advance = count(rou) + count(sep)
+        elif style == "llama_3":
+            advance = count(rou) + 1
+        else:
+            raise ValueError(f"no released token-counting rule for style {style!r}")
+        _mask(supervised, cur, cur + instruction)
+        cur += advance
+    _mask(supervised, cur, n)
+    if cur < max_len and cur != n:
+        return [False] * n  # the release's "tokenization mismatch": the whole sample is ignored
+    return supervised
+
+
+def _mask(supervised: list[bool], start: int, end: int) -> None:
+    """supervised[start:end] = False with Python's slice rules, as the release's `target[start:end] = IGNORE_INDEX`
+    on a tensor (an end before the start masks nothing)."""
+    supervised[start:end] = [False] * len(supervised[start:end])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +380,13 @@ def encode(
 
     Which segment a token belongs to follows from lengths, as the released preprocessors mask instructions by
     lengths: the tokens of the stretch up to a segment's end are counted by tokenizing that prefix; a token that
-    straddles the boundary (the prefix's tokens then stop matching) goes with the text after it."""
+    straddles the boundary (the prefix's tokens then stop matching) goes with the text after it.
+
+    A "rule" segment (hermes-2, llama_3) replaces all of that labelling: the rule is applied to the whole sample's
+    text with the release's counts, len(`tokenizer_image_token`(s)) = [<s>] + the stretches' ids + one per image,
+    and the labels are its verdict on the ids kept (images always masked)."""
+    rule = next((seg.rule for seg in segments if seg.kind == "rule"), None)
+    segments = [seg for seg in segments if seg.kind != "rule"]
     # Stretches of text between images (and between EOS ids when there is no eos_text): each a list of
     # (text, supervised) pieces; images and EOS ids as markers between them.
     items: list[tuple[str, Any]] = []  # ("text", [(text, supervised), ...]) | ("image", img) | ("eos", supervised)
@@ -320,8 +425,27 @@ def encode(
         length += len(toks)
         if length >= max_len:
             break
+    if rule is not None:
+        labels = _rule_labels(rule, segments, ids, tokenize, bos_id, image_token_index, max_len, eos_text)
     out = Encoded(ids, labels, images, length)
     return out if out.supervised_targets() > 0 else None
+
+
+def _rule_labels(rule: LabelRule, segments: Sequence[Segment], ids: list[int], tokenize: Callable[[str], list[int]],
+                 bos_id: int | None, image_token_index: int, max_len: int, eos_text: str | None) -> list[int]:
+    """The labels a "rule" segment gives the ids `encode` kept (a prefix of the whole sample's when it was cut)."""
+    if any(seg.kind == "eos" for seg in segments) and eos_text is None:
+        raise ValueError("a sample labelled by a rule needs eos_text for its EOS segments")
+    whole = "".join(IMAGE_PLACEHOLDER if s.kind == "image" else eos_text if s.kind == "eos" else s.text for s in segments)
+
+    def count(s: str) -> int:  # len(tokenizer_image_token(s)): <s> if the tokenizer adds one, then each stretch
+        chunks = s.split(IMAGE_PLACEHOLDER)
+        return (bos_id is not None) + len(chunks) - 1 + sum(len(tokenize(c)) for c in chunks if c)
+
+    supervised = rule(whole, count, max_len)
+    if len(supervised) < len(ids):
+        raise ValueError(f"the label rule covers {len(supervised)} ids, the sample has {len(ids)}")
+    return [t if ok and t != image_token_index else IGNORE_INDEX for t, ok in zip(ids, supervised)]
 
 
 def _tokenize_stretch(pieces: list[tuple[str, bool]], tokenize: Callable[[str], list[int]]) -> tuple[list[int], list[bool]]:
@@ -498,11 +622,16 @@ def balanced_questions(images: list[MiniWorldImage], labels: dict[str, list[str]
             if a not in YES_NO:
                 continue
             flipped = "no" if a == "yes" else "yes"
-            for _ in range(100):  # a random image with the other answer (every form has both among 4,000 images)
+            for _ in range(100):  # a random image with the other answer: rejection sampling, cheap when it is common
                 other = rng.choice(ids)
                 if yes_no_answer(q, *labels[str(other)]) == flipped:
-                    by_image[other].append((q, flipped))
                     break
+            else:  # rare answers (the mini world needed up to 72 tries): draw among the images that give it
+                candidates = [i for i in ids if yes_no_answer(q, *labels[str(i)]) == flipped]
+                if not candidates:
+                    continue  # no image of the set answers it the other way: the question cannot be balanced
+                other = rng.choice(candidates)
+            by_image[other].append((q, flipped))
     return by_image
 
 

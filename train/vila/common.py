@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from harness.errors import InputError
+from model.vila.conversation import adds_bos
 from model.vila.data import IGNORE_INDEX, Encoded, Segment, encode
 from train.data import Batched, Mapped
 from train.distributed import DistInfo
@@ -292,6 +293,11 @@ class VilaStageTask(StatelessStage):
         def tokenize(s: str) -> list[int]:
             return tok(s, add_special_tokens=False)["input_ids"] if s else []
 
+        # <s> first only if the tokenizer adds it, as the released `tokenizer_image_token` does (LLaMA-2's and the
+        # mini world's do; Yi's, under VILA1.5-40B's hermes-2 template, does not, and the hermes-2 label count
+        # depends on it).
+        bos_id = llm.bos_token_id if adds_bos(tok) else None
+
         def to_encoded(segments: list[Segment] | None) -> Encoded | None:
             if segments is None:
                 return None
@@ -300,7 +306,7 @@ class VilaStageTask(StatelessStage):
                 tokenize,
                 image_token_index=cfg.model.image_token_index,
                 tokens_per_image=cfg.model.tokens_per_image,
-                bos_id=llm.bos_token_id,
+                bos_id=bos_id,
                 eos_id=llm.eos_token_id,
                 max_len=cfg.seq_len,
                 eos_text=tok.eos_token,  # the released datasets append tokenizer.eos_token to the text
