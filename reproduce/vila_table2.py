@@ -129,10 +129,12 @@ def grouped(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 def statistics(samples: Iterable[list], tokenize: Callable[[str], list[int]]) -> dict[str, float]:
     """Means over samples: images per sample, text tokens per image (ratio of totals), text tokens per sample."""
+    from model.vila.data import Rows
+
     n = images = tokens = 0
-    for segments in samples:
+    for sample in samples:
         n += 1
-        for seg in segments:
+        for seg in (s for row in sample for s in row) if isinstance(sample, Rows) else sample:  # a sample's rows count together
             if seg.kind == "image":
                 images += 1
             elif seg.kind == "text":

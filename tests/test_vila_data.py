@@ -21,7 +21,9 @@ from model.vila.data import (
     RecordList,
     conversation_segments,
     conversation_turns,
+    coyo_rows,
     coyo_segments,
+    Rows,
     encode,
     eos,
     image,
@@ -55,7 +57,7 @@ def _images(segments):
 def test_mmc4_images_go_before_their_matched_sentence_and_eos_ends_the_document():
     doc = _doc(["s0", "s1", "s2", "s3", "s4"], matches=[3, 1])
     segments = mmc4_segments(doc, _names)
-    assert layout(segments) == "s0<image>\ns1 s2<image>\ns3 s4<eos>"
+    assert layout(segments) == "s0<image>s1 s2<image>s3 s4<eos>"  # no space around an image, as released
     assert _images(segments) == ["img1", "img0"]  # text order, not image_info order
     assert [s.kind for s in segments].count("eos") == 1 and segments[-1].kind == "eos"
     assert all(s.supervised for s in segments if s.kind != "image")
@@ -63,7 +65,7 @@ def test_mmc4_images_go_before_their_matched_sentence_and_eos_ends_the_document(
 
 def test_mmc4_images_on_the_same_sentence_keep_their_order():
     segments = mmc4_segments(_doc(["a", "b"], matches=[1, 0, 1]), _names)
-    assert layout(segments) == "<image>\na<image><image>\nb<eos>"
+    assert layout(segments) == "<image>a<image><image>b<eos>"
     assert _images(segments) == ["img1", "img0", "img2"]
 
 
@@ -78,20 +80,20 @@ def test_mmc4_keeps_at_most_six_images_the_first_six_of_image_info():
 def test_mmc4_leaves_out_missing_images_and_bad_matches():
     doc = _doc(["a", "b", "c"], matches=[0, 7, 2])
     segments = mmc4_segments(doc, lambda info: None if info["image_name"] == "img0" else info["image_name"])
-    assert layout(segments) == "a b<image>\nc<eos>"
+    assert layout(segments) == "a b<image>c<eos>"
     assert mmc4_segments(_doc(["a"], matches=[]), _names) is None  # no image: not an image-text sample
     assert mmc4_segments(_doc([], matches=[0]), _names) is None
 
 
 def test_mmc4_pairs_keeps_only_matched_pairs():
     # The paper's example: <txt1><im1><txt2><txt3><im2><txt4> -> <im1><txt2>, <im2><txt4>
-    segments = mmc4_segments(_doc(["t1", "t2", "t3", "t4"], matches=[1, 3]), _names, fmt="pairs")
-    assert layout(segments) == "<image>t2<eos><image>t4<eos>"
+    rows = mmc4_segments(_doc(["t1", "t2", "t3", "t4"], matches=[1, 3]), _names, fmt="pairs")
+    assert isinstance(rows, Rows) and [layout(r) for r in rows] == ["<image>t2<eos>", "<image>t4<eos>"]  # a row each
 
 
 def test_mmc4_reformatted_puts_all_images_first():
     segments = mmc4_segments(_doc(["t1", "t2", "t3"], matches=[2, 0]), _names, fmt="reformatted")
-    assert layout(segments) == "<image><image>\nt1 t2 t3<eos>"
+    assert layout(segments) == "<image><image>t1 t2 t3<eos>"
     assert _images(segments) == ["img1", "img0"]
 
 
@@ -105,14 +107,14 @@ def test_mmc4_interleaving_properties(n, matches):
         assert segments is None
         return
     assert len(_images(segments)) == len(valid) <= MAX_IMAGES_PER_DOC
-    words = layout(segments).replace("<image>", "").replace("\n", " ").replace("<eos>", " <eos>").split()
+    words = layout(segments).replace("<image>", " ").replace("<eos>", " <eos>").split()
     assert words == sentences + ["<eos>"]  # every sentence once, in order, then one EOS
     # Every image is followed (after any other images) by exactly the sentence it matches.
     for i, seg in enumerate(segments):
         if seg.kind == "image":
             nxt = next(s for s in segments[i:] if s.kind == "text")
             k = int(seg.image[3:])
-            assert nxt.text.startswith("\n" + sentences[matches[k]])
+            assert nxt.text.startswith(sentences[matches[k]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +148,9 @@ def test_coyo_concatenates_four_pairs_per_sample():
     first, second = next(pairs), next(pairs)
     assert layout(coyo_segments(first)) == "<image>cap 0<eos><image>cap 1<eos><image>cap 2<eos><image>cap 3<eos>"
     assert _images(coyo_segments(second)) == ["im4", "im5", "im6", "im7"]
+    # As the released loader trains them (CONCAT_SAMPLES = False): each pair its own row, never two images in one.
+    rows = coyo_rows(first)
+    assert isinstance(rows, Rows) and [layout(r) for r in rows] == [f"<image>cap {i}<eos>" for i in range(4)]
     state = pairs.state_dict()
     third = next(pairs)
     pairs.load_state_dict(state)

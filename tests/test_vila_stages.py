@@ -210,3 +210,31 @@ def test_llm_weights_of_other_shapes_are_refused(capsys, tmp_path, world, llm_fi
     err = _error(capsys, "vila_projector", tmp_path / "run", f"data.miniworld={world.root}", f"llm_path={bad}",
                  "vision_tower_path=random-init", "model.llm.intermediate_size=172", "loop.steps=1")
     assert err.startswith("error:") and "llm_path" in err and "shapes" in err
+
+
+@pytest.mark.parametrize("corpus", ["coyo", "mmc4-pairs"])
+def test_stage_one_trains_each_pair_as_its_own_sequence(world, tmp_path, corpus):
+    """COYO's four pairs per sample (and the MMC4-pairs ablation's pairs) are separate rows of the batch, each
+    `<s><image>caption</s>` with one image, as the released loader (CONCAT_SAMPLES = False) trains them; the
+    micro-batch counts samples. Interleaved MMC4 documents stay one row each, with their images together."""
+    from train.distributed import DistInfo
+    from train.vila.pretrain import PretrainTask
+
+    blend = {"coyo": ('data.blend={"mmc4": 0.0, "coyo": 1.0}',),
+             "mmc4-pairs": ('data.blend={"mmc4": 1.0, "coyo": 0.0}', "data.mmc4_format=pairs")}[corpus]  # fmt: skip
+    cfg = _cfg("vila_pretrain", f"data.miniworld={world.root}", *blend, "init_from=random-init", "seq_len=256")
+    task = PretrainTask(cfg, tmp_path)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    batch = next(iter(task.build_data(info, 2)))
+    image_id, bos = cfg.model.image_token_index, cfg.model.llm.bos_token_id
+    if corpus == "coyo":
+        assert len(batch) == 2 * 4  # two samples of four pairs
+    else:
+        assert len(batch) > 2  # the mini documents hold 2-6 matched images each
+    for row in batch:
+        assert row.input_ids.count(image_id) == 1 and len(row.images) == 1
+        assert row.input_ids[0] == bos and row.input_ids[1] == image_id
+    interleaved = _cfg("vila_pretrain", f"data.miniworld={world.root}", 'data.blend={"mmc4": 1.0, "coyo": 0.0}',
+                       "init_from=random-init", "seq_len=256")  # fmt: skip
+    rows = next(iter(PretrainTask(interleaved, tmp_path / "interleaved").build_data(info, 2)))
+    assert len(rows) == 2 and all(len(r.images) >= 2 for r in rows)

@@ -8,13 +8,20 @@ scripts' data loaders):
     MMC4 (interleaved)   official JSONL fields: `text_list` (sentences), `image_info` (list of {`image_name` or
                          `image_base64`, `matched_text_index`, `matched_sim`}). At most MAX_IMAGES_PER_DOC (6) images
                          per document: the first six of `image_info`, each placed *before* the sentence it matches
-                         (ties keep `image_info` order); sentences joined by a space, the one after an image starts
-                         with a newline; one EOS at the end. Every text token is supervised.
-        "pairs"          the MMC4-pairs ablation (Table 3): only (image, matched sentence) pairs, each as
-                         `<image>sentence<eos>`, concatenated like COYO's pairs; unmatched sentences are dropped.
+                         (ties keep `image_info` order); sentences joined by a space, no space around an image
+                         ("s0<image>s1 s2", the released `LazyMMC4Dataset`'s " ".join and whitespace clean-up); one
+                         EOS at the end. Every text token is supervised.
+        "pairs"          the MMC4-pairs ablation (Table 3): only (image, matched sentence) pairs, each its own row
+                         `<image>sentence<eos>` as COYO's pairs are (`Rows`); unmatched sentences are dropped. (The
+                         release has no MMC4-pairs loader; its COYO loader shuffles shards whose path names "mmc4",
+                         i.e. the pairs were read as COYO. Ours keep a document's pairs together, in its order.)
         "reformatted"    the §4.4 ablation: `<im1><im2>...<txt1><txt2>...` (all images first, then all sentences).
     COYO (pairs)         img2dataset tar shards (KEY.jpg/png + KEY.txt), COYO_PAIRS_PER_SAMPLE (4) consecutive pairs
-                         concatenated into one sample as `<image>caption<eos>` each.
+                         per sample, each its own row `<image>caption<eos>` with its own `<s>` (`Rows`): the released
+                         `LazyCoyoDataset` (v1.0 and vila1.5) has CONCAT_SAMPLES = False, so it tokenizes the four
+                         prompts separately and the collator makes them four sequences. A COYO-trained model never
+                         sees two images in one context, the premise of the paper's reading of its 4-shot results
+                         (§3.2: "it never sees more than one image during pre-training").
     Conversations        LLaVA JSON (a list of records, or JSONL): {"image": path (optional), "conversations":
                          [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]},
                          rendered with a conversation template (`model/vila/conversation.py`); labels only on the
@@ -23,6 +30,10 @@ scripts' data loaders):
                          template (LLaVA's caption alignment data),
                          stage 2 with the model's template (vicuna_v1 for VILA-7B/13B). A record without "image" is a
                          text-only instruction (joint SFT, Table 4).
+
+A `Rows` sample (COYO, MMC4-pairs) is one draw of the blend that trains as several sequences: `encode` is called
+per row and the batch holds each row; the micro-batch size counts draws, as the released per-device batch counts
+dataset items (a COYO item is four rows).
 
 Sequences are cut at `max_len` positions counted *after* image expansion (each image takes tokens_per_image
 positions): text is cut at a token, an image that does not fit ends the sample (the released loaders drop images
@@ -72,6 +83,10 @@ class Segment:
     # kind "rule" (zero-width, at most one per sample): `encode` takes the labels from this rule over the whole
     # sample instead of from the segments' `supervised` flags (the hermes-2 / llama_3 preprocessors count tokens)
     rule: LabelRule | None = None
+
+
+class Rows(list):
+    """One sample of a corpus that trains as several sequences (a list of segment lists, each its own row)."""
 
 
 def text(s: str, supervised: bool = True) -> Segment:
@@ -128,12 +143,10 @@ def mmc4_segments(
     placed.sort(key=lambda p: p[0])  # stable: images matched to the same sentence keep their order
     out: list[Segment] = []
     if fmt == "pairs":
-        for index, img in placed:
-            out += [image(img), text(sentences[index]), eos()]
-        return out
+        return Rows([image(img), text(sentences[index]), eos()] for index, img in placed)
     if fmt == "reformatted":
         out += [image(img) for _, img in placed]
-        out.append(text("\n" + " ".join(sentences)))
+        out.append(text(" ".join(sentences)))
         out.append(eos())
         return out
     if fmt != "interleaved":
@@ -145,7 +158,7 @@ def mmc4_segments(
         images = by_sentence.get(i, [])
         out += [image(img) for img in images]
         if images:
-            out.append(text("\n" + sentence))
+            out.append(text(sentence))  # "<image>sentence": the release removes the space on either side of an image
         else:
             out.append(text((" " if out else "") + sentence))
     out.append(eos())
@@ -168,11 +181,16 @@ def _merge_text(segments: list[Segment]) -> list[Segment]:
 
 
 def coyo_segments(pairs: Sequence[tuple[Any, str]]) -> list[Segment]:
-    """`<image>caption<eos>` for each (image, caption), concatenated."""
+    """`<image>caption<eos>` for each (image, caption), concatenated (as `Rows` splits them: one row per pair)."""
     out: list[Segment] = []
     for img, caption in pairs:
         out += [image(img), text(caption.strip()), eos()]
     return out
+
+
+def coyo_rows(pairs: Sequence[tuple[Any, str]]) -> Rows:
+    """One COYO sample as the released loader trains it: each (image, caption) its own row `<image>caption<eos>`."""
+    return Rows(coyo_segments([pair]) for pair in pairs)
 
 
 # ---------------------------------------------------------------------------------------------

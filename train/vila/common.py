@@ -25,7 +25,7 @@ from torch import nn
 
 from harness.errors import InputError
 from model.vila.conversation import adds_bos
-from model.vila.data import IGNORE_INDEX, Encoded, Segment, encode
+from model.vila.data import IGNORE_INDEX, Encoded, Rows, Segment, encode
 from train.data import Batched, Mapped
 from train.distributed import DistInfo
 from train.stages.common import require_path
@@ -298,9 +298,14 @@ class VilaStageTask(StatelessStage):
         # depends on it).
         bos_id = llm.bos_token_id if adds_bos(tok) else None
 
-        def to_encoded(segments: list[Segment] | None) -> Encoded | None:
+        def to_encoded(segments: list[Segment] | Rows | None) -> list[Encoded] | None:
+            """A sample's sequences: one, or one per row of a `Rows` sample; None (skipped, counted) if none is left."""
             if segments is None:
                 return None
+            rows = [r for r in map(encode_row, segments if isinstance(segments, Rows) else [segments]) if r is not None]
+            return rows or None
+
+        def encode_row(segments: list[Segment]) -> Encoded | None:
             out = encode(
                 segments,
                 tokenize,
@@ -315,13 +320,18 @@ class VilaStageTask(StatelessStage):
                 out.images = list(preprocess_images(out.images, cfg.model.vision))
             return out
 
-        return Batched(Mapped(self.build_samples(info), to_encoded), micro_batch_size, list)
+        # The micro-batch counts samples (draws of the blend); a `Rows` sample adds each of its rows to it.
+        return Batched(Mapped(self.build_samples(info), to_encoded), micro_batch_size, _flatten)
 
     def units(self, batch: list[Encoded]) -> int:
         return sum(e.supervised_targets() for e in batch)
 
     def throughput_amount(self, batch: list[Encoded]) -> int:
         return sum(e.length for e in batch)
+
+
+def _flatten(samples: list[list[Encoded]]) -> list[Encoded]:
+    return [row for rows in samples for row in rows]
 
 
 def require_files(patterns: list[str], key: str, miniworld: str) -> None:

@@ -1,7 +1,8 @@
 """Stage 1 (`vila_pretrain`): visual language pre-training of the LLM and the projector (paper §2, §3.1-3.2).
 
 Data (model/vila/data.py): MMC4 documents (`data.mmc4`, official JSONL; `data.mmc4_format` interleaved / pairs /
-reformatted) and COYO pairs (`data.coyo`, tar shards; 4 per sample), drawn per sample by `data.blend`. With
+reformatted) and COYO pairs (`data.coyo`, tar shards; 4 per sample, each its own row as released), drawn per sample
+by `data.blend`. With
 `data.miniworld` the documents are built from the mini world's train split and the pairs are its caption samples.
 `train_llm=false`: projector-only pre-training (Table 1 "PreT" ✗). Starts from a vila_projector run (`init_from`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from harness.errors import InputError
-from model.vila.data import Grouped, coyo_segments, mmc4_image_bytes, mmc4_segments, open_image
+from model.vila.data import Grouped, coyo_rows, mmc4_image_bytes, mmc4_segments, open_image
 from train.vila.common import VilaStageTask, load_vila_weights, miniworld_data, require_files
 from train.data import ImageTextShards, JsonlRecords, Mapped, Mixture
 from train.distributed import DistInfo
@@ -82,6 +83,6 @@ class PretrainTask(VilaStageTask):
         if "coyo" in weights:
             pairs = Mapped(ImageTextShards(coyo, seed=seed + 13, **common), lambda s: s if _is_caption(s) else None)
             groups = Grouped(pairs, data.coyo_pairs_per_sample)
-            streams["coyo"] = Mapped(groups, lambda group: coyo_segments([(s.image, s.text) for s in group]))
+            streams["coyo"] = Mapped(groups, lambda group: coyo_rows([(s.image, s.text) for s in group]))
         mixed = Mixture(streams, weights, seed=seed + 3)
         return Mapped(mixed, lambda drawn: drawn[1])
