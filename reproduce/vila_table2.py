@@ -14,7 +14,7 @@ segment is tokenized with the model's text tokenizer, without BOS / EOS. Per cor
 
 Rows: "MMC4" (interleaved documents), "MMC4 (pairs)" (the same documents in Table 3's pairs format: only each image's
 matched sentence), "COYO" (one image-text pair per sample, the paper's definition of its row) and "COYO (4 pairs)"
-(the samples stage 1 trains on: four pairs concatenated). The paper profile has the paper's two rows and two columns.
+(the samples stage 1 draws: four pairs, each trained as its own row). The paper profile has the paper's two rows and two columns.
 
 `mini` (seconds): the mini world's corpora as `vila_pretrain --config mini` builds them
 (`write_miniworld_data`: 800 MMC4-format documents of 2-8 train images with their captions between sentences of the

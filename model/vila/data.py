@@ -61,7 +61,7 @@ from harness.miniworld import VQA_PROMPT, yes_no_answer
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 MAX_IMAGES_PER_DOC = 6  # the released MMC4 loader keeps at most 6 images per document
-COYO_PAIRS_PER_SAMPLE = 4  # the released COYO loader concatenates 4 pairs per sample
+COYO_PAIRS_PER_SAMPLE = 4  # the released COYO loader reads 4 pairs per sample (each its own row)
 Mmc4Format = Literal["interleaved", "pairs", "reformatted"]
 
 

@@ -80,7 +80,7 @@ class PretrainDataConfig:
     mmc4_format: Literal["interleaved", "pairs", "reformatted"] = "interleaved"  # Table 3 / §4.4 ablations
     max_images_per_doc: int = 6  # the released loader's cap
     coyo: list[str] = field(default_factory=list)  # COYO tar shards (img2dataset layout)
-    coyo_pairs_per_sample: int = 4  # pairs concatenated into one sample (the released loader: 4)
+    coyo_pairs_per_sample: int = 4  # pairs per sample, each trained as its own row (the released loader: 4)
     # Sampling weights of the two corpora, per sample (both carry ~4 images per sample, so 1:1 is the paper's
     # "roughly 1:1 image proportions", §4.1). Table 3: {"coyo": 1, "mmc4": 0}, {"mmc4": 1, "coyo": 0}, ...
     blend: dict[str, float] = field(default_factory=lambda: {"mmc4": 1.0, "coyo": 1.0})
@@ -225,8 +225,8 @@ def projector_mini_preset() -> ProjectorStageConfig:
 
 @register_preset(preset_group("vila_pretrain"), "mini")
 def pretrain_mini_preset() -> PretrainStageConfig:
-    """MMC4-format documents and COYO-format 4-pair samples from the mini world, 1:1; 1000 steps of 8 sequences of
-    at most 384 positions (6 images x 36 tokens + text). LR 5e-4: the paper's 5e-5 is for a 7B model."""
+    """MMC4-format documents and COYO-format 4-pair samples from the mini world, 1:1; 1000 steps of 8 samples (a
+    document is one sequence, a COYO sample four) of at most 384 positions (6 images x 36 tokens + text). LR 5e-4: the paper's 5e-5 is for a 7B model."""
     return PretrainStageConfig(
         model=mini_model(),
         seq_len=384,
