@@ -3,18 +3,20 @@ samples the mini world's task reads (the first `limit`, as the model's evaluatio
 
 The world's side (its train answer priors, `harness.miniworld.MiniWorld.prior_answer` and
 `question_majority_answers`) is harness data; scoring needs the tasks and metrics, so it lives here, above them.
+So do the hit rates of a model's saved outputs (`caption_hit_rate`, `generated_hit_rate`): they read an evaluation's
+predictions.jsonl with the evaluation's own reader (`eval.cache.saved_predictions`).
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
+from eval.cache import saved_predictions
 from eval.runner import get_metric
 from eval.tasks import get_task
 from harness.errors import InputError
-from harness.miniworld import CAPTION_TEMPLATES, MiniWorld, question_majority_answers
+from harness.miniworld import CAPTION_TEMPLATES, MiniWorld, image_hit_rates, question_majority_answers
 
 
 def _task_and_samples(task_name: str, data_root: str | Path, limit: int | None):
@@ -57,8 +59,7 @@ def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = No
         path = Path(predictions_path)
         if not path.is_file():
             raise FileNotFoundError(f"VQA predictions not found: {path}")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        saved = {r["id"]: r["prediction"] for r in records if "prediction" in r}
+        saved = saved_predictions(path)
         predictions = {s.id: saved[s.id] for s in samples if s.id in saved}
     return _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
 
@@ -82,3 +83,37 @@ def chance_caption_scores(world: MiniWorld, data_root: str | Path, limit: int | 
     cider = _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)["CIDEr"] / 100.0
     hits = [world.caption_attribute_hits(p, i) for i, p in predictions.items()]
     return {"CIDEr": cider, "shape": sum(h[0] for h in hits) / len(hits), "color": sum(h[1] for h in hits) / len(hits)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hit rates of a model's saved outputs: what its captions name, what its generated images show.
+
+
+def caption_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: str) -> float:
+    """Share of the captions in an evaluation's predictions.jsonl that name the image's shape (or colour).
+
+    Records skipped as corrupt images are left out, as in the runner's denominators.
+    """
+    if attribute not in ("shape", "color"):
+        raise InputError(f"attribute must be 'shape' or 'color', got {attribute!r}")
+    path = Path(predictions_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"caption predictions not found: {path}")
+    hits = [world.caption_attribute_hits(caption, i) for i, caption in saved_predictions(path).items()]
+    if not hits:
+        raise InputError(f"{path}: no caption predictions")
+    return sum(h[("shape", "color").index(attribute)] for h in hits) / len(hits)
+
+
+def generated_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: str) -> float:
+    """Share of the generated images of a t2i evaluation (its predictions.jsonl: id = test image id, prediction =
+    the image's path relative to the file's folder) that show the shape (or colour) of their prompt."""
+    if attribute not in ("shape", "color"):
+        raise InputError(f"attribute must be 'shape' or 'color', got {attribute!r}")
+    path = Path(predictions_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generated-image predictions not found: {path}")
+    images = {i: path.parent / image for i, image in saved_predictions(path).items()}
+    if not images:
+        raise InputError(f"{path}: no generated images")
+    return image_hit_rates(world, images)[attribute]

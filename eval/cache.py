@@ -126,6 +126,13 @@ def read_cache(path: str | Path) -> CacheContents:
     return contents
 
 
+def saved_predictions(path: str | Path) -> dict[Any, Any]:
+    """{sample id: prediction} of a finished evaluation's predictions.jsonl (or a shard cache): the header checked,
+    records skipped as bad input left out (as in the metric's denominators). Every table and report that reads an
+    evaluation's outputs reads them here."""
+    return {i: r["prediction"] for i, r in read_cache(path).records.items() if "prediction" in r}
+
+
 class CacheWriter:
     """Append-only writer: one `append` per finished batch, flushed at once, fsynced every `fsync_every` appends."""
 

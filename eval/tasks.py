@@ -383,6 +383,13 @@ MINI_VQA_ANNOTATIONS = "eval/vqa_test_annotations.json"
 MINI_IMAGES = "images/test/"
 
 
+def mini_image_id(image: str) -> str:
+    """The test image id of a mini task sample's image path: the inverse of the readers' `MINI_IMAGES<id>.png`."""
+    if not (image.startswith(MINI_IMAGES) and image.endswith(".png")):
+        raise EvalInputError(f"{image!r} is not a mini-world test image path ({MINI_IMAGES}<id>.png)")
+    return image[len(MINI_IMAGES) : -len(".png")]
+
+
 def read_mini_caption(data_root: Path, limit: int | None) -> tuple[list[EvalSample], Path]:
     # Its records carry filepath "images/test": image paths are relative to the mini-world root.
     return _karpathy(data_root, MINI_CAPTIONS, "", "test", limit)

@@ -625,27 +625,20 @@ def question_majority_answers(world: MiniWorld) -> dict[str, str]:
     return {q: c.most_common(1)[0][0] for q, c in by_question.items()}
 
 
-def caption_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: str) -> float:
-    """Share of the captions in an evaluation's predictions.jsonl that name the image's shape (or colour).
-
-    Records skipped as corrupt images are left out, as in the runner's denominators.
-    """
-    if attribute not in ("shape", "color"):
-        raise InputError(f"attribute must be 'shape' or 'color', got {attribute!r}")
-    path = Path(predictions_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption predictions not found: {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    hits = [world.caption_attribute_hits(r["prediction"], r["id"]) for r in records if "prediction" in r]
-    if not hits:
-        raise InputError(f"{path}: no caption predictions")
-    return sum(h[("shape", "color").index(attribute)] for h in hits) / len(hits)
-
-
 # ---------------------------------------------------------------------------------------------
 # Generated images (`reproduce/table2.py`): what a picture shows, read off its pixels, and real training images.
 
 MIN_FOREGROUND = 0.01  # below this share of pixels unlike the background, an image shows no shape
+
+
+def foreground_mask(image):
+    """(H, W) bool array of the pixels far from the background: the median border pixel of a mini-world-like
+    picture (the shape never touches the border), "far" = a summed RGB difference above 90."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB")).astype(np.float64)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return np.abs(pixels - np.median(border, axis=0)).sum(-1) > 90
 
 
 def image_attributes(image) -> tuple[str | None, str | None]:
@@ -657,9 +650,7 @@ def image_attributes(image) -> tuple[str | None, str | None]:
     import numpy as np
 
     pixels = np.asarray(image.convert("RGB")).astype(np.float64)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(border, axis=0)
-    mask = np.abs(pixels - background).sum(-1) > 90
+    mask = foreground_mask(image)
     if mask.mean() < MIN_FOREGROUND:
         return None, None
     median = np.median(pixels[mask], axis=0)
@@ -688,21 +679,6 @@ def image_hit_rates(world: MiniWorld, images: dict, split: str = "test") -> dict
         hits["shape"] += found[0] == shape
         hits["color"] += found[1] == color
     return {k: v / len(images) for k, v in hits.items()}
-
-
-def generated_hit_rate(world: MiniWorld, predictions_path: str | Path, attribute: str) -> float:
-    """Share of the generated images of a t2i evaluation (its predictions.jsonl: id = test image id, prediction =
-    the image's path relative to the file's folder) that show the shape (or colour) of their prompt."""
-    if attribute not in ("shape", "color"):
-        raise InputError(f"attribute must be 'shape' or 'color', got {attribute!r}")
-    path = Path(predictions_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"generated-image predictions not found: {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    images = {r["id"]: path.parent / r["prediction"] for r in records if "prediction" in r}
-    if not images:
-        raise InputError(f"{path}: no generated images")
-    return image_hit_rates(world, images)[attribute]
 
 
 def train_images(world: MiniWorld, n: int) -> dict[int, bytes]:

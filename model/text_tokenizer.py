@@ -24,6 +24,11 @@ code sets them (VILA's loaders set their own).
 `tokenizer_config.json`, if any, may set add_bos_token / add_eos_token / legacy / add_prefix_space / the special
 tokens; `legacy=` overrides the file, as a keyword of the released `from_pretrained` call does), else a transformers
 tokenizer (`tokenizer.json`); neither -> FileNotFoundError naming the folder and the files looked for.
+The folder's added tokens are registered as the slow tokenizer registers them, so the text never splits them:
+`tokenizer_config.json`'s `added_tokens_decoder` (transformers >= 4.34 writes it; Nous-Hermes-2-Yi-34B, VILA1.5-40B's
+LLM, declares its chat tokens <|im_start|> / <|im_end|> there), `additional_special_tokens`, and the older
+`added_tokens.json`. Each must land on the id the folder declares (a piece of `tokenizer.model` with that text, or the
+next id past it); a token that would land elsewhere is refused by name (InputError), never renumbered silently.
 `sentencepiece_only(folder)`: the folder has `tokenizer.model` but no `tokenizer.json` (where transformers'
 `AutoTokenizer` fails and callers that otherwise use it must come here).
 """
@@ -31,6 +36,7 @@ tokenizer (`tokenizer.json`); neither -> FileNotFoundError naming the folder and
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import InputError
@@ -115,10 +121,12 @@ def _sentencepiece_class():
             if isinstance(token_ids, int):
                 token_ids = [token_ids]
             special = set(self.all_special_ids)
+            # Added tokens past the SentencePiece vocabulary are not pieces SentencePiece can decode: their text.
+            beyond = {i for i in self._added_tokens_decoder if i >= self.sp_model.get_piece_size()}
             pieces, run = [], []
             for i in token_ids:
-                if i in special:
-                    if skip_special_tokens:
+                if i in special or i in beyond:
+                    if skip_special_tokens and i in special:
                         continue
                     pieces.append(self.sp_model.decode(run))
                     pieces.append(self.convert_ids_to_tokens(i))
@@ -140,14 +148,18 @@ def _token_text(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{file} is not valid JSON: {err}") from err
+
+
 def sentencepiece_options(config_file: Path) -> dict:
     """The slow-LlamaTokenizer settings a release's tokenizer_config.json may carry (missing keys: defaults)."""
     if not config_file.is_file():
         return {}
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{config_file} is not valid JSON: {err}") from err
+    config = _read_json(config_file)
     for key in ("legacy", "add_prefix_space", "add_bos_token", "add_eos_token"):
         if key in config and config[key] is not None and not isinstance(config[key], bool):
             raise InputError(f"{config_file}: {key}={config[key]!r}; expected true or false")
@@ -157,6 +169,65 @@ def sentencepiece_options(config_file: Path) -> dict:
         if _token_text(config.get(key)):
             options[key] = _token_text(config[key])
     return options
+
+
+@dataclass(frozen=True)
+class DeclaredToken:
+    """One added token as a folder declares it: its text, its id (None: wherever it lands) and its flags."""
+
+    content: str
+    token_id: int | None
+    special: bool
+    source: Path
+    lstrip: bool = False
+    rstrip: bool = False
+    normalized: bool = False
+    single_word: bool = False
+
+
+def declared_added_tokens(folder: Path) -> list[DeclaredToken]:
+    """The added tokens a LLaMA-style folder declares (module docstring), in id order, unnumbered ones last."""
+    declared: dict[str, DeclaredToken] = {}
+    config_file = folder / "tokenizer_config.json"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("content"), str) and str(key).isdigit()):
+            raise InputError(f"{config_file}: added_tokens_decoder[{key!r}] = {entry!r}; expected an id and a token")
+        flags = {k: bool(entry.get(k, False)) for k in ("lstrip", "rstrip", "normalized", "single_word")}
+        declared[entry["content"]] = DeclaredToken(
+            entry["content"], int(key), bool(entry.get("special", False)), config_file, **flags
+        )
+    legacy_file = folder / "added_tokens.json"  # transformers < 4.34: {"<token>": id}
+    if legacy_file.is_file():
+        for content, token_id in _read_json(legacy_file).items():
+            if not isinstance(token_id, int):
+                raise InputError(f"{legacy_file}: {content!r} -> {token_id!r}; expected an integer id")
+            declared.setdefault(content, DeclaredToken(content, token_id, False, legacy_file))
+    for token in config.get("additional_special_tokens") or []:
+        content = _token_text(token)
+        if content in declared:
+            declared[content] = replace(declared[content], special=True)
+        elif content:
+            declared[content] = DeclaredToken(content, None, True, config_file)
+    return sorted(declared.values(), key=lambda t: (t.token_id is None, t.token_id or 0))
+
+
+def register_added_tokens(tokenizer, declared: list[DeclaredToken]) -> None:
+    """Add each declared token; refuse by name one that does not land on its declared id."""
+    from tokenizers import AddedToken
+
+    for token in declared:
+        added = AddedToken(
+            token.content, lstrip=token.lstrip, rstrip=token.rstrip, normalized=token.normalized,
+            single_word=token.single_word, special=token.special,
+        )  # fmt: skip
+        tokenizer.add_tokens([added], special_tokens=token.special)
+        landed = tokenizer.convert_tokens_to_ids(token.content)
+        if token.token_id is not None and landed != token.token_id:
+            raise InputError(
+                f"{token.source}: added token {token.content!r} is declared at id {token.token_id}, but the tokenizer "
+                f"puts it at {landed} ({SENTENCEPIECE_FILE} has {tokenizer.vocab_size} pieces)"
+            )
 
 
 def sentencepiece_tokenizer(model_file: str | Path, **options):
@@ -186,7 +257,9 @@ def load_text_tokenizer(folder: str | Path, legacy: bool | None = None):
         options = sentencepiece_options(folder / "tokenizer_config.json")
         if legacy is not None:
             options["legacy"] = legacy
-        return sentencepiece_tokenizer(folder / SENTENCEPIECE_FILE, **options)
+        tokenizer = sentencepiece_tokenizer(folder / SENTENCEPIECE_FILE, **options)
+        register_added_tokens(tokenizer, declared_added_tokens(folder))
+        return tokenizer
     if not (folder / TOKENIZERS_FILE).is_file():
         raise FileNotFoundError(
             f"no text tokenizer in {folder}: looked for {SENTENCEPIECE_FILE} (SentencePiece) and {TOKENIZERS_FILE}"

@@ -131,14 +131,12 @@ def keep_probabilities(tokenizer, images: list, batch_size: int = 256) -> torch.
 
 def foreground_patches(images: list, grid: int) -> torch.Tensor:
     """(n, grid * grid) share of each patch's pixels that belong to the shape: pixels far from the image's median
-    border colour, the foreground rule of `harness.miniworld.image_attributes`. Patches in raster order."""
-    import numpy as np
+    border colour (`harness.miniworld.foreground_mask`, the rule of `image_attributes`). Patches in raster order."""
+    from harness.miniworld import foreground_mask
 
     out = []
     for image in images:
-        pixels = np.asarray(image.convert("RGB")).astype(np.float64)
-        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-        mask = torch.from_numpy(np.abs(pixels - np.median(border, axis=0)).sum(-1) > 90).float()  # (H, W)
+        mask = torch.from_numpy(foreground_mask(image)).float()  # (H, W)
         h, w = mask.shape
         out.append(mask[: h - h % grid, : w - w % grid].reshape(grid, h // grid, grid, w // grid).mean((1, 3)).flatten())
     return torch.stack(out)
@@ -309,7 +307,7 @@ def vqa_by_context(score, samples, labels: dict, captions: dict, n: int = VQA_BY
     The question is put as the evaluation puts it (the released normalisation, "Question: {} Answer:").
     A model that answers in words but not from the image has not learned to read its visual tokens as a scene: the
     LLM knows the answer, the image does not reach it."""
-    from eval.tasks import LAVIT_QUESTIONS
+    from eval.tasks import LAVIT_QUESTIONS, mini_image_id
     from harness.miniworld import COLORS, SHAPES
     from model.lavit import released_processing
 
@@ -322,7 +320,7 @@ def vqa_by_context(score, samples, labels: dict, captions: dict, n: int = VQA_BY
         for name, (with_image, template) in VQA_CONTEXTS.items():
             right = 0
             for sample in group:
-                image_id = sample.image.rsplit("/", 1)[-1].split(".")[0]
+                image_id = mini_image_id(sample.image)
                 shape, color = labels[image_id]
                 question = LAVIT_QUESTIONS["question_template"].format(released_processing.normalize_question(sample.text))
                 context = template.format(question=question, scene=f"The picture shows a {color} {shape}.", caption=captions.get(image_id, ""))

@@ -127,7 +127,7 @@ def caption_hits(attribute: str):
     """Share of the saved captions that name the image's shape (or colour)."""
 
     def derive(ctx, task_dir: Path) -> float:
-        from harness.miniworld import caption_hit_rate
+        from eval.baselines import caption_hit_rate
 
         return caption_hit_rate(ctx.world, task_dir / "predictions.jsonl", attribute)
 

@@ -364,6 +364,7 @@ def vqa_context_competence(unified_run: Path, world) -> dict[str, float]:
     evaluation (reused from the run's eval cache; made here when Table 1 has not run)."""
     from PIL import Image
 
+    from eval.cache import saved_predictions
     from eval.evaluate import evaluate_tasks
     from eval.tasks import LAVIT_MINI_VQA, read_mini_vqa
     from model.lavit.checkpoints import load_for_eval
@@ -373,8 +374,7 @@ def vqa_context_competence(unified_run: Path, world) -> dict[str, float]:
 
     eval_dir = unified_run / "eval"
     evaluate_tasks(["mini_caption"], "lavit", str(unified_run), str(world.root), str(eval_dir), limit=MINI_EVAL_LIMIT, progress=False)
-    records = [json.loads(line) for line in (eval_dir / "mini_caption" / "predictions.jsonl").read_text().splitlines()[1:]]
-    captions = {str(r["id"]): r["prediction"] for r in records if "prediction" in r}
+    captions = {str(i): c for i, c in saved_predictions(eval_dir / "mini_caption" / "predictions.jsonl").items()}
     # The keep mask of the evaluation: the released Gumbel draw, seeded per image by the task's seed.
     adapter = load_for_eval(str(unified_run), device="cpu", seed=int(LAVIT_MINI_VQA["seed"]),
                             understanding_selection=SELECTIONS[LAVIT_MINI_VQA["selection"]]).adapter  # fmt: skip

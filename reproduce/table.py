@@ -181,6 +181,8 @@ class Context:
     device: str
     world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
     eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its (seed-0) evaluation output (OUT/<task>/...)
+    # row label -> every evaluation output it read (one per seed), recorded in results/provenance/<key>.json
+    evaluations: dict[str, list[Path]] = field(default_factory=dict)
     seed_cells: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # row label -> seed -> cells (rows with seeds)
     run_dirs: dict[str, dict[str, Path]] = field(default_factory=dict)  # Trained row label -> stage key -> run directory
     measured: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> cells, filled in row order
@@ -598,6 +600,7 @@ def measure(ctx: Context) -> pd.DataFrame:
                 _log(f"evaluate {label!r} ({run_dir.name}{companions}{f', seed {seed}' if len(row.seeds) > 1 else ''})")
                 eval_dir = run_dir / ("eval" + "".join(f"+{d.name}" for d in options.values()))
                 ctx.eval_dirs.setdefault(label, eval_dir)  # the first seed's: what figures read
+                ctx.evaluations.setdefault(label, []).append(eval_dir)
                 results = evaluate_row(row.family, run_dir, eval_dir, ctx, options)
                 per_seed[seed] = _cells(results, profile, label, ctx, eval_dir, run_dir)
             measured[label] = {c: sum(cells[c] for cells in per_seed.values()) / len(per_seed) for c in per_seed[row.seeds[0]]}
@@ -609,6 +612,7 @@ def measure(ctx: Context) -> pd.DataFrame:
             out = ctx.runs_dir / "released" / hashlib.sha256(str(Path(ctx.checkpoint).resolve()).encode()).hexdigest()[:12]
             _log(f"evaluate {label!r} from {ctx.checkpoint}")
             ctx.eval_dirs[label] = out
+            ctx.evaluations[label] = [out]
             measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out, Path(ctx.checkpoint))
         else:
             ctx.row = label
@@ -689,7 +693,9 @@ def write_outputs(ctx: Context, comparison, measured: pd.DataFrame, seconds: flo
     for extra in spec.extra_references:
         ref = reference_for(extra)
         md.append(f"\n## {ref.source}: {ref.title} (reference)\n\n" + _reference_markdown(ref))
-    extra = {"profile": profile_name, "wall_time_s": round(seconds, 1), "measured": json.loads(measured.to_json(orient="index"))}
+    extra = {"profile": profile_name, "wall_time_s": round(seconds, 1), "measured": json.loads(measured.to_json(orient="index")),
+             # where each row's predictions are (OUT/<task>/predictions.jsonl), for a look past the table's numbers
+             "evaluations": {label: [_relative(d) for d in dirs] for label, dirs in ctx.evaluations.items()}}
     return write_result_files(ctx.results_dir, spec.key, pd.concat(frames, ignore_index=True), "\n".join(md), extra=extra, machine=machine)
 
 

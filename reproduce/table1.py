@@ -54,24 +54,19 @@ def _image_shuffle(ctx) -> dict[str, float]:
 
 def _gallery(ctx, path: Path) -> Path:
     """The first test images with the model's caption and its answers to two of their questions (green = right)."""
-    import json
-
     from PIL import Image
 
-    from eval.tasks import get_task
+    from eval.cache import saved_predictions
+    from eval.tasks import get_task, mini_image_id
     from reproduce.figures import GalleryItem, gallery
 
     eval_dir = ctx.eval_dirs[OURS]
 
-    def predictions(task: str) -> dict:
-        lines = (eval_dir / task / "predictions.jsonl").read_text().splitlines()[1:]  # after the header
-        return {r["id"]: r.get("prediction", "") for r in map(json.loads, lines)}
-
-    captions, answers = predictions("mini_caption"), predictions("mini_vqa")
+    captions, answers = (saved_predictions(eval_dir / task / "predictions.jsonl") for task in ("mini_caption", "mini_vqa"))
     questions, _ = get_task("mini_vqa").read(ctx.data_root, task_limit("mini_vqa", ctx.profile))
     by_image: dict[str, list] = {}
     for q in questions:
-        by_image.setdefault(Path(q.image).stem, []).append(q)
+        by_image.setdefault(mini_image_id(q.image), []).append(q)
     samples, root = get_task("mini_caption").read(ctx.data_root, 8)
     items = []
     for s in samples:

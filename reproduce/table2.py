@@ -219,7 +219,7 @@ def _ours_with_seed(seed: int):
         import dataclasses
 
         from eval.tasks import get_task
-        from harness.miniworld import generated_hit_rate
+        from eval.baselines import generated_hit_rate
 
         spec = get_task(TASK)
         spec = dataclasses.replace(spec, name=f"{TASK}_seed{seed}", generation={**spec.generation, "seed": seed},
@@ -241,7 +241,7 @@ def shown(attribute: str):
     """Share of the row's generated images (task mini_t2i's predictions) showing the prompt's shape / colour."""
 
     def derive(ctx, task_dir: Path) -> float:
-        from harness.miniworld import generated_hit_rate
+        from eval.baselines import generated_hit_rate
 
         return generated_hit_rate(ctx.world, task_dir / "predictions.jsonl", attribute)
 

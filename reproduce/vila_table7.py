@@ -191,8 +191,7 @@ def accuracy_on(task: str, select: Callable[[Any], Callable[[Any], bool]]):
     predictions (a subset of the evaluation: TextVQA by digit size, the colour / shape questions by answer)."""
 
     def derive(ctx, task_dir: Path) -> float:
-        import json
-
+        from eval.cache import saved_predictions
         from eval.runner import get_metric
         from eval.tasks import get_task
         from reproduce.table import task_limit
@@ -200,8 +199,7 @@ def accuracy_on(task: str, select: Callable[[Any], Callable[[Any], bool]]):
         spec = get_task(task)
         keep = select(ctx)
         samples = [s for s in spec.read(ctx.data_root, task_limit(task, ctx.profile))[0] if keep(s)]
-        lines = (task_dir / "predictions.jsonl").read_text().splitlines()
-        saved = {r["id"]: r["prediction"] for r in map(json.loads, filter(None, lines)) if "prediction" in r}
+        saved = saved_predictions(task_dir / "predictions.jsonl")
         metric = get_metric(spec.metric)
         return metric.fn({s.id: list(s.references) for s in samples}, {s.id: saved[s.id] for s in samples if s.id in saved},
                          metric.resolve_variant(spec.metric, spec.variant))[spec.headline]  # fmt: skip

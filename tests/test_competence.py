@@ -149,3 +149,38 @@ def test_vqa_by_context_scores_each_context_and_puts_the_question_as_the_evaluat
     assert any(image == "images/test/0.png" and context.startswith("Question: ") for context, image in seen)
     scene_images = {image is None for context, image in seen if context.startswith("The picture shows")}
     assert scene_images == {True, False}  # the scene in words alone, and with the image
+
+
+def test_accuracy_by_form_finds_the_form_a_model_reads_without_its_negation():
+    """A model that answers "is no X present?" as "is X present?" and every other form right: that form's groups
+    score 0 with "said yes" the opposite of the answer; the others score 100; the task's metric does the scoring."""
+    from eval.interface import EvalSample
+    from harness.miniworld import COLORS, SHAPES, yes_no_answer
+    from reproduce.vqa_forms import accuracy_by_form, question_form
+
+    assert question_form(" Is no Red shape present?") == "is no {colour} shape present?"
+    assert question_form("does the image not contain a triangle?") == "does the image not contain a {shape}?"
+    samples, predictions = [], {}
+    for i in range(48):
+        shape, color, asked = SHAPES[i % 3], COLORS[i % 8], SHAPES[(i // 3) % 3]
+        for k, form in enumerate(("is no {} present?", "is there a {}?")):
+            text = form.format(asked)
+            gold = yes_no_answer(text, shape, color)
+            samples.append(EvalSample(id=2 * i + k, image=f"images/test/{i}.png", text=text, references=(gold,) * 10))
+            read_as = yes_no_answer(text.replace("is no ", "is a "), shape, color)  # the negation dropped
+            predictions[2 * i + k] = f" {read_as.capitalize()}." if k == 0 else gold
+    samples.append(EvalSample(id=999, image="images/test/0.png", text="What color is the shape?", references=("red",) * 10))
+    frame = accuracy_by_form(samples, predictions, yes_no_only=True)
+    assert frame["questions"].sum() == 96 and 999 not in predictions
+    by_group = {(r.form, r.answer): (r.accuracy, r["said yes"]) for _, r in frame.iterrows()}
+    assert by_group[("is no {shape} present?", "yes")] == (0.0, 0.0)
+    assert by_group[("is no {shape} present?", "no")] == (0.0, 100.0)
+    assert by_group[("is there a {shape}?", "yes")] == (100.0, 100.0)
+    assert by_group[("is there a {shape}?", "no")] == (100.0, 0.0)
+
+
+def test_vqa_forms_cli_names_a_missing_predictions_file(tmp_path, capsys):
+    from reproduce.vqa_forms import main
+
+    assert main([str(tmp_path / "nothing.jsonl"), "--world", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: prediction cache not found: {tmp_path / 'nothing.jsonl'}")

@@ -22,7 +22,6 @@ from harness.miniworld import (
     QA_PER_IMAGE,
     SHAPES,
     build_miniworld,
-    caption_hit_rate,
     main,
     pixel_labels,
     question_labels,
@@ -224,6 +223,8 @@ def test_answer_prior_accuracy_scores_the_prior_answers_with_the_vqa_metric(worl
 
 
 def test_caption_hit_rate_reads_runner_predictions(world, tmp_path):
+    from eval.baselines import caption_hit_rate
+
     ids = list(world.labels["test"])[:4]
     (s0, c0), (s1, c1) = world.labels["test"][ids[0]], world.labels["test"][ids[1]]
     wrong_color = next(c for c in ("red", "blue") if c != c1)

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from eval.cache import CacheError, CacheWriter, read_cache
+from eval.cache import CacheError, CacheWriter, read_cache, saved_predictions
 from eval.errors import EvalInputError
 from eval.interface import EvalSample, EvalTask, EvaluationError, UnsupportedTaskError, require_method
 from eval.runner import (
@@ -350,6 +350,21 @@ def test_duplicate_id_in_a_cache_is_an_error_naming_both_lines(tmp_path, data):
         f.write('{"id": 5, "prediction": "again"}\n')
     with pytest.raises(CacheError, match=r"shard-0-of-1.jsonl:14: duplicate id 5 \(first recorded on line 7\)"):
         merge(CAPTION_TASK, caption_samples(), tmp_path / "out", provenance=PROVENANCE)
+
+
+def test_saved_predictions_are_the_merged_files_predictions_without_the_skipped_ones(tmp_path, data):
+    """The one reader the tables use: the header is not a record, a skipped sample is left out, a file that does not
+    start with a header is refused."""
+    (data / "img_2.png").write_bytes(b"this is not a png")
+    run(FakeModel(), tmp_path / "out", data)
+    path = tmp_path / "out" / "predictions.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    saved = saved_predictions(path)
+    assert saved == {r["id"]: r["prediction"] for r in records if "prediction" in r}
+    assert len(saved) == len(records) - 1 == 11 and 2 not in saved
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[1:]))
+    with pytest.raises(CacheError, match=r"predictions.jsonl:1: expected a header line"):
+        saved_predictions(path)
 
 
 def test_prediction_for_unknown_id_is_an_error_naming_file_and_id(tmp_path, data):

@@ -208,10 +208,11 @@ def test_mini_t2i_prompts_are_test_captions_and_its_metric_scores_fid_and_kid(wo
 
 
 def test_generated_hit_rate_reads_runner_predictions(world, tmp_path):
-    from harness.miniworld import generated_hit_rate, image_hit_rates, train_images
+    from eval.baselines import generated_hit_rate
+    from harness.miniworld import image_hit_rates, train_images
 
     ids = sorted(world.labels["test"], key=int)[:4]
-    lines = [json.dumps({"header": {}})]
+    lines = [json.dumps({"header": {"format": 1}})]
     (tmp_path / "images").mkdir()
     for k, i in enumerate(ids):
         shape, color = world.labels["test"][i]

@@ -98,7 +98,9 @@ def test_chains_share_runs_finished_runs_are_reused_and_results_are_stable(spec,
     frame = pd.read_csv(tmp_path / "results" / "lavit_table1.csv")
     claim = frame[(frame["kind"] == "claim") & (frame["section"] == "mini")]
     assert list(claim["verdict"]) == ["holds"]
-    assert (tmp_path / "results" / "provenance" / "lavit_table1.json").is_file()
+    provenance = json.loads((tmp_path / "results" / "provenance" / "lavit_table1.json").read_text())
+    # each trained row names the evaluation it read: its last run's eval/ folder
+    assert sorted(Path(d[0]).parent.name for d in provenance["evaluations"].values()) == [u.name for u in unified]
     assert "A beats the baseline" in (tmp_path / "results" / "lavit_table1.md").read_text()
 
 

@@ -354,15 +354,64 @@ THREE_TURNS = [("<image>\nwhat colour is it?", "It is red."), ("what shape?", "a
 
 
 def chat_tokenizer(released_folder, tmp_path, add_bos: bool, legacy: bool):
-    """The fixture's LlamaTokenizer with the chat templates' tokens added as special tokens (ids 300-305, as
-    Nous-Hermes-2-Yi-34B's <|im_start|>/<|im_end|> and Llama-3's header tokens are special, never split)."""
+    """The fixture's LlamaTokenizer with the chat templates' tokens declared special in its folder (ids 300-305, as
+    Nous-Hermes-2-Yi-34B's tokenizer_config.json declares <|im_start|>/<|im_end|>: special, never split)."""
     folder = tmp_path / f"chat_{add_bos}_{legacy}"
     shutil.copytree(released_folder, folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": add_bos, "legacy": legacy}))
+    config.update(add_bos_token=add_bos, legacy=legacy, added_tokens_decoder=added_tokens_decoder(CHAT_SPECIALS))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return load_text_tokenizer(folder)
+
+
+def added_tokens_decoder(tokens: dict[str, int], special: bool = True) -> dict[str, dict]:
+    """tokenizer_config.json's `added_tokens_decoder` as transformers >= 4.34 writes it (<unk>, <s>, </s> first)."""
+    entry = lambda t: {"content": t, "lstrip": False, "normalized": False, "rstrip": False,  # noqa: E731
+                       "single_word": False, "special": special or t in SPECIALS}  # fmt: skip
+    return {str(i): entry(t) for t, i in {**SPECIALS, **tokens}.items()}
+
+
+def test_declared_chat_tokens_are_never_split_and_decode_back(released_folder, model_file, tmp_path):
+    """A folder that declares <|im_start|>/<|im_end|> (Nous-Hermes-2-Yi-34B's) tokenizes them as one id each, at
+    the declared ids, and the text between them as the release does; decoding skips them only when asked."""
+    tokenizer = chat_tokenizer(released_folder, tmp_path, True, False)
+    text = "<|im_start|>user\nwhat colour?<|im_end|><|im_start|>assistant\nIt is red.<|im_end|>"
+    expected = release_ids(release_processor(model_file), text, specials={**SPECIALS, **CHAT_SPECIALS})
+    assert tokenizer(text)["input_ids"] == expected
+    assert expected.count(CHAT_SPECIALS["<|im_start|>"]) == 2 and len(tokenizer) == 306
+    # (this model's normalizer reads "\n" as a space)
+    assert tokenizer.decode(expected[1:]) == text.replace("\n", " ")
+    assert tokenizer.decode(expected, skip_special_tokens=True) == "user what colour?assistant It is red."
+
+
+def test_added_tokens_json_and_additional_special_tokens_are_registered(released_folder, tmp_path):
+    """The older layout (added_tokens.json) and a config's additional_special_tokens: a non-special added token
+    decodes as its text, a special one is skipped with skip_special_tokens."""
+    folder = tmp_path / "older"
+    shutil.copytree(released_folder, folder)
+    (folder / "added_tokens.json").write_text(json.dumps({"<pad>": 300, "<|im_end|>": 301}))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "additional_special_tokens": ["<|im_end|>"]}))
     tokenizer = load_text_tokenizer(folder)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_SPECIALS)})
-    return tokenizer
+    ids = tokenizer("red<pad>blue<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert 300 in ids and 301 in ids and len(tokenizer) == 302
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "red<pad>blue"
+
+
+@pytest.mark.parametrize("declared, message", [
+    ({"<|im_start|>": 305}, r"tokenizer_config.json: added token '<\|im_start\|>' is declared at id 305, but the "
+                            r"tokenizer puts it at 300 \(tokenizer.model has 300 pieces\)"),
+    ({"red": 301}, r"added token 'red' is declared at id 301, but the tokenizer puts it at \d+"),  # a piece's text
+])  # fmt: skip
+def test_an_added_token_declared_at_another_id_is_refused_by_name(released_folder, tmp_path, declared, message):
+    from harness.errors import InputError
+
+    folder = tmp_path / "renumbered"
+    shutil.copytree(released_folder, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "added_tokens_decoder": added_tokens_decoder(declared)}))
+    with pytest.raises(InputError, match=message):
+        load_text_tokenizer(folder)
 
 
 def release_preprocess_counted(style: str, conversation: str, max_len: int, tii) -> tuple[list[int], list[int]]:

@@ -19,12 +19,11 @@ stream, which is checkpointed, so a resumed run draws the same noise.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from model.lavit.checkpoints import load_tokenizer_checkpoint
+from model.lavit.checkpoints import UNET_PROJ_PREFIX, load_tokenizer_checkpoint
 from train.data import Batched, ImageTextShards, Mapped
 from train.distributed import DistInfo
 from train.lavit.common import meta_parameter_counts
@@ -40,9 +39,6 @@ def to_unit_range(image, size: int) -> torch.Tensor:
     image = image.convert("RGB").resize((size, size), Image.BICUBIC)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
     return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-UNET_PROJ = "decoder.unet_proj."  # the one tokenizer part stage 1b trains (module docstring)
 
 
 class PixelDecoderTrainModule(nn.Module):
@@ -121,8 +117,8 @@ class PixelDecoderTask(StatelessStage):
         # "context": unet_proj, which can take its own peak LR (`optim.group_lr`): it starts from stage 1a's random
         # initialisation, the U-Net from a pretrained one at paper scale.
         trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        context = [(n, p) for n, p in trained if n.startswith(f"tokenizer.{UNET_PROJ}")]
-        return {"unet": [(n, p) for n, p in trained if not n.startswith(f"tokenizer.{UNET_PROJ}")], "context": context}
+        context = [(n, p) for n, p in trained if n.startswith(UNET_PROJ_PREFIX)]
+        return {"unet": [(n, p) for n, p in trained if not n.startswith(UNET_PROJ_PREFIX)], "context": context}
 
     def checkpoint_exclude(self) -> tuple[str, ...]:
         # Frozen and rebuilt from tokenizer_checkpoint / stable_diffusion_path: every tokenizer key but unet_proj's
@@ -131,7 +127,8 @@ class PixelDecoderTask(StatelessStage):
 
         with torch.device("meta"):
             keys = build_tokenizer(self.cfg.model.tokenizer).state_dict()
-        return (*(f"tokenizer.{k}" for k in keys if not k.startswith(UNET_PROJ)), "pixel_decoder.vae.")
+        # unet_proj (UNET_PROJ_PREFIX), the one tokenizer part stage 1b trains (module docstring), is kept
+        return (*(f"tokenizer.{k}" for k in keys if not f"tokenizer.{k}".startswith(UNET_PROJ_PREFIX)), "pixel_decoder.vae.")
 
     def build_data(self, info: DistInfo, micro_batch_size: int):
         shards = self.cfg.data.shards
