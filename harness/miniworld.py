@@ -276,6 +276,13 @@ def scene_question(rng: random.Random, shape: str, color: str) -> tuple[str, str
     return q, yes_no_answer(q, s, c)
 
 
+def qa_document_parts(doc: str) -> tuple[str, list[tuple[str, str]]]:
+    """(scene, [(question, answer), ...]) of a "qa" corpus document: the inverse of `corpus`' writer ("scene.
+    Question: q1 Answer: a1. Question: q2 Answer: a2")."""
+    scene, *asked = doc.split(" Question: ")
+    return scene, [tuple(qa.removesuffix(".").partition(" Answer: ")[::2]) for qa in asked]
+
+
 def corpus(rng: random.Random, facts: list[dict[str, str]], docs_per_source: int) -> dict[str, list[str]]:
     """The corpus sources, `docs_per_source` documents each (the "qa" source QA_DOCS_PER_SOURCE_DOC times as many).
 

@@ -262,10 +262,12 @@ def scene_qa_accuracy(score, world, n: int = SCENE_QA_DOCS) -> dict[str, float]:
     open ones (the answer among the colours, the shapes, or the corner counts), each scored by `score(prefix,
     continuation)`. The scene is given in words, so this is what VQA asks of the LLM once the image is read. Each
     document is cut after its first answer: one question about the scene, as a VQA prompt asks."""
-    from harness.miniworld import COLORS, SHAPES
+    from harness.miniworld import COLORS, SHAPES, VQA_PROMPT, qa_document_parts
 
-    docs = [". Question: ".join(d.split(". Question: ")[:2])  # the scene and its first question
-            for d in _held_out_corpus(world, docs_per_source=n, name="held-out scene questions")["qa"]]
+    docs = []
+    for doc in _held_out_corpus(world, docs_per_source=n, name="held-out scene questions")["qa"]:
+        scene, pairs = qa_document_parts(doc)
+        docs.append(f"{scene} {VQA_PROMPT.format(q=pairs[0][0], a=pairs[0][1])}")  # the scene and its first question
     yes_no = [d for d in docs if d.endswith((" yes", " no"))][:n]
     open_ = [d for d in docs if not d.endswith((" yes", " no"))][:n]
     if len(yes_no) < n or len(open_) < n:

@@ -396,3 +396,22 @@ def test_lm_scorer_asks_the_lm_for_the_continuations_loglikelihood():
 
     score = lm_scorer(LM())
     assert score("Answer:", " yes") == -4.0 and score("Answer:", " no") == -3.0
+
+
+def test_qa_document_parts_invert_the_corpus_writer(world):
+    """Every "qa" document of the world's corpus is its scene and its (question, answer) pairs, written back the
+    corpus' way; every answer is the scene's (the readers of these documents rely on both)."""
+    import json
+    import re
+
+    from harness.miniworld import VQA_PROMPT, qa_document_parts
+
+    docs = [json.loads(line)["text"] for line in (world.root / "text" / "qa.jsonl").read_text().splitlines()]
+    for doc in docs:
+        scene, pairs = qa_document_parts(doc)
+        assert 1 <= len(pairs) <= 4
+        assert doc == scene + " " + ". ".join(VQA_PROMPT.format(q=q, a=a) for q, a in pairs)
+        color, shape = re.search(r"\b(" + "|".join(COLORS) + r") (" + "|".join(SHAPES) + r")\b", scene).groups()
+        for q, a in pairs:
+            if "corners" not in q:  # the corner counts are the shapes' facts, not the scene's
+                assert a == (yes_no_answer(q, shape, color) or (color if "color" in q else shape)), (doc, q)

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from harness.data import epoch_order, expand_files
-from harness.miniworld import VQA_PROMPT, yes_no_answer
+from harness.miniworld import VQA_PROMPT, qa_document_parts, yes_no_answer
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -749,9 +749,8 @@ def write_miniworld_data(world_root: str | Path, out: str | Path, seed: int = 0,
 
     text_sft = []
     for k, line in enumerate((world_root / "text" / "qa.jsonl").read_text().splitlines()):
-        # "scene. Question: q1 Answer: a1. Question: q2 Answer: a2": one turn per question, the scene in the first
-        scene, *asked = json.loads(line)["text"].split(" Question: ")
-        pairs = [qa.removesuffix(".").partition(" Answer: ")[::2] for qa in asked]
+        # one turn per question, the scene in the first
+        scene, pairs = qa_document_parts(json.loads(line)["text"])
         if scene and pairs and all(q and a for q, a in pairs):
             turns = [(f"{scene} {q}" if i == 0 else q, a) for i, (q, a) in enumerate(pairs)]
             text_sft.append({"id": f"qa-{k}", "conversations": [
