@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from eval.cache import saved_predictions
-from eval.runner import get_metric
+from eval.runner import task_metric
 from eval.tasks import get_task
 from harness.errors import InputError
 from harness.miniworld import CAPTION_TEMPLATES, MiniWorld, image_hit_rates, question_majority_answers
@@ -22,11 +22,6 @@ from harness.miniworld import CAPTION_TEMPLATES, MiniWorld, image_hit_rates, que
 def _task_and_samples(task_name: str, data_root: str | Path, limit: int | None):
     spec = get_task(task_name)
     return spec, spec.read(data_root, limit)[0]
-
-
-def _task_metric(spec, references: dict, predictions: dict) -> dict[str, float]:
-    metric = get_metric(spec.metric)
-    return metric.fn(references, predictions, metric.resolve_variant(spec.metric, spec.variant))
 
 
 ANSWER_TYPES = ("yes/no", "other")  # "other": the colour and shape questions
@@ -61,7 +56,7 @@ def vqa_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = No
             raise FileNotFoundError(f"VQA predictions not found: {path}")
         saved = saved_predictions(path)
         predictions = {s.id: saved[s.id] for s in samples if s.id in saved}
-    return _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
+    return task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)[spec.headline]
 
 
 def answer_prior_accuracy(world: MiniWorld, data_root: str | Path, limit: int | None = None) -> float:
@@ -80,7 +75,7 @@ def chance_caption_scores(world: MiniWorld, data_root: str | Path, limit: int | 
     predictions = {s.id: rng.choice(CAPTION_TEMPLATES).format(shape=rng.choices(list(shapes), list(shapes.values()))[0],
                                                               color=rng.choices(list(colors), list(colors.values()))[0])
                    for s in samples}
-    cider = _task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)["CIDEr"] / 100.0
+    cider = task_metric(spec, {s.id: list(s.references) for s in samples}, predictions)["CIDEr"] / 100.0
     hits = [world.caption_attribute_hits(p, i) for i, p in predictions.items()]
     return {"CIDEr": cider, "shape": sum(h[0] for h in hits) / len(hits), "color": sum(h[1] for h in hits) / len(hits)}
 

@@ -113,6 +113,13 @@ def get_metric(name: str) -> MetricSpec:
     return METRICS[name]
 
 
+def task_metric(spec: Any, references: dict[SampleId, list[Any]], predictions: dict[SampleId, Any]) -> dict[str, float]:
+    """Every value of a task's registered metric (`spec.metric`, scored as its `spec.variant`) on these references
+    and predictions: how tables and reports score the whole or a part of an evaluation's saved predictions."""
+    metric = get_metric(spec.metric)
+    return metric.fn(references, predictions, metric.resolve_variant(spec.metric, spec.variant))
+
+
 def _resolve_metric(task: EvalTask, metric_fn: MetricFn | None) -> tuple[MetricFn, str]:
     """The function and the variant name to score `task` with; a passed-in function gets the variant as written."""
     if metric_fn is not None:

@@ -43,6 +43,7 @@ from harness.errors import InputError
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZERS_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"  # the settings and added tokens beside tokenizer.model
 SPIECE_UNDERLINE = "\u2581"  # "▁", SentencePiece's word-start mark
 # A serialized `ModelProto` field 3 (normalizer_spec) holding only `add_dummy_prefix` (its field 3) = false. Protobuf
 # merges a repeated singular message field into the earlier one, so appending this to a model is exactly
@@ -155,11 +156,9 @@ def _read_json(file: Path):
         raise InputError(f"{file} is not valid JSON: {err}") from err
 
 
-def sentencepiece_options(config_file: Path) -> dict:
-    """The slow-LlamaTokenizer settings a release's tokenizer_config.json may carry (missing keys: defaults)."""
-    if not config_file.is_file():
-        return {}
-    config = _read_json(config_file)
+def sentencepiece_options(config: dict, config_file: Path) -> dict:
+    """The slow-LlamaTokenizer settings a release's tokenizer_config.json (`config`, read from `config_file`) may
+    carry (missing keys: defaults)."""
     for key in ("legacy", "add_prefix_space", "add_bos_token", "add_eos_token"):
         if key in config and config[key] is not None and not isinstance(config[key], bool):
             raise InputError(f"{config_file}: {key}={config[key]!r}; expected true or false")
@@ -185,11 +184,11 @@ class DeclaredToken:
     single_word: bool = False
 
 
-def declared_added_tokens(folder: Path) -> list[DeclaredToken]:
-    """The added tokens a LLaMA-style folder declares (module docstring), in id order, unnumbered ones last."""
+def declared_added_tokens(folder: Path, config: dict) -> list[DeclaredToken]:
+    """The added tokens a LLaMA-style folder declares (module docstring; `config` its tokenizer_config.json), in id
+    order, unnumbered ones last."""
     declared: dict[str, DeclaredToken] = {}
-    config_file = folder / "tokenizer_config.json"
-    config = _read_json(config_file) if config_file.is_file() else {}
+    config_file = folder / CONFIG_FILE
     for key, entry in (config.get("added_tokens_decoder") or {}).items():
         if not (isinstance(entry, dict) and isinstance(entry.get("content"), str) and str(key).isdigit()):
             raise InputError(f"{config_file}: added_tokens_decoder[{key!r}] = {entry!r}; expected an id and a token")
@@ -254,11 +253,13 @@ def load_text_tokenizer(folder: str | Path, legacy: bool | None = None):
             raise ImportError(
                 f"{folder / SENTENCEPIECE_FILE} needs the sentencepiece package (pip install sentencepiece)"
             ) from err
-        options = sentencepiece_options(folder / "tokenizer_config.json")
+        config_file = folder / CONFIG_FILE
+        config = _read_json(config_file) if config_file.is_file() else {}
+        options = sentencepiece_options(config, config_file)
         if legacy is not None:
             options["legacy"] = legacy
         tokenizer = sentencepiece_tokenizer(folder / SENTENCEPIECE_FILE, **options)
-        register_added_tokens(tokenizer, declared_added_tokens(folder))
+        register_added_tokens(tokenizer, declared_added_tokens(folder, config))
         return tokenizer
     if not (folder / TOKENIZERS_FILE).is_file():
         raise FileNotFoundError(

@@ -180,8 +180,7 @@ class Context:
     cluster: str
     device: str
     world: Any = None  # the built mini world (harness.miniworld.MiniWorld), when the profile uses it
-    eval_dirs: dict[str, Path] = field(default_factory=dict)  # row label -> its (seed-0) evaluation output (OUT/<task>/...)
-    # row label -> every evaluation output it read (one per seed), recorded in results/provenance/<key>.json
+    # row label -> every evaluation output it read (OUT/<task>/..., one per seed), recorded in results/provenance/<key>.json
     evaluations: dict[str, list[Path]] = field(default_factory=dict)
     seed_cells: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # row label -> seed -> cells (rows with seeds)
     run_dirs: dict[str, dict[str, Path]] = field(default_factory=dict)  # Trained row label -> stage key -> run directory
@@ -191,6 +190,11 @@ class Context:
     wait: bool = True  # wait for runs and evaluations owned by another process (False: fail naming the owner)
     stale: dict[str, str] = field(default_factory=dict)  # row label -> "stale: trained at <rev> (...)" (--reuse-stale)
     row: str = ""  # the row being measured (what `evaluate_for_row` marks stale)
+
+    @property
+    def eval_dirs(self) -> dict[str, Path]:
+        """Row label -> its first (seed-0) evaluation output: what figures and derived rows read."""
+        return {label: dirs[0] for label, dirs in self.evaluations.items()}
 
 
 _TABLES: dict[str, TableSpec] = {}
@@ -599,7 +603,6 @@ def measure(ctx: Context) -> pd.DataFrame:
                 companions = "".join(f" + {d.name}" for d in options.values())
                 _log(f"evaluate {label!r} ({run_dir.name}{companions}{f', seed {seed}' if len(row.seeds) > 1 else ''})")
                 eval_dir = run_dir / ("eval" + "".join(f"+{d.name}" for d in options.values()))
-                ctx.eval_dirs.setdefault(label, eval_dir)  # the first seed's: what figures read
                 ctx.evaluations.setdefault(label, []).append(eval_dir)
                 results = evaluate_row(row.family, run_dir, eval_dir, ctx, options)
                 per_seed[seed] = _cells(results, profile, label, ctx, eval_dir, run_dir)
@@ -611,7 +614,6 @@ def measure(ctx: Context) -> pd.DataFrame:
                 raise InputError(f"row {label!r} evaluates a released checkpoint: pass --checkpoint DIR")
             out = ctx.runs_dir / "released" / hashlib.sha256(str(Path(ctx.checkpoint).resolve()).encode()).hexdigest()[:12]
             _log(f"evaluate {label!r} from {ctx.checkpoint}")
-            ctx.eval_dirs[label] = out
             ctx.evaluations[label] = [out]
             measured[label] = _cells(evaluate_row(row.family, ctx.checkpoint, out, ctx), profile, label, ctx, out, Path(ctx.checkpoint))
         else:

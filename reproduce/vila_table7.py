@@ -192,7 +192,7 @@ def accuracy_on(task: str, select: Callable[[Any], Callable[[Any], bool]]):
 
     def derive(ctx, task_dir: Path) -> float:
         from eval.cache import saved_predictions
-        from eval.runner import get_metric
+        from eval.runner import task_metric
         from eval.tasks import get_task
         from reproduce.table import task_limit
 
@@ -200,9 +200,8 @@ def accuracy_on(task: str, select: Callable[[Any], Callable[[Any], bool]]):
         keep = select(ctx)
         samples = [s for s in spec.read(ctx.data_root, task_limit(task, ctx.profile))[0] if keep(s)]
         saved = saved_predictions(task_dir / "predictions.jsonl")
-        metric = get_metric(spec.metric)
-        return metric.fn({s.id: list(s.references) for s in samples}, {s.id: saved[s.id] for s in samples if s.id in saved},
-                         metric.resolve_variant(spec.metric, spec.variant))[spec.headline]  # fmt: skip
+        return task_metric(spec, {s.id: list(s.references) for s in samples},
+                           {s.id: saved[s.id] for s in samples if s.id in saved})[spec.headline]
 
     return derive
 

@@ -30,13 +30,12 @@ def accuracy_by_form(samples, predictions: dict, task: str = "mini_vqa", yes_no_
     form, right answer) of `samples` (the task's EvalSamples) that has a prediction; the metric is the task's."""
     import pandas as pd
 
-    from eval.runner import get_metric
+    from eval.runner import get_metric, task_metric
     from eval.tasks import get_task
     from eval.vqa import comparable_forms
 
     spec = get_task(task)
-    metric = get_metric(spec.metric)
-    variant = metric.resolve_variant(spec.metric, spec.variant)
+    variant = get_metric(spec.metric).resolve_variant(spec.metric, spec.variant)  # how the metric normalises answers
     groups: dict[tuple[str, str], list] = {}
     for s in samples:
         if s.id in predictions and (not yes_no_only or s.references[0] in ("yes", "no")):
@@ -45,7 +44,7 @@ def accuracy_by_form(samples, predictions: dict, task: str = "mini_vqa", yes_no_
     for (form, answer), group in groups.items():
         refs = {s.id: list(s.references) for s in group}
         preds = {s.id: predictions[s.id] for s in group}
-        accuracy = metric.fn(refs, preds, variant)[spec.headline]
+        accuracy = task_metric(spec, refs, preds)[spec.headline]
         # normalised as the metric compares an answer to yes / no (two answers: punctuation and case go)
         said_yes = sum(comparable_forms(p, ["yes", "no"], variant)[0] == "yes" for p in preds.values())
         rows.append({"form": form, "answer": answer, "questions": len(group), "accuracy": accuracy,
