@@ -63,3 +63,18 @@ def test_the_readme_vila_chain_runs_as_written(tmp_path):
         out = Path(args[args.index("--output-dir") + 1])
         for task in args[0].split(","):
             assert (out / task).is_dir(), task
+
+
+def test_the_readme_chain_trains_each_stage_as_long_as_the_tables_chain():
+    """The README's step counts are the tables' (`reproduce/vila_mini_chain.py`: the stand-ins' and SFT's, each set
+    on competence): a change to one without the other would make the README's model not the tables' model."""
+    from reproduce.vila_mini_chain import VILA_CHAIN
+
+    def steps(overrides) -> str | None:
+        return next((o.split("=", 1)[1] for o in overrides if o.startswith("loop.steps=")), None)
+
+    readme = {c[3]: steps(c[i + 1] for i, a in enumerate(c) if a == "--set")
+              for c in readme_vila_commands() if c[:3] == ["python", "-m", "train"]}  # fmt: skip
+    tables = {run.stage: steps(run.overrides) for run in VILA_CHAIN}
+    assert readme == tables
+    assert tables["vila_sft"] is not None  # the chain overrides SFT's preset (the module docstring says why)
